@@ -1,0 +1,1 @@
+"""Tokenizers, datasets and input pipelines."""

@@ -1,0 +1,151 @@
+"""Building blocks of the Llama/DeepSeek decoder: RMSNorm, rotary embeddings, attention, SwiGLU MLP.
+
+Every parameter is an `nnx.Param` whose metadata `logical_axes` names its dimensions
+(`("embed", "q_heads", "head_dim")`, ...); `dsmath_jax.parallel` maps those names to mesh axes with
+rules from the config. Parameters are stored in `param_dtype` and cast to the compute `dtype` where they
+are used; norms, rotary embeddings and softmax run in float32.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
+
+from dsmath_jax.model.config import ModelConfig
+
+Array = jax.Array
+
+
+def param(rngs: nnx.Rngs, shape: tuple[int, ...], logical_axes: tuple[str, ...], dtype, *, std: float | None):
+    """A parameter initialised N(0, std) (or ones when std is None), tagged with its logical axis names."""
+    assert len(shape) == len(logical_axes), (shape, logical_axes)
+    if std is None:
+        value = jnp.ones(shape, dtype)
+    else:
+        value = (std * jax.random.normal(rngs.params(), shape, jnp.float32)).astype(dtype)
+    return nnx.Param(value, logical_axes=logical_axes)
+
+
+class RMSNorm(nnx.Module):
+    """Root-mean-square layer norm (Zhang & Sennrich 2019), computed in float32 like HF `LlamaRMSNorm`."""
+
+    def __init__(self, dim: int, *, eps: float, dtype, param_dtype, rngs: nnx.Rngs):
+        self.scale = param(rngs, (dim,), ("norm",), param_dtype, std=None)
+        self.eps = eps
+        self.dtype = dtype
+
+    def __call__(self, x: Array) -> Array:
+        x32 = x.astype(jnp.float32)
+        x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return self.scale[...].astype(self.dtype) * x32.astype(self.dtype)
+
+
+def apply_rope(x: Array, positions: Array, theta: float) -> Array:
+    """Rotary position embedding (Su et al. 2021) in the half-split layout.
+
+    Dimension j of a head is paired with j + head_dim/2 (HF's `rotate_half`), which is the layout of
+    Hugging Face `LlamaForCausalLM` checkpoints, DeepSeek's included. Checkpoints in Meta's interleaved
+    layout (pairs 2j, 2j+1) are permuted on load (`dsmath_jax.model.hf.interleaved_to_half`).
+
+    x: [batch, seq, heads, head_dim]; positions: [batch, seq] int.
+    """
+    head_dim = x.shape[-1]
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [batch, seq, head_dim/2]
+    cos = jnp.cos(angles)[:, :, None, :]
+    sin = jnp.sin(angles)[:, :, None, :]
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x.dtype)
+
+
+class Attention(nnx.Module):
+    """Multi-head attention with grouped key/value heads and rotary embeddings; no biases."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        d, h, k, hd, pd = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.weight_dtype
+        std = cfg.initializer_range
+        self.q_proj = param(rngs, (d, h, hd), ("embed", "q_heads", "head_dim"), pd, std=std)
+        self.k_proj = param(rngs, (d, k, hd), ("embed", "kv_heads", "head_dim"), pd, std=std)
+        self.v_proj = param(rngs, (d, k, hd), ("embed", "kv_heads", "head_dim"), pd, std=std)
+        self.o_proj = param(rngs, (h, hd, d), ("q_heads", "head_dim", "embed"), pd, std=std)
+        self.rope_theta = cfg.rope_theta
+        self.dtype = cfg.compute_dtype
+        self.implementation = cfg.attention_impl
+
+    def __call__(self, x: Array, positions: Array, mask: Array, kv: tuple[Array, Array] | None = None,
+                 index: Array | None = None):
+        """x: [batch, seq, d]; positions: [batch, seq]; mask: [batch, 1, seq, keys] bool.
+
+        With `kv` (this layer's cache, each [batch, max_len, kv_heads, head_dim]) the new keys/values are
+        written at slots `index .. index+seq` and attention runs over the whole cache.
+        Returns (out [batch, seq, d], updated kv or None).
+        """
+        dt = self.dtype
+        x = x.astype(dt)
+        q = checkpoint_name(jnp.einsum("btd,dhk->bthk", x, self.q_proj[...].astype(dt)), "query_proj")
+        k = checkpoint_name(jnp.einsum("btd,dhk->bthk", x, self.k_proj[...].astype(dt)), "key_proj")
+        v = checkpoint_name(jnp.einsum("btd,dhk->bthk", x, self.v_proj[...].astype(dt)), "value_proj")
+        q = apply_rope(q, positions, self.rope_theta)
+        k = apply_rope(k, positions, self.rope_theta)
+        if kv is not None:
+            cache_k, cache_v = kv
+            start = (0, index, 0, 0)
+            k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), start)
+            v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), start)
+            kv = (k, v)
+            k, v = k.astype(dt), v.astype(dt)
+        out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=self.implementation)
+        out = checkpoint_name(out, "attention_out")
+        return jnp.einsum("bthk,hkd->btd", out, self.o_proj[...].astype(dt)), kv
+
+
+class MLP(nnx.Module):
+    """SwiGLU feed-forward (Shazeer 2020): down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        d, f, pd, std = cfg.d_model, cfg.mlp_dim, cfg.weight_dtype, cfg.initializer_range
+        self.gate_proj = param(rngs, (d, f), ("embed", "mlp"), pd, std=std)
+        self.up_proj = param(rngs, (d, f), ("embed", "mlp"), pd, std=std)
+        self.down_proj = param(rngs, (f, d), ("mlp", "embed"), pd, std=std)
+        self.dtype = cfg.compute_dtype
+
+    def __call__(self, x: Array) -> Array:
+        dt = self.dtype
+        x = x.astype(dt)
+        gate = jnp.einsum("btd,df->btf", x, self.gate_proj[...].astype(dt))
+        up = jnp.einsum("btd,df->btf", x, self.up_proj[...].astype(dt))
+        hidden = checkpoint_name(jax.nn.silu(gate) * up, "mlp_hidden")
+        return jnp.einsum("btf,fd->btd", hidden, self.down_proj[...].astype(dt))
+
+
+class Block(nnx.Module):
+    """Pre-norm decoder block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        kw = dict(eps=cfg.rms_norm_eps, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype, rngs=rngs)
+        self.attn_norm = RMSNorm(cfg.d_model, **kw)
+        self.attn = Attention(cfg, rngs=rngs)
+        self.mlp_norm = RMSNorm(cfg.d_model, **kw)
+        self.mlp = MLP(cfg, rngs=rngs)
+
+    def __call__(self, x, positions, mask, kv=None, index=None):
+        attn_out, kv = self.attn(self.attn_norm(x), positions, mask, kv, index)
+        x = x + attn_out
+        x = x + self.mlp(self.mlp_norm(x))
+        return x, kv
+
+
+def remat_policy(name: str):
+    """The `jax.checkpoint` policy of a named remat setting (`ModelConfig.remat_policy`)."""
+    policies = jax.checkpoint_policies
+    return {
+        "full": None,  # save nothing: recompute the whole block in the backward pass
+        "dots": policies.checkpoint_dots,
+        "dots_no_batch": policies.dots_with_no_batch_dims_saveable,
+        "save_qkv": policies.save_only_these_names("query_proj", "key_proj", "value_proj"),
+        "save_attention": policies.save_only_these_names("query_proj", "key_proj", "value_proj",
+                                                         "attention_out"),
+    }[name]

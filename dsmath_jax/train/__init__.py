@@ -1,0 +1,1 @@
+"""Optimisers, the sharded train step, checkpoints and metrics."""

@@ -1,0 +1,62 @@
+"""dsmath_jax: DeepSeekMath (arXiv 2402.03300) end to end in JAX/Flax NNX."""
+
+from setuptools import find_packages, setup
+
+# Ranges are the ones tested on CPU (Linux, Python 3.10-3.12); upper bounds guard against the
+# fast-moving NNX / Orbax APIs.
+INSTALL_REQUIRES = [
+    "jax>=0.8,<0.11",
+    "flax>=0.12.8,<0.13",
+    "optax>=0.2.5,<0.3",
+    "orbax-checkpoint>=0.11.30,<0.13",
+    "ml-collections>=1.0,<2",
+    "absl-py>=2.1",
+    "numpy>=1.26",
+    "ml_dtypes>=0.5",
+    "safetensors>=0.4.5",
+    "sentencepiece>=0.2.0",
+    "tokenizers>=0.20",
+    "tqdm>=4.66",
+]
+
+EXTRAS_REQUIRE = {
+    # torch is pinned: it is the CPU build used only for parity tests against `transformers`;
+    # any other torch spec pulls gigabytes of CUDA packages.
+    "test": [
+        "pytest>=8",
+        "pytest-xdist>=3.5",
+        "torch==2.13.0",
+        "transformers>=4.46,<6",
+    ],
+    "beam": [
+        "apache-beam>=2.60",
+        "fasttext-numpy2>=0.10",
+        "warcio>=1.7",
+        "resiliparse>=0.14",
+    ],
+    "notebooks": [
+        "jupyter>=1.0",
+        "nbclient>=0.10",
+        "ipykernel>=6",
+        "matplotlib>=3.8",
+        "pandas>=2.1",
+    ],
+    "tpu": ["jax[tpu]>=0.8,<0.11"],
+    "gpu": ["jax[cuda12]>=0.8,<0.11"],
+}
+
+setup(
+    name="dsmath_jax",
+    version="0.1.0",
+    description="DeepSeekMath reproduced end to end in JAX/Flax: corpus mining, pre-training, SFT, GRPO, evaluation.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["dsmath_jax", "dsmath_jax.*"]),
+    include_package_data=True,
+    package_data={"dsmath_jax": ["py.typed"]},
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
+    entry_points={"console_scripts": ["dsmath=dsmath_jax.cli:main"]},
+)
