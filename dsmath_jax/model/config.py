@@ -70,14 +70,18 @@ class ModelConfig:
     bos_token_id: int | None = None
     eos_token_id: int | None = None
     pad_token_id: int | None = None
+    # Fields filled in from others (num_kv_heads, head_dim) so that `replace` derives them again.
+    _derived: tuple[str, ...] = dataclasses.field(default=(), compare=False, repr=False)
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "num_layers", "num_heads", "mlp_dim", "max_seq_len"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"ModelConfig.{name} must be a positive int, got {value!r}")
+        derived = []
         if self.num_kv_heads is None:
             object.__setattr__(self, "num_kv_heads", self.num_heads)
+            derived.append("num_kv_heads")
         if not isinstance(self.num_kv_heads, int) or self.num_kv_heads <= 0:
             raise ConfigError(f"ModelConfig.num_kv_heads must be a positive int, got {self.num_kv_heads!r}")
         if self.num_heads % self.num_kv_heads:
@@ -90,6 +94,8 @@ class ModelConfig:
                     f"ModelConfig.d_model={self.d_model} is not divisible by ModelConfig.num_heads={self.num_heads}; "
                     "pick a divisor or set ModelConfig.head_dim explicitly")
             object.__setattr__(self, "head_dim", self.d_model // self.num_heads)
+            derived.append("head_dim")
+        object.__setattr__(self, "_derived", tuple(derived))
         if not isinstance(self.head_dim, int) or self.head_dim <= 0 or self.head_dim % 2:
             raise ConfigError(f"ModelConfig.head_dim must be a positive even int (rotary pairs), got {self.head_dim!r}")
         for name in ("dtype", "param_dtype"):
@@ -130,10 +136,11 @@ class ModelConfig:
 
     def replace(self, **changes: Any) -> ModelConfig:
         _check_keys(changes, "ModelConfig.replace")
-        return dataclasses.replace(self, **changes)
+        rederive = {name: None for name in self._derived if name not in changes}
+        return dataclasses.replace(self, **rederive, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {name: getattr(self, name) for name in _FIELDS}
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -148,7 +155,8 @@ class ModelConfig:
         if preset is not None:
             return get_preset(preset).replace(**values)
         missing = [f.name for f in dataclasses.fields(cls)
-                   if f.default is dataclasses.MISSING and f.name not in values]
+                   if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+                   and f.name not in values]
         if missing:
             raise ConfigError(f"model config is missing required field(s) {missing} (or give a 'preset')")
         return cls(**values)
@@ -216,7 +224,7 @@ def _first(value):
     return value[0] if isinstance(value, (list, tuple)) else value
 
 
-_FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig))
+_FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig) if not f.name.startswith("_"))
 
 
 def _check_keys(values: Mapping[str, Any], where: str) -> None:

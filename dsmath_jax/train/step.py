@@ -94,7 +94,7 @@ def make_train_step(model: nnx.Module, optimizer: optax.GradientTransformation, 
         (loss, metrics), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = dict(metrics, grad_norm=optax.global_norm(grads))
+        metrics = dict(metrics, grad_norm=optax.tree.norm(grads))
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     train_step = jax.jit(step, in_shardings=(state_sharding, data_sharding),
