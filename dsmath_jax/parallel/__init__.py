@@ -2,5 +2,5 @@
 
 from dsmath_jax.parallel.distributed import global_batch, initialize, initialize_from_config
 from dsmath_jax.parallel.mesh import (DEFAULT_RULES, MESH_AXES, batch_sharding, create_sharded, logical_axes,
-                                      logical_to_spec, make_mesh, param_shardings, rules_from_config,
+                                      logical_to_spec, make_mesh, mesh_shape, param_shardings, rules_from_config,
                                       shard_model)

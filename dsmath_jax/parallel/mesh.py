@@ -42,12 +42,8 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
 Rules = Sequence[tuple[str, Any]]
 
 
-def make_mesh(shape: Mapping[str, int] | None = None, *, devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A mesh with axes (data, fsdp, tensor); one size may be -1 to take all remaining devices.
-
-    Example: `make_mesh({"fsdp": -1})` is pure FSDP over every device; `make_mesh({"fsdp": 2, "tensor": 4})`.
-    """
-    devices = list(devices if devices is not None else jax.devices())
+def mesh_shape(shape: Mapping[str, int] | None, num_devices: int) -> dict[str, int]:
+    """Resolves a mesh shape over `num_devices` devices: fills the one -1 and checks the product."""
     shape = dict(shape or {"fsdp": -1})
     unknown = set(shape) - set(MESH_AXES)
     if unknown:
@@ -58,12 +54,22 @@ def make_mesh(shape: Mapping[str, int] | None = None, *, devices: Sequence[jax.D
         raise ValueError(f"mesh shape {shape}: sizes must be positive, with at most one -1")
     known = math.prod(s for s in sizes if s != -1)
     if fill:
-        if len(devices) % known:
-            raise ValueError(f"mesh shape {shape}: {len(devices)} devices are not divisible by {known}")
-        sizes[fill[0]] = len(devices) // known
-    if math.prod(sizes) != len(devices):
+        if num_devices % known:
+            raise ValueError(f"mesh shape {shape}: {num_devices} devices are not divisible by {known}")
+        sizes[fill[0]] = num_devices // known
+    if math.prod(sizes) != num_devices:
         raise ValueError(f"mesh shape {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, "
-                         f"but {len(devices)} are available")
+                         f"but {num_devices} are available")
+    return dict(zip(MESH_AXES, sizes))
+
+
+def make_mesh(shape: Mapping[str, int] | None = None, *, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A mesh with axes (data, fsdp, tensor); one size may be -1 to take all remaining devices.
+
+    Example: `make_mesh({"fsdp": -1})` is pure FSDP over every device; `make_mesh({"fsdp": 2, "tensor": 4})`.
+    """
+    devices = list(devices if devices is not None else jax.devices())
+    sizes = list(mesh_shape(shape, len(devices)).values())
     try:  # topology-aware device order on TPU/GPU; plain order where the helper cannot place them
         from jax.experimental import mesh_utils
         grid = mesh_utils.create_device_mesh(sizes, devices=devices)

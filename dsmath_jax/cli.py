@@ -1,0 +1,53 @@
+"""The `dsmath` command line: `dsmath <command> [flags]`.
+
+Each command lives in its own module and is imported only when it runs, so `dsmath --help` is instant.
+Commands that run experiments take ml-collections configs (`--config=configs/...py:variant`,
+overridable as `--config.section.key=value`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# name -> ("module:function", one-line help). The function takes argv (without the command name).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "info": ("dsmath_jax.commands.info:main",
+             "describe a model (preset or Hugging Face dir): parameters, FLOPs, memory, sharding on a mesh"),
+    "tokenizer": ("dsmath_jax.commands.tokenizer:main",
+                  "train a sentencepiece tokenizer from text/JSONL files, or inspect one"),
+}
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: dsmath <command> [flags]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "Run `dsmath <command> --help` for the flags of a command."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from dsmath_jax import __version__
+        print(__version__)
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        import difflib
+        hint = difflib.get_close_matches(name, COMMANDS, n=1)
+        print(f"dsmath: unknown command {name!r}" + (f" (did you mean {hint[0]!r}?)" if hint else ""),
+              file=sys.stderr)
+        print(usage(), file=sys.stderr)
+        return 2
+    module, function = COMMANDS[name][0].split(":")
+    result = getattr(importlib.import_module(module), function)(rest)
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

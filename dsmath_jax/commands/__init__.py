@@ -1,0 +1,1 @@
+"""One module per `dsmath` command (see `dsmath_jax.cli.COMMANDS`)."""
