@@ -204,3 +204,24 @@ def test_default_rules_cover_every_parameter_axis():
     flat = {a for axes in jax.tree.leaves(logical_axes(model), is_leaf=lambda x: isinstance(x, tuple))
             for a in axes}
     assert used and flat <= names
+
+
+def test_activation_constraints_follow_the_rules():
+    from dsmath_jax.parallel import activation_sharding, constrain
+
+    x = jnp.ones((8, 4, 64))
+    assert constrain(x, ("batch", "length", "act_embed")) is x  # no mesh context: the identity
+    mesh = make_mesh({"fsdp": 2, "tensor": 4})
+    model = create_sharded(lambda: CausalLM(TINY, rngs=nnx.Rngs(0)), mesh)
+    graphdef, _ = nnx.split(model)
+
+    def forward(params, ids):
+        with activation_sharding(mesh):
+            return nnx.merge(graphdef, params)(ids)
+
+    ids = jax.device_put(jnp.zeros((8, 16), jnp.int32), batch_sharding(mesh))
+    out = jax.jit(forward)(get_params(model), ids)
+    assert out.sharding.is_equivalent_to(NamedSharding(mesh, P(("data", "fsdp"), None, "tensor")), 3)
+    assert out.addressable_shards[0].data.shape == (4, 16, 64)
+    hlo = jax.jit(forward).lower(get_params(model), ids).as_text()
+    assert hlo.count("sharding_constraint") >= 2 * TINY.num_layers or hlo.count("Sharding") >= 2 * TINY.num_layers

@@ -14,6 +14,7 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from dsmath_jax.model.config import ModelConfig
+from dsmath_jax.parallel.mesh import constrain
 
 Array = jax.Array
 
@@ -88,8 +89,9 @@ class Attention(nnx.Module):
         q = checkpoint_name(jnp.einsum("btd,dhk->bthk", x, self.q_proj[...].astype(dt)), "query_proj")
         k = checkpoint_name(jnp.einsum("btd,dhk->bthk", x, self.k_proj[...].astype(dt)), "key_proj")
         v = checkpoint_name(jnp.einsum("btd,dhk->bthk", x, self.v_proj[...].astype(dt)), "value_proj")
-        q = apply_rope(q, positions, self.rope_theta)
-        k = apply_rope(k, positions, self.rope_theta)
+        q = constrain(apply_rope(q, positions, self.rope_theta), ("batch", "length", "act_heads", None))
+        k = constrain(apply_rope(k, positions, self.rope_theta), ("batch", "length", "act_kv_heads", None))
+        v = constrain(v, ("batch", "length", "act_kv_heads", None))
         if kv is not None:
             cache_k, cache_v = kv
             start = (0, index, 0, 0)
@@ -117,7 +119,7 @@ class MLP(nnx.Module):
         x = x.astype(dt)
         gate = jnp.einsum("btd,df->btf", x, self.gate_proj[...].astype(dt))
         up = jnp.einsum("btd,df->btf", x, self.up_proj[...].astype(dt))
-        hidden = checkpoint_name(jax.nn.silu(gate) * up, "mlp_hidden")
+        hidden = constrain(checkpoint_name(jax.nn.silu(gate) * up, "mlp_hidden"), ("batch", "length", "act_mlp"))
         return jnp.einsum("btf,fd->btd", hidden, self.down_proj[...].astype(dt))
 
 
@@ -135,7 +137,7 @@ class Block(nnx.Module):
         attn_out, kv = self.attn(self.attn_norm(x), positions, mask, kv, index)
         x = x + attn_out
         x = x + self.mlp(self.mlp_norm(x))
-        return x, kv
+        return constrain(x, ("batch", "length", "act_embed")), kv
 
 
 def remat_policy(name: str):

@@ -1,25 +1,10 @@
-"""Parameters as plain nested dicts: what optimizers, checkpoints and converters work on."""
+"""Parameters as plain nested dicts: what optimizers, checkpoints and converters work on.
 
-from __future__ import annotations
+`get_params(model)` is the model's `nnx.Param` values as a nested dict of arrays; `set_params` puts such a
+dict back (in place). They live in `dsmath_jax.parallel.mesh` (which must not import the model package)
+and are re-exported here.
+"""
 
-from typing import Any
+from dsmath_jax.parallel.mesh import get_params, param_flat_state, set_params
 
-from flax import nnx
-
-
-def get_params(model: nnx.Module) -> dict[str, Any]:
-    """The model's parameters as a nested dict of arrays (`nnx.Param` values only)."""
-    return nnx.to_pure_dict(nnx.state(model, nnx.Param))
-
-
-def set_params(model: nnx.Module, params: dict[str, Any]) -> nnx.Module:
-    """Replaces the model's parameters (in place) with `params` (same structure as `get_params`)."""
-    state = nnx.state(model, nnx.Param)
-    nnx.replace_by_pure_dict(state, params)
-    nnx.update(model, state)
-    return model
-
-
-def param_flat_state(model: nnx.Module):
-    """(path, nnx.Param) pairs of every parameter, with their metadata."""
-    return nnx.to_flat_state(nnx.state(model, nnx.Param))
+__all__ = ["get_params", "set_params", "param_flat_state"]

@@ -20,6 +20,7 @@ from flax import nnx
 
 from dsmath_jax.model.config import ModelConfig
 from dsmath_jax.model.layers import Block, RMSNorm, param, remat_policy
+from dsmath_jax.parallel.mesh import constrain
 
 Array = jax.Array
 
@@ -114,6 +115,7 @@ class Decoder(nnx.Module):
             kv = (cache.k, cache.v)
 
         h = jnp.take(self.embed[...], input_ids, axis=0).astype(cfg.compute_dtype)
+        h = constrain(h, ("batch", "length", "act_embed"))
         h, kv = self._run_blocks(h, positions, mask, kv, None if cache is None else cache.index)
         h = self.final_norm(h)
         if cache is None:
@@ -160,8 +162,9 @@ class CausalLM(nnx.Module):
     def logits(self, hidden: Array) -> Array:
         """[batch, seq, d_model] hidden states -> [batch, seq, vocab] float32 logits."""
         dt = self.config.compute_dtype
-        return jnp.einsum("btd,dv->btv", hidden.astype(dt), self.lm_head[...].astype(dt),
-                          preferred_element_type=jnp.float32)
+        logits = jnp.einsum("btd,dv->btv", hidden.astype(dt), self.lm_head[...].astype(dt),
+                            preferred_element_type=jnp.float32)
+        return constrain(logits, ("batch", "length", "act_vocab"))
 
 
 class ScalarHeadModel(nnx.Module):

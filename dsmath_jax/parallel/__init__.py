@@ -1,6 +1,6 @@
 """Device meshes, logical-axis sharding rules, multi-host start-up and global batches."""
 
 from dsmath_jax.parallel.distributed import global_batch, initialize, initialize_from_config
-from dsmath_jax.parallel.mesh import (DEFAULT_RULES, MESH_AXES, batch_sharding, create_sharded, logical_axes,
+from dsmath_jax.parallel.mesh import (DEFAULT_RULES, MESH_AXES, activation_sharding, batch_sharding, constrain, create_sharded, logical_axes,
                                       logical_to_spec, make_mesh, mesh_shape, param_shardings, rules_from_config,
                                       shard_model)

@@ -8,6 +8,8 @@ the rules, which live in the config, map each logical axis to mesh axes.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -18,7 +20,6 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from dsmath_jax.model.params import get_params, param_flat_state, set_params
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,12 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("mlp", "tensor"),
     ("norm", None),
     ("layers", None),
+    # Activations: batch over the data-parallel axes, features over `tensor` where the weights are.
+    ("act_embed", None),
+    ("act_heads", "tensor"),
+    ("act_kv_heads", "tensor"),
+    ("act_mlp", "tensor"),
+    ("act_vocab", "tensor"),
 )
 
 Rules = Sequence[tuple[str, Any]]
@@ -131,6 +138,21 @@ def logical_to_spec(logical_axes: Sequence[str | None], rules: Rules = DEFAULT_R
     return P(*spec)
 
 
+def param_flat_state(model: nnx.Module):
+    return nnx.to_flat_state(nnx.state(model, nnx.Param))
+
+
+def get_params(model: nnx.Module) -> dict:
+    return nnx.to_pure_dict(nnx.state(model, nnx.Param))
+
+
+def set_params(model: nnx.Module, params: dict) -> nnx.Module:
+    state = nnx.state(model, nnx.Param)
+    nnx.replace_by_pure_dict(state, params)
+    nnx.update(model, state)
+    return model
+
+
 def _nest(flat: dict[tuple, Any]) -> dict:
     out: dict = {}
     for path, value in flat.items():
@@ -194,3 +216,27 @@ def create_sharded(make_model: Callable[[], nnx.Module], mesh: Mesh, rules: Rule
 def batch_sharding(mesh: Mesh, rules: Rules = DEFAULT_RULES, ndim: int = 2) -> NamedSharding:
     """Sharding of a [batch, ...] array: batch over the data-parallel axes, the rest replicated."""
     return NamedSharding(mesh, logical_to_spec(("batch",) + (None,) * (ndim - 1), rules))
+
+
+_ACTIVATION_CONTEXT: contextvars.ContextVar[tuple[Mesh, Rules] | None] = contextvars.ContextVar(
+    "dsmath_activation_sharding", default=None)
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh: Mesh, rules: Rules = DEFAULT_RULES):
+    """Within this context (active while a step is traced), `constrain` pins activations to the mesh."""
+    token = _ACTIVATION_CONTEXT.set((mesh, tuple(rules)))
+    try:
+        yield
+    finally:
+        _ACTIVATION_CONTEXT.reset(token)
+
+
+def constrain(x: jax.Array, logical: Sequence[str | None]) -> jax.Array:
+    """`with_sharding_constraint` by logical axis names; the identity outside `activation_sharding`."""
+    context = _ACTIVATION_CONTEXT.get()
+    if context is None:
+        return x
+    mesh, rules = context
+    spec = logical_to_spec(logical, rules, shape=x.shape, mesh=mesh)
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))

@@ -17,7 +17,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from dsmath_jax.model.params import get_params
-from dsmath_jax.parallel.mesh import DEFAULT_RULES, Rules, batch_sharding, param_shardings
+from dsmath_jax.parallel.mesh import DEFAULT_RULES, Rules, activation_sharding, batch_sharding, param_shardings
 
 
 class TrainState(NamedTuple):
@@ -89,7 +89,8 @@ def make_train_step(model: nnx.Module, optimizer: optax.GradientTransformation, 
 
     def step(state: TrainState, batch):
         def loss_of(params):
-            return loss_fn(nnx.merge(graphdef, params), batch)
+            with activation_sharding(mesh, rules):
+                return loss_fn(nnx.merge(graphdef, params), batch)
 
         (loss, metrics), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
