@@ -12,6 +12,10 @@ import sys
 
 # name -> ("module:function", one-line help). The function takes argv (without the command name).
 COMMANDS: dict[str, tuple[str, str]] = {
+    "mine": ("dsmath_jax.commands.mine:main",
+             "mine a math corpus from web crawls (Apache Beam): recall, domains, dedup, decontamination"),
+    "pretrain": ("dsmath_jax.commands.train:pretrain_main", "pre-train (or continue pre-training) a model"),
+    "sft": ("dsmath_jax.commands.train:sft_main", "supervised fine-tuning on chat-formatted examples"),
     "info": ("dsmath_jax.commands.info:main",
              "describe a model (preset or Hugging Face dir): parameters, FLOPs, memory, sharding on a mesh"),
     "tokenizer": ("dsmath_jax.commands.tokenizer:main",

@@ -1,0 +1,60 @@
+"""Shared command-line plumbing: ml-collections config files with overrides, and the work directory.
+
+  dsmath <command> --config=configs/pretrain/table1_corpora.py:tiny --config.train.steps=50 --workdir=runs/x
+
+Configs are locked after loading, so an override of a key the config does not have fails, naming it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+
+from absl import flags
+from ml_collections import config_flags
+
+
+class UsageError(ValueError):
+    """Bad command-line flags; the message says which."""
+
+
+def parse_flags(argv: list[str], prog: str, *, workdir_required: bool = True,
+                define_extra: Callable[[flags.FlagValues], None] | None = None) -> flags.FlagValues:
+    """Parses `--config` (a config file, `path.py` or `path.py:arg`, plus `--config.a.b=v` overrides),
+    `--workdir` and any flags `define_extra` adds, into a fresh FlagValues (so commands can run
+    repeatedly in one process, e.g. in tests)."""
+    values = flags.FlagValues()
+    argv = [prog] + list(argv)
+    # `sys_argv`: config_flags reads the `--config.*` overrides from the argv it is given, not sys.argv.
+    config_flags.DEFINE_config_file("config", None, "experiment config: path/to/config.py[:argument]",
+                                    flag_values=values, lock_config=True, sys_argv=argv)
+    flags.DEFINE_string("workdir", None, "run directory (local path or gs://): checkpoints, metrics, results",
+                        flag_values=values)
+    flags.DEFINE_string("log_level", "INFO", "logging level", flag_values=values)
+    if define_extra is not None:
+        define_extra(values)
+    try:
+        values(argv)
+    except (flags.Error, KeyError, AttributeError, ValueError, TypeError) as e:
+        raise UsageError(f"{prog}: {e}") from e
+    if values.config is None:
+        raise UsageError(f"{prog}: --config is required (e.g. --config=configs/...py:tiny)")
+    error = getattr(values.config, "_error", None)  # config_flags defers a failed load to first use
+    if type(values.config).__name__ == "_ErrorConfig" and error is not None:
+        raise UsageError(f"{prog}: cannot load --config={values['config'].config_filename}: {error}")
+    if workdir_required and not values.workdir:
+        raise UsageError(f"{prog}: --workdir is required")
+    logging.basicConfig(level=getattr(logging, values.log_level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    return values
+
+
+def run_command(main: Callable[[flags.FlagValues], int | None], argv: list[str], prog: str, **kwargs) -> int:
+    """Parses flags and runs `main(flags)`; a UsageError prints its message and returns 2."""
+    try:
+        values = parse_flags(argv, prog, **kwargs)
+    except UsageError as e:
+        print(str(e), file=sys.stderr)
+        return 2
+    return int(main(values) or 0)
