@@ -17,6 +17,13 @@ INSTALL_REQUIRES = [
     "sentencepiece>=0.2.0",
     "tokenizers>=0.20",
     "tqdm>=4.66",
+    # Data: TFDS writes and reads ArrayRecord without TensorFlow; Grain builds the input pipelines.
+    "tensorflow-datasets>=4.9.7,<5",
+    "grain>=0.2.12,<0.3",
+    "array-record>=0.7",
+    "pyarrow>=15",
+    "etils[epath]>=1.7",
+    "tensorboardX>=2.6",
 ]
 
 EXTRAS_REQUIRE = {

@@ -123,7 +123,7 @@ def make_batches(n, batch=8, seq=32, seed=0):
 def test_adamw_steps_on_the_mesh_lower_the_loss():
     mesh = make_mesh({"fsdp": 2, "tensor": 4})
     model = create_sharded(lambda: CausalLM(TINY, rngs=nnx.Rngs(0)), mesh)
-    init_state, train_step, shardings = make_train_step(model, adamw(1e-2), mesh)
+    init_state, train_step, _, shardings, _ = make_train_step(model, adamw(1e-2), mesh)
     state = init_state(get_params(model))
     mu = state.opt_state[1][0].mu["decoder"]["layers"][0]["attn"]["q_proj"]
     assert mu.sharding.spec == P("fsdp", "tensor", None)  # optimizer state is sharded like the params
@@ -143,7 +143,7 @@ def test_train_state_resumes_exactly_on_another_mesh(tmp_path):
     batches = make_batches(6, seed=1)
     mesh_a = make_mesh({"fsdp": 8})
     model = create_sharded(lambda: CausalLM(TINY, rngs=nnx.Rngs(0)), mesh_a)
-    init_a, step_a, _ = make_train_step(model, adamw(3e-3), mesh_a)
+    init_a, step_a, *_ = make_train_step(model, adamw(3e-3), mesh_a)
     state = init_a(get_params(model))
     for batch in batches[:3]:
         state, _ = step_a(state, batch)
@@ -157,7 +157,7 @@ def test_train_state_resumes_exactly_on_another_mesh(tmp_path):
 
     mesh_b = make_mesh({"fsdp": 2, "tensor": 4})
     model_b = create_sharded(lambda: CausalLM(TINY, rngs=nnx.Rngs(5)), mesh_b)
-    init_b, step_b, shardings_b = make_train_step(model_b, adamw(3e-3), mesh_b)
+    init_b, step_b, _, shardings_b, _ = make_train_step(model_b, adamw(3e-3), mesh_b)
     template = jax.eval_shape(init_b, get_params(model_b))
     targets = {"params": abstract_like(template.params, shardings_b.params),
                "opt_state": abstract_like(template.opt_state, shardings_b.opt_state)}

@@ -47,6 +47,8 @@ def parse_flags(argv: list[str], prog: str, *, workdir_required: bool = True,
         raise UsageError(f"{prog}: --workdir is required")
     logging.basicConfig(level=getattr(logging, values.log_level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if values.log_level.upper() != "DEBUG":  # Orbax and Grain log every file operation through absl at INFO
+        logging.getLogger("absl").setLevel(logging.WARNING)
     return values
 
 

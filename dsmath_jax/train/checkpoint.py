@@ -81,6 +81,11 @@ def abstract_like(tree: PyTree, shardings: PyTree | None = None) -> PyTree:
     return treedef.unflatten([one(x, s) for x, s in zip(leaves, shards)])
 
 
+def _is_data_iterator(x: Any) -> bool:
+    """A Grain dataset iterator: checkpointed through Grain's own Orbax handler (one file per process)."""
+    return callable(getattr(x, "get_state", None)) and callable(getattr(x, "set_state", None))
+
+
 def _restore_target(x: Any) -> Any:
     """Maps a target leaf to what Orbax restores into (typed keys become their key data)."""
     if _is_prng_key(x):
@@ -125,8 +130,11 @@ class Checkpointer:
         meta = dict(metadata or {})
         if _BOOKKEEPING in meta:
             raise ValueError(f"metadata key {_BOOKKEEPING!r} is reserved")
-        encoded, prng_keys = {}, {}
+        encoded, prng_keys, iterators = {}, {}, []
         for name, tree in items.items():
+            if _is_data_iterator(tree):
+                iterators.append(name)
+                continue
             keys: dict[str, str] = {}
 
             def enc(path: tuple, x: Any, keys: dict = keys) -> Any:
@@ -139,12 +147,15 @@ class Checkpointer:
             if keys:
                 prng_keys[name] = keys
         meta[_BOOKKEEPING] = {"version": _FORMAT_VERSION, "step": int(step),
-                              "items": sorted(items), "prng_keys": prng_keys}
+                              "items": sorted(items), "prng_keys": prng_keys, "data_iterators": iterators}
         try:
             json.dumps(meta)
         except (TypeError, ValueError) as e:
             raise TypeError(f"checkpoint metadata must be JSON serialisable: {e}") from e
         args = {n: ocp.args.StandardSave(t) for n, t in encoded.items()}
+        if iterators:
+            import grain
+            args.update({n: grain.checkpoint.CheckpointSave(items[n]) for n in iterators})
         args[METADATA_ITEM] = ocp.args.JsonSave(meta)
         saved = self._mngr.save(int(step), args=ocp.args.Composite(**args), force=force)
         if saved:
@@ -249,7 +260,10 @@ class Checkpointer:
         meta = self._read_metadata(step)
         book = meta.pop(_BOOKKEEPING)
         saved_items = list(book["items"])
-        targets = dict.fromkeys(saved_items) if targets is None else dict(targets)
+        if targets is None:  # everything as saved, except data iterators (they need a target to restore into)
+            targets = dict.fromkeys(i for i in saved_items if i not in book.get("data_iterators", []))
+        else:
+            targets = dict(targets)
         out: dict[str, Any] = {"step": step, "metadata": meta}
         for item, target in targets.items():
             if item in RESERVED_ITEMS:
@@ -260,6 +274,19 @@ class Checkpointer:
             if not (self.directory / str(step) / item).exists():
                 raise CheckpointError(f"{self._where(step, item)} is missing its files: expected "
                                       f"directory {self.directory / str(step) / item}")
+            if item in book.get("data_iterators", []):
+                if not _is_data_iterator(target):
+                    raise CheckpointError(f"{self._where(step, item)} is a data-iterator state: pass the "
+                                          "freshly built iterator as its target (it is restored in place)")
+                import grain
+                try:
+                    self._mngr.restore(step, args=ocp.args.Composite(
+                        **{item: grain.checkpoint.CheckpointRestore(target)}))
+                except Exception as e:  # noqa: BLE001
+                    raise CheckpointError(f"cannot restore {self._where(step, item)} into the data iterator "
+                                          f"(was the dataset or its config changed?): {_short(e)}") from e
+                out[item] = target
+                continue
             abstract = None
             if target is not None:
                 abstract = jax.tree.map(_restore_target, target)

@@ -1,8 +1,12 @@
-"""The sharded language-model train step: next-token cross-entropy, AdamW, `jax.jit` with explicit
-in/out shardings and donated buffers.
+"""The sharded train step shared by pre-training, SFT and reward-model training.
 
 State is functional: `params` is the model's pure parameter dict (`dsmath_jax.model.get_params(model)`),
 the module structure is a `graphdef`, and `nnx.merge(graphdef, params)` rebuilds the model inside the step.
+A loss function returns `(total, weight, metrics)`: the loss is `total / weight`, which lets gradient
+accumulation over micro-batches give exactly the gradient of the whole batch.
+
+Steps are `jax.jit` with explicit in/out shardings; the input state is donated. A step whose loss or
+gradient is not finite leaves params and optimizer state unchanged and reports `finite = 0`.
 """
 
 from __future__ import annotations
@@ -16,42 +20,45 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from dsmath_jax.model.params import get_params
-from dsmath_jax.parallel.mesh import DEFAULT_RULES, Rules, activation_sharding, batch_sharding, param_shardings
+from dsmath_jax.parallel.mesh import (DEFAULT_RULES, Rules, activation_sharding, batch_sharding, constrain,
+                                      get_params, param_shardings)
+
+Batch = Mapping[str, jax.Array]
+LossFn = Callable[[nnx.Module, Batch], tuple[jax.Array, jax.Array, dict]]
 
 
 class TrainState(NamedTuple):
-    step: jax.Array  # [] int32
+    step: jax.Array  # [] int32: updates attempted so far
     params: Any  # pure dict of arrays
     opt_state: Any
 
 
-def next_token_loss(logits: jax.Array, targets: jax.Array, weights: jax.Array) -> tuple[jax.Array, dict]:
-    """Mean token cross-entropy over weighted tokens.
+def token_cross_entropy(logits: jax.Array, targets: jax.Array, weights: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Summed weighted next-token cross-entropy and the summed weight.
 
     logits: [batch, seq, vocab] float32 (position t predicts targets[t]); targets, weights: [batch, seq].
     """
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+    logits = logits.astype(jnp.float32)
+    nll = jax.nn.logsumexp(logits, axis=-1) - jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
     weights = weights.astype(jnp.float32)
-    total = jnp.maximum(weights.sum(), 1.0)
-    loss = (nll * weights).sum() / total
-    return loss, {"loss": loss, "tokens": weights.sum()}
+    return (nll * weights).sum(), weights.sum()
 
 
-def lm_loss(model: nnx.Module, batch: Mapping[str, jax.Array]) -> tuple[jax.Array, dict]:
-    """Loss of a `CausalLM` on a batch with `inputs`, `targets`, `weights` and optional
-    `positions`/`segment_ids` (all [batch, seq])."""
+def lm_loss(model: nnx.Module, batch: Batch) -> tuple[jax.Array, jax.Array, dict]:
+    """Language-model loss on a batch with `inputs`, `targets`, `weights` and optional `positions` and
+    `segment_ids` (all [batch, seq]); `weights` is 0 on padding and, for SFT, on prompt tokens."""
     logits = model(batch["inputs"], batch.get("positions"), batch.get("segment_ids"))
-    return next_token_loss(logits, batch["targets"], batch["weights"])
+    total, weight = token_cross_entropy(logits, batch["targets"], batch["weights"])
+    return total, weight, {}
 
 
 def adamw(learning_rate: float | optax.Schedule, *, b1: float = 0.9, b2: float = 0.95, weight_decay: float = 0.1,
           clip_norm: float | None = 1.0, eps: float = 1e-8) -> optax.GradientTransformation:
     """AdamW with the DeepSeek settings (PAPER.md §2: beta1 0.9, beta2 0.95, weight decay 0.1) and global
-    norm clipping."""
+    norm clipping. Weight decay skips vectors (norm scales), as is usual for Llama-style models."""
+    decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)  # noqa: E731
     parts = [optax.clip_by_global_norm(clip_norm)] if clip_norm else []
-    parts.append(optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay))
+    parts.append(optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=decay_mask))
     return optax.chain(*parts)
 
 
@@ -65,39 +72,93 @@ def opt_state_shardings(optimizer: optax.GradientTransformation, params_shape: A
                         state_shape, is_leaf=lambda x: jax.tree.structure(x) == param_tree)
 
 
+def _split_micro(batch: Batch, accum_steps: int) -> Batch:
+    def split(x):
+        if x.shape[0] % accum_steps:
+            raise ValueError(f"batch of {x.shape[0]} rows does not split into {accum_steps} micro-batches")
+        x = x.reshape((accum_steps, x.shape[0] // accum_steps) + x.shape[1:])
+        return constrain(x, (None, "batch") + (None,) * (x.ndim - 2))
+    return jax.tree.map(split, dict(batch))
+
+
+class StepFns(NamedTuple):
+    init_state: Callable[[Any], TrainState]
+    train_step: Callable[[TrainState, Batch], tuple[TrainState, dict]]
+    eval_step: Callable[[Any, Batch], dict]
+    state_sharding: TrainState
+    batch_sharding: NamedSharding
+
+
 def make_train_step(model: nnx.Module, optimizer: optax.GradientTransformation, mesh: Mesh,
-                    rules: Rules = DEFAULT_RULES, *,
-                    loss_fn: Callable[[nnx.Module, Mapping[str, jax.Array]], tuple[jax.Array, dict]] = lm_loss):
-    """Returns (init_state, train_step, state_shardings).
+                    rules: Rules = DEFAULT_RULES, *, loss_fn: LossFn = lm_loss, accum_steps: int = 1,
+                    schedule: optax.Schedule | None = None) -> StepFns:
+    """Builds the jitted, sharded steps for `model`.
 
     init_state(params) -> TrainState placed on the mesh.
-    train_step(state, batch) -> (state, metrics), jitted with explicit in/out shardings; the input state is
-    donated. Batches are dicts of [batch, seq] arrays sharded over the data-parallel axes.
+    train_step(state, batch) -> (state, metrics): gradient of `loss_fn` accumulated over `accum_steps`
+      micro-batches (rows of the global batch), one optimizer update, metrics {loss, tokens, grad_norm, lr,
+      finite}. The input state is donated.
+    eval_step(params, batch) -> {loss_total, weight}: sums, so held-out batches add up exactly.
     """
+    if accum_steps < 1:
+        raise ValueError(f"accum_steps must be >= 1, got {accum_steps}")
     graphdef, _ = nnx.split(model)
     params_sharding = param_shardings(model, mesh, rules)
     params_shape = jax.eval_shape(lambda: get_params(model))
     replicated = NamedSharding(mesh, P())
     state_sharding = TrainState(step=replicated, params=params_sharding,
                                 opt_state=opt_state_shardings(optimizer, params_shape, params_sharding, mesh))
-    data_sharding = batch_sharding(mesh, rules)  # a prefix: every [batch, seq] array of the batch dict
+    data_sharding = batch_sharding(mesh, rules)  # a prefix: every [batch, ...] array of the batch dict
 
     def init(params):
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
 
-    init_state = jax.jit(init, in_shardings=(params_sharding,), out_shardings=state_sharding)
+    def loss_and_grad(params, batch):
+        def total_of(p):
+            with activation_sharding(mesh, rules):
+                total, weight, metrics = loss_fn(nnx.merge(graphdef, p), batch)
+            return total, (weight, metrics)
+
+        (total, (weight, metrics)), grads = jax.value_and_grad(total_of, has_aux=True)(params)
+        return total, weight, metrics, grads
 
     def step(state: TrainState, batch):
-        def loss_of(params):
-            with activation_sharding(mesh, rules):
-                return loss_fn(nnx.merge(graphdef, params), batch)
+        if accum_steps == 1:
+            total, weight, metrics, grads = loss_and_grad(state.params, batch)
+        else:
+            micro = _split_micro(batch, accum_steps)
 
-        (loss, metrics), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+            def body(carry, mb):
+                total, weight, grads = carry
+                t, w, m, g = loss_and_grad(state.params, mb)
+                return (total + t, weight + w, jax.tree.map(jnp.add, grads, g)), m
+
+            zeros = jax.tree.map(jnp.zeros_like, state.params)
+            (total, weight, grads), metrics = jax.lax.scan(body, (jnp.zeros(()), jnp.zeros(()), zeros), micro)
+            metrics = jax.tree.map(lambda x: x.mean(0), metrics)
+        denom = jnp.maximum(weight, 1.0)
+        grads = jax.tree.map(lambda g: g / denom, grads)
+        loss = total / denom
+        grad_norm = optax.tree.norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = dict(metrics, grad_norm=optax.tree.norm(grads))
-        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
+        out = TrainState(step=state.step + 1, params=keep(params, state.params),
+                         opt_state=keep(opt_state, state.opt_state))
+        metrics = dict(metrics, loss=loss, tokens=weight, grad_norm=grad_norm, finite=finite.astype(jnp.int32))
+        if schedule is not None:
+            metrics["lr"] = schedule(state.step)
+        return out, metrics
 
-    train_step = jax.jit(step, in_shardings=(state_sharding, data_sharding),
-                         out_shardings=(state_sharding, replicated), donate_argnums=(0,))
-    return init_state, train_step, state_sharding
+    def evaluate(params, batch):
+        with activation_sharding(mesh, rules):
+            total, weight, _ = loss_fn(nnx.merge(graphdef, params), batch)
+        return {"loss_total": total, "weight": weight}
+
+    return StepFns(
+        init_state=jax.jit(init, in_shardings=(params_sharding,), out_shardings=state_sharding),
+        train_step=jax.jit(step, in_shardings=(state_sharding, data_sharding),
+                           out_shardings=(state_sharding, replicated), donate_argnums=(0,)),
+        eval_step=jax.jit(evaluate, in_shardings=(params_sharding, data_sharding), out_shardings=replicated),
+        state_sharding=state_sharding, batch_sharding=data_sharding)

@@ -46,7 +46,7 @@ def main() -> None:
     cfg = get_preset(args.preset, dtype=args.dtype, param_dtype=args.param_dtype, remat_policy=args.remat,
                      scan_layers=args.scan, attention_impl=args.attention)
     model = create_sharded(lambda: CausalLM(cfg, rngs=nnx.Rngs(0)), mesh)
-    init_state, train_step, _ = make_train_step(model, adamw(1e-4), mesh)
+    init_state, train_step, *_ = make_train_step(model, adamw(1e-4), mesh)
     state = init_state(get_params(model))
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, cfg.vocab_size, (args.batch, args.seq + 1)).astype(np.int32)

@@ -1,0 +1,36 @@
+r"""§5.1 of the paper (Tables 8-9): is arXiv data enough? 1.3B models trained on arXiv corpora only.
+
+Argument: `mathpile` (MathPile, 8.9B tokens, mostly arXiv) or `arxiv_redpajama` (the arXiv subset of
+RedPajama, 28.0B tokens); add `,tiny` for the CPU variant. Each is trained for 150B tokens (several epochs);
+the paper finds no clear gain, or a loss, on math benchmarks compared with no math training (PAPER.md §2).
+Model: 1.3B (24 layers, d 2048, 16 heads); AdamW (0.9, 0.95, wd 0.1), multi-step schedule to 5.3e-4, batch
+4M tokens, context 4K, 35,763 steps.
+
+Launch (TPU v5p-128, about 2.5 days each):
+  dsmath pretrain --config=configs/pretrain/arxiv_only.py:arxiv_redpajama --workdir=gs://BUCKET/runs/arxiv_rp \
+    --config.data.data_dir=gs://BUCKET/tfds
+
+Tiny variant (CPU, about a minute): the MATH problems' text stands in for arXiv.
+"""
+
+from dsmath_jax.configs import base_train_config, parse_arg, source, tiny_overrides
+
+CORPORA = ("mathpile", "arxiv_redpajama")
+
+
+def get_config(arg=None):
+    args = parse_arg(arg, {"corpus": CORPORA})
+    c = base_train_config()
+    c.model.preset = "deepseek_1_3b"
+    c.model.dtype = "bfloat16"
+    c.model.remat_policy = "dots_no_batch"
+    c.model.scan_layers = True
+    c.data.sources = [source("tfds", name=args.get("corpus", "arxiv_redpajama"))]
+    c.data.seq_len = 4096
+    c.optimizer.schedule = dict(name="multi_step", peak=5.3e-4, warmup_steps=2000)
+    c.train.update(steps=35_763, batch_size=1024, checkpoint_every=1000)
+    if args["tiny"]:
+        tiny_overrides(c, steps=60)
+        c.data.sources = [source("math")]
+        c.data.eval_split = "validation"
+    return c

@@ -1,0 +1,76 @@
+"""The schema every training config starts from: `base_train_config()` returns a ConfigDict with all
+sections and defaults; an experiment file under `configs/` changes what its paper result needs.
+
+Sections: seed, model (a `ModelConfig` preset + overrides), init (start from a Hugging Face directory or a
+checkpoint), tokenizer, data (sources, context length), optimizer (AdamW + schedule), train (steps, batch,
+logging, checkpoints), mesh (shape and logical-axis rules), distributed (multi-host start-up).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+from ml_collections.config_dict import placeholder
+
+
+def source(kind: str, *, weight: float = 1.0, **fields: Any) -> dict[str, Any]:
+    """A data-source spec (see `dsmath_jax.data.sources`)."""
+    return dict(kind=kind, weight=weight, **fields)
+
+
+def base_train_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.model = ml_collections.ConfigDict(dict(preset="tiny"))
+    c.init = ml_collections.ConfigDict(dict(hf_dir=placeholder(str), checkpoint=placeholder(str),
+                                            step=placeholder(int)))
+    c.tokenizer = ml_collections.ConfigDict(dict(path=placeholder(str), train_vocab_size=placeholder(int),
+                                                 train_docs=20000))
+    c.data = ml_collections.ConfigDict(dict(
+        sources=[], seq_len=4096, data_dir=placeholder(str), benchmarks_dir=placeholder(str),
+        eval_split=placeholder(str), seed=0, epochs=placeholder(int), packing="concat", overlong="truncate",
+        max_drop_fraction=0.99))
+    c.optimizer = ml_collections.ConfigDict(dict(
+        schedule=dict(name="multi_step", peak=4.2e-4, warmup_steps=2000), b1=0.9, b2=0.95, weight_decay=0.1,
+        clip_norm=1.0))
+    c.train = ml_collections.ConfigDict(dict(
+        steps=1000, batch_size=256, accum_steps=1, log_every=10, eval_every=0, eval_batches=10,
+        checkpoint_every=1000, keep_checkpoints=3, max_nonfinite_in_a_row=10, async_checkpoint=True,
+        tensorboard=True))
+    c.mesh = ml_collections.ConfigDict(dict(shape=dict(data=1, fsdp=-1, tensor=1), rules=placeholder(tuple)))
+    c.distributed = ml_collections.ConfigDict(dict(enabled="auto", coordinator_address=placeholder(str),
+                                                   num_processes=placeholder(int), process_id=placeholder(int),
+                                                   timeout_s=300))
+    return c
+
+
+def tiny_overrides(c: ml_collections.ConfigDict, *, steps: int = 120, seq_len: int = 128, batch_size: int = 16,
+                   lr: float = 3e-3) -> ml_collections.ConfigDict:
+    """Shrinks a config to the `tiny` model, a trained 512-piece sentencepiece tokenizer and a CPU-sized run."""
+    c.model = ml_collections.ConfigDict(dict(preset="tiny", vocab_size=512, max_seq_len=seq_len))
+    c.tokenizer.train_vocab_size = 512
+    c.tokenizer.train_docs = 4000
+    c.data.seq_len = seq_len
+    c.optimizer.schedule = ml_collections.ConfigDict(dict(name="multi_step", peak=lr, warmup_steps=10))
+    c.train.update(steps=steps, batch_size=batch_size, log_every=10, eval_every=steps // 2, eval_batches=4,
+                   checkpoint_every=steps // 2)
+    return c
+
+
+def parse_arg(arg: str | None, choices: dict[str, tuple[str, ...]]) -> dict[str, str | bool]:
+    """Parses a config argument "a,b" into {group: value} by the allowed values of each group; "tiny" is a
+    flag. Example: parse_arg("openwebmath,tiny", {"corpus": ("openwebmath", ...)})."""
+    out: dict[str, Any] = {"tiny": False}
+    for part in filter(None, (arg or "").split(",")):
+        if part == "tiny":
+            out["tiny"] = True
+            continue
+        for group, values in choices.items():
+            if part in values:
+                out[group] = part
+                break
+        else:
+            allowed = sorted({v for vs in choices.values() for v in vs} | {"tiny"})
+            raise ValueError(f"unknown config argument {part!r}; allowed: {allowed}")
+    return out

@@ -1,0 +1,324 @@
+"""The training loop shared by pre-training and SFT (and, later, reward models).
+
+`train(config, workdir, task="pretrain" | "sft")`:
+  start-up (multi-host, mesh) -> tokenizer (given, or trained on the training data for small runs) ->
+  model (fresh, from a Hugging Face directory, or params from a checkpoint) -> optimizer and schedule ->
+  resume from `<workdir>/checkpoints` if a checkpoint is there -> the loop.
+
+The loop saves params, optimizer state and the data iterator together, so a resumed run sees exactly the
+batches it would have seen; SIGTERM (TPU preemption) saves and exits cleanly; a non-finite loss skips the
+update, and `max_nonfinite_in_a_row` of them stop the run with an error. Metrics go to
+`<workdir>/metrics.jsonl` and TensorBoard.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from flax import nnx
+from tqdm.auto import tqdm
+
+from dsmath_jax.data.pipeline import PipelineStats, build_dataset, pretrain_example_fn, sft_example_fn
+from dsmath_jax.data.sources import resolve_source, source_name
+from dsmath_jax.data.tokenizers import Tokenizer, check_tokenizer_fits, load_tokenizer, train_sentencepiece
+from dsmath_jax.model import CausalLM, ModelConfig, load_hf
+from dsmath_jax.parallel import (create_sharded, global_batch, initialize_from_config, make_mesh,
+                                 rules_from_config)
+from dsmath_jax.parallel.mesh import get_params, param_shardings, set_params
+from dsmath_jax.train import schedules
+from dsmath_jax.train.checkpoint import Checkpointer, abstract_like, restore_params
+from dsmath_jax.train.metrics import MetricsWriter
+from dsmath_jax.train.mfu import mfu
+from dsmath_jax.train.step import TrainState, adamw, make_train_step
+
+log = logging.getLogger(__name__)
+
+TASKS = ("pretrain", "sft")
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many consecutive steps with a non-finite loss or gradient."""
+
+
+class _Preemption:
+    """Turns SIGTERM (how TPU VMs announce preemption) into a flag the loop checks between steps."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread: no handler, the loop still runs
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        log.warning("SIGTERM received: saving a checkpoint and stopping after this step")
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _as_dict(cfg) -> dict:
+    return cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg or {})
+
+
+# ------------------------------------------------------------------------------------------- set-up
+def _tokenizer(config, workdir: str, train_sources) -> Tokenizer:
+    tok_cfg = _as_dict(config.tokenizer)
+    path = tok_cfg.get("path") or (config.init.get("hf_dir") if config.get("init") else None)
+    if path:
+        return load_tokenizer(path)
+    vocab = tok_cfg.get("train_vocab_size")
+    if not vocab:
+        raise ValueError("config.tokenizer needs a `path` (sentencepiece .model, tokenizer.json or its directory), "
+                         "an init.hf_dir, or `train_vocab_size` to train one on the training data")
+    model_file = os.path.join(workdir, "tokenizer.model")
+    if os.path.exists(model_file):  # trained by an earlier (interrupted) run of this workdir
+        return load_tokenizer(model_file)
+    if jax.process_index() == 0:
+        docs = int(tok_cfg.get("train_docs", 20000))
+
+        def texts():
+            per_source = max(1, docs // len(train_sources))
+            for src in train_sources:
+                for i in range(min(per_source, len(src))):
+                    record = src[i]
+                    yield record.get("text") or f"{record['question']}\n{record['response']}"
+
+        train_sentencepiece(texts(), os.path.join(workdir, "tokenizer"), vocab_size=int(vocab))
+    _sync("tokenizer")
+    return load_tokenizer(model_file)
+
+
+def _sync(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)
+
+
+def _model(config, mesh, rules, tokenizer: Tokenizer):
+    model_cfg = _as_dict(config.model)
+    init = _as_dict(config.get("init"))
+    if init.get("hf_dir"):
+        overrides = {k: v for k, v in model_cfg.items() if k in ("dtype", "param_dtype", "remat_policy",
+                                                                 "scan_layers", "attention_impl")}
+        model = load_hf(init["hf_dir"], mesh=mesh, rules=rules, **overrides)
+        cfg = model.config
+    else:
+        cfg = ModelConfig.from_dict(model_cfg)
+        seed = int(config.get("seed", 0))
+        model = create_sharded(lambda: CausalLM(cfg, rngs=nnx.Rngs(seed)), mesh, rules)
+    check_tokenizer_fits(tokenizer, cfg.vocab_size)
+    if init.get("checkpoint"):
+        target = abstract_like(get_params(model), param_shardings(model, mesh, rules))
+        set_params(model, restore_params(init["checkpoint"], target, step=init.get("step")))
+        log.info("initialised params from checkpoint %s", init["checkpoint"])
+    return model, cfg
+
+
+def _datasets(config, task: str, tokenizer: Tokenizer, stats: PipelineStats, data_dir: str, specs, train):
+    """Train batches of the mixture `train` ([(name, source, weight)]) and held-out batches of `eval_split`."""
+    data = config.data
+    seq_len = int(data.seq_len)
+    if task == "sft":
+        example_fn = sft_example_fn(tokenizer, seq_len, overlong=data.get("overlong", "truncate"), stats=stats)
+        packing = "first_fit"
+    else:
+        example_fn = pretrain_example_fn(tokenizer, stats=stats)
+        packing = data.get("packing", "concat")
+    global_bs = int(config.train.batch_size)
+    if global_bs % jax.process_count():
+        raise ValueError(f"train.batch_size={global_bs} is not divisible by {jax.process_count()} hosts")
+    common = dict(seq_len=seq_len, batch_size=global_bs // jax.process_count(), packing=packing,
+                  shard_index=jax.process_index(), shard_count=jax.process_count(),
+                  max_drop_fraction=float(data.get("max_drop_fraction", 0.99)))
+    train_ds = build_dataset(train, example_fn, seed=int(data.get("seed", 0)), shuffle=True,
+                             epochs=data.get("epochs"), **common)
+    eval_ds = None
+    if data.get("eval_split"):
+        evals = [(n, resolve_source(s, data.eval_split, data_dir=data_dir, benchmarks_dir=data.get("benchmarks_dir")),
+                  w) for (n, _, w), s in zip(train, specs)]
+        eval_ds = build_dataset(evals, example_fn, seed=0, shuffle=False, epochs=1, **common)
+    return train_ds, eval_ds
+
+
+def _optimizer(config):
+    opt = _as_dict(config.optimizer)
+    total = int(config.train.steps)
+    schedule = schedules.from_config(opt.pop("schedule"), total)
+    return adamw(schedule, **opt), schedule
+
+
+# ------------------------------------------------------------------------------------------- the loop
+def evaluate(eval_step, params, eval_ds, batch_sharding, max_batches: int) -> dict:
+    """Mean held-out loss over up to `max_batches` batches of a fresh pass of `eval_ds`."""
+    total, weight, batches = 0.0, 0.0, 0
+    for batch in eval_ds:
+        out = eval_step(params, global_batch(batch, batch_sharding))
+        total += float(out["loss_total"])
+        weight += float(out["weight"])
+        batches += 1
+        if batches >= max_batches:
+            break
+    return {"eval_loss": total / max(weight, 1.0), "eval_tokens": weight, "eval_batches": batches}
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, task: str = "pretrain") -> dict[str, Any]:
+    """Runs (or resumes) a training run in `workdir`; returns a summary (also written as summary.json)."""
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    initialize_from_config(config.get("distributed"))
+    os.makedirs(workdir, exist_ok=True)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+            f.write(config.to_json_best_effort(indent=2))
+    mesh = make_mesh(_as_dict(config.mesh).get("shape"))
+    rules = rules_from_config(_as_dict(config.mesh).get("rules"))
+    data_dir = config.data.get("data_dir") or os.path.join(workdir, "tfds")
+    stats = PipelineStats()
+    # Sources are resolved before the tokenizer, which may be trained on them; the datasets need it.
+    specs = [_as_dict(s) for s in config.data.sources]
+    if not specs:
+        raise ValueError("config.data.sources is empty: name at least one data source")
+    train_sources = [(source_name(s), resolve_source(s, "train", data_dir=data_dir,
+                                                     benchmarks_dir=config.data.get("benchmarks_dir")),
+                      float(s.get("weight", 1.0))) for s in specs]
+    tokenizer = _tokenizer(config, workdir, [src for _, src, _ in train_sources])
+    model, model_cfg = _model(config, mesh, rules, tokenizer)
+    train_ds, eval_ds = _datasets(config, task, tokenizer, stats, data_dir, specs, train_sources)
+    optimizer, schedule = _optimizer(config)
+    tcfg = config.train
+    fns = make_train_step(model, optimizer, mesh, rules, accum_steps=int(tcfg.get("accum_steps", 1)),
+                          schedule=schedule)
+    data_iter = iter(train_ds)
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=int(tcfg.get("keep_checkpoints", 3)),
+                        async_save=bool(tcfg.get("async_checkpoint", True)))
+    start = ckpt.latest_step()
+    if start is not None:
+        template = jax.eval_shape(fns.init_state, get_params(model))
+        restored = ckpt.restore(start, {"params": abstract_like(template.params, fns.state_sharding.params),
+                                        "opt_state": abstract_like(template.opt_state, fns.state_sharding.opt_state),
+                                        "data": data_iter})
+        state = TrainState(step=jax.device_put(np.int32(start), fns.state_sharding.step),
+                           params=restored["params"], opt_state=restored["opt_state"])
+        log.info("resumed from step %d in %s", start, workdir)
+    else:
+        start = 0
+        state = fns.init_state(get_params(model))
+    del model  # the train state owns the parameters now
+
+    total_steps = int(tcfg.steps)
+    log_every, eval_every = int(tcfg.get("log_every", 10)), int(tcfg.get("eval_every", 0))
+    ckpt_every = int(tcfg.get("checkpoint_every", 1000))
+    max_bad = int(tcfg.get("max_nonfinite_in_a_row", 10))
+    seq_len, batch_size = int(config.data.seq_len), int(tcfg.batch_size)
+    flops_per_token = model_cfg.flops_per_token(seq_len)
+    writer = MetricsWriter(workdir, resume_step=start, tensorboard=bool(tcfg.get("tensorboard", True)))
+
+    def save(step: int, *, force: bool = False) -> None:
+        meta = {"step": step, "task": task, "model": model_cfg.to_dict(), "tokens_seen": step * batch_size * seq_len}
+        ckpt.save(step, {"params": state.params, "opt_state": state.opt_state, "data": data_iter},
+                  metadata=meta, force=force)
+
+    bad_in_a_row, skipped, status = 0, 0, "completed"
+    pending: tuple[int, dict, float] | None = None  # metrics of the previous step, read one step late
+    last_loss = float("nan")
+    window_start, window_steps = time.perf_counter(), 0
+    progress = tqdm(total=total_steps, initial=start, desc=task, disable=jax.process_index() != 0,
+                    dynamic_ncols=True)
+
+    def consume(step: int, metrics: dict) -> None:
+        nonlocal bad_in_a_row, skipped, last_loss, window_start, window_steps
+        metrics = jax.device_get(metrics)
+        if int(metrics["finite"]):
+            bad_in_a_row = 0
+            last_loss = float(metrics["loss"])
+        else:
+            bad_in_a_row += 1
+            skipped += 1
+            log.warning("step %d: non-finite loss/gradient (loss=%s, grad_norm=%s): update skipped (%d in a row)",
+                        step, metrics["loss"], metrics["grad_norm"], bad_in_a_row)
+            if bad_in_a_row >= max_bad:
+                raise NonFiniteLossError(f"{bad_in_a_row} consecutive steps (up to step {step}) had a non-finite "
+                                         f"loss or gradient; stopping. Last loss {metrics['loss']}, grad norm "
+                                         f"{metrics['grad_norm']}. Lower the learning rate or check the data.")
+        window_steps += 1
+        if step % log_every == 0 or step == total_steps:
+            elapsed = time.perf_counter() - window_start
+            tokens_per_s = window_steps * batch_size * seq_len / max(elapsed, 1e-9)
+            record = {k: float(v) for k, v in metrics.items()}
+            record.update(tokens_per_s=tokens_per_s, step_time_s=elapsed / window_steps, skipped_steps=skipped,
+                          **{f"data_{k}": v for k, v in stats.as_dict().items()})
+            utilisation = mfu(flops_per_token, tokens_per_s)
+            if utilisation is not None:
+                record["mfu"] = utilisation
+            writer.write(step, record)
+            window_start, window_steps = time.perf_counter(), 0
+        progress.set_postfix(loss=f"{last_loss:.4f}")
+        progress.update(1)
+
+    step = start
+    with _Preemption() as preemption:
+        try:
+            while step < total_steps:
+                try:
+                    batch = next(data_iter)
+                except StopIteration:
+                    log.warning("the training data ran out after %d steps (data.epochs=%s)", step,
+                                config.data.get("epochs"))
+                    status = "data_exhausted"
+                    break
+                state, metrics = fns.train_step(state, global_batch(batch, fns.batch_sharding))
+                step += 1
+                if pending is not None:
+                    consume(*pending)
+                pending = (step, metrics)
+                if eval_ds is not None and eval_every and (step % eval_every == 0 or step == total_steps):
+                    consume(*pending)
+                    pending = None
+                    writer.write(step, evaluate(fns.eval_step, state.params, eval_ds, fns.batch_sharding,
+                                                int(tcfg.get("eval_batches", 10))))
+                if preemption.requested:
+                    status = "preempted"
+                    break
+                if step % ckpt_every == 0 and step < total_steps:
+                    save(step)
+            if pending is not None:
+                consume(*pending)
+                pending = None
+            save(step, force=True)
+            ckpt.wait()
+        finally:
+            progress.close()
+            writer.close()
+            ckpt.close()
+    summary = {"status": status, "step": step, "loss": last_loss, "skipped_steps": skipped,
+               "data": stats.as_dict(), "workdir": workdir}
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
+            json.dump(summary, f, indent=2)
+    log.info("%s %s at step %d (loss %.4f)", task, status, step, last_loss)
+    return summary
+
+
+def final_params(workdir: str, model: CausalLM, mesh=None, rules=None) -> Mapping[str, Any]:
+    """The params of the latest checkpoint of a run (for evaluation or export)."""
+    target = abstract_like(get_params(model), param_shardings(model, mesh, rules) if mesh is not None else None)
+    return restore_params(os.path.join(workdir, "checkpoints"), target)
+
+
+__all__ = ["train", "evaluate", "final_params", "NonFiniteLossError", "TASKS"]
