@@ -11,6 +11,7 @@ Prints the final stats as JSON; exit status 0 when done, 3 while waiting for an 
 from __future__ import annotations
 
 import json
+import logging
 import sys
 
 from absl import flags
@@ -22,6 +23,9 @@ EXIT_AWAITING_ANNOTATION = 3
 
 def _main(values: flags.FlagValues) -> int:
     from dsmath_jax.mining.driver import AWAITING_ANNOTATION, MiningConfigError, run_mining
+
+    # Beam logs one INFO line per postponed type annotation of every transform function.
+    logging.getLogger("apache_beam.typehints.native_type_compatibility").setLevel(logging.WARNING)
 
     try:
         stats = run_mining(values.config, values.workdir)

@@ -133,6 +133,10 @@ def _url_rank(url: str) -> int:
 
 
 class _Signatures(beam.DoFn):
+    """page -> main output (band key, (URL rank, url)) per band; tagged `signatures`: (url, signature)."""
+
+    SIGNATURES = "signatures"
+
     def __init__(self, num_perm: int, bands: int, shingle_size: int, seed: int):
         self.num_perm, self.bands, self.shingle_size, self.seed = num_perm, bands, shingle_size, seed
         self._hasher = None
@@ -145,23 +149,43 @@ class _Signatures(beam.DoFn):
         if len(shingles) == 0:
             return
         sig = self._hasher.signature(shingles)
-        member = (_url_rank(page["url"]), page["url"], sig.tobytes())
+        member = (_url_rank(page["url"]), page["url"])
         for key in band_keys(sig, self.bands):
             yield key, member
+        yield beam.pvalue.TaggedOutput(self.SIGNATURES, (page["url"], sig.tobytes()))
 
 
-def _bucket_duplicates(kv: tuple[bytes, dict[str, Any]], threshold: float):
-    """(duplicate url, canonical url) for the members of one LSH bucket similar to its canonical page.
-    `members` is streamed (a GroupByKey iterable), never held as a list."""
-    _, grouped = kv
-    canonical = next(iter(grouped["canonical"]), None)
+def _bucket_candidates(kv: tuple[bytes, Any]):
+    """(member url, canonical url) for every member of an LSH bucket but its canonical page (the
+    smallest URL rank). Two passes over the bucket's values: GroupByKey values are streamed and
+    re-iterable on every runner, never a list; almost all buckets hold one page and yield nothing."""
+    _, members = kv
+    canonical = min(members, default=None)
     if canonical is None:
         return
-    _, canon_url, canon_sig = canonical
-    canon = np.frombuffer(canon_sig, dtype=np.uint32)
-    for _, url, sig in grouped["members"]:
-        if url != canon_url and estimated_jaccard(np.frombuffer(sig, dtype=np.uint32), canon) >= threshold:
-            yield url, canon_url
+    for member in members:
+        if member[1] != canonical[1]:
+            yield member[1], canonical[1]
+
+
+def _with_member_signature(kv: tuple[str, dict[str, Any]]):
+    url, grouped = kv
+    signature = next(iter(grouped["signature"]), None)
+    if signature is None:
+        return
+    for canonical in set(grouped["canonical"]):  # a pair found in several bands counts once
+        yield canonical, (url, signature)
+
+
+def _verified(kv: tuple[str, dict[str, Any]], threshold: float):
+    canonical, grouped = kv
+    signature = next(iter(grouped["signature"]), None)
+    if signature is None:
+        return
+    canon = np.frombuffer(signature, dtype=np.uint32)
+    for url, sig in grouped["members"]:
+        if estimated_jaccard(np.frombuffer(sig, dtype=np.uint32), canon) >= threshold:
+            yield url, canonical
 
 
 def _keep_unless_duplicate(kv: tuple[str, dict[str, Any]]):
@@ -174,9 +198,11 @@ def _keep_unless_duplicate(kv: tuple[str, dict[str, Any]]):
 
 
 class NearDedup(beam.PTransform):
-    """Pages with unique URLs -> pages without near-duplicates (see the module docstring).
-    Counter `near_duplicates`: pages removed. Tagged outputs: main = kept pages; `pairs` = (removed url,
-    canonical url) for the stats."""
+    """Pages with unique URLs -> {"pages": pages without near-duplicates, "pairs": (removed url,
+    canonical url)} (see the module docstring). Counter `near_duplicates`: pages removed.
+
+    Shuffles: one GroupByKey of (band key, (rank, url)) -- small values, `bands` per page -- then two
+    joins of the few candidate pairs with the signatures (one per page) for verification."""
 
     def __init__(self, *, num_perm: int = 128, bands: int = 16, shingle_size: int = 5, threshold: float = 0.8,
                  seed: int = 1):
@@ -189,11 +215,18 @@ class NearDedup(beam.PTransform):
         self.threshold = threshold
 
     def expand(self, pages):
-        members = pages | "Signatures" >> beam.ParDo(_Signatures(*self.args))
-        canonical = members | "Canonical" >> beam.CombinePerKey(min)
-        pairs = ({"members": members, "canonical": canonical}
-                 | "JoinBuckets" >> beam.CoGroupByKey()
-                 | "Verify" >> beam.FlatMap(_bucket_duplicates, threshold=self.threshold))
+        out = pages | "Signatures" >> beam.ParDo(_Signatures(*self.args)).with_outputs(
+            _Signatures.SIGNATURES, main="bands")
+        signatures = out[_Signatures.SIGNATURES]
+        candidates = (out["bands"]
+                      | "Buckets" >> beam.GroupByKey()
+                      | "Candidates" >> beam.FlatMap(_bucket_candidates))
+        by_canonical = ({"canonical": candidates, "signature": signatures}
+                        | "JoinMember" >> beam.CoGroupByKey()
+                        | "MemberSignature" >> beam.FlatMap(_with_member_signature))
+        pairs = ({"members": by_canonical, "signature": signatures}
+                 | "JoinCanonical" >> beam.CoGroupByKey()
+                 | "Verify" >> beam.FlatMap(_verified, threshold=self.threshold))
         duplicate_of = pairs | "OnePerUrl" >> beam.CombinePerKey(min)
         kept = ({"page": pages | "KeyByUrl" >> beam.Map(lambda p: (p["url"], p)), "duplicate_of": duplicate_of}
                 | "JoinPages" >> beam.CoGroupByKey()
