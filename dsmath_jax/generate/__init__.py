@@ -1,0 +1,3 @@
+"""Batched sampling with a KV cache (prefill + decode), stop criteria and sampled-token log-probs."""
+
+from dsmath_jax.generate.sampler import Completion, Sampler, SamplingParams, filter_logits, sample_tokens
