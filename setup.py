@@ -62,7 +62,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["dsmath_jax", "dsmath_jax.*"]),
     include_package_data=True,
-    package_data={"dsmath_jax": ["py.typed"]},
+    package_data={"dsmath_jax": ["py.typed", "evals/few_shot/*.txt", "evals/few_shot/README.md"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
     entry_points={"console_scripts": ["dsmath=dsmath_jax.cli:main"]},

@@ -1,0 +1,1 @@
+"""The DeepSeekMath evaluation harness: benchmarks, prompts, answer checking, sandboxed code, runners."""

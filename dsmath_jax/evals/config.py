@@ -1,0 +1,29 @@
+"""The schema of evaluation configs (`configs/eval/*.py` start from `base_eval_config()`)."""
+
+from __future__ import annotations
+
+import ml_collections
+from ml_collections.config_dict import placeholder
+
+
+def base_eval_config(benchmarks, mode: str, **eval_fields) -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.eval = ml_collections.ConfigDict(dict(benchmarks=list(benchmarks), mode=mode, n=1, temperature=0.0, top_p=1.0,
+                                            max_new_tokens=1024, limit=placeholder(int), ks=[1], seed=0,
+                                            max_tool_rounds=2))
+    c.eval.update(eval_fields)
+    c.batch_size = 64  # rows sampled at once (prompts x samples)
+    c.benchmarks_dir = placeholder(str)  # local copies; None downloads the public files
+    c.model_overrides = ml_collections.ConfigDict(dict(dtype="bfloat16"))
+    c.mesh = ml_collections.ConfigDict(dict(shape=dict(data=1, fsdp=-1, tensor=1), rules=placeholder(tuple)))
+    c.distributed = ml_collections.ConfigDict(dict(enabled="auto", timeout_s=300))
+    return c
+
+
+def tiny(c: ml_collections.ConfigDict, *, limit: int = 20, max_new_tokens: int = 48) -> ml_collections.ConfigDict:
+    """A CPU-sized version: the first `limit` problems, short generations, float32."""
+    c.eval.limit = limit
+    c.eval.max_new_tokens = max_new_tokens
+    c.batch_size = 20
+    c.model_overrides = ml_collections.ConfigDict(dict(dtype="float32"))
+    return c

@@ -1,0 +1,54 @@
+"""Loading a trained model for evaluation, export or RL: from a run directory of ours or a Hugging Face dir."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from flax import nnx
+
+from dsmath_jax.data.tokenizers import Tokenizer, check_tokenizer_fits, load_tokenizer
+from dsmath_jax.model import CausalLM, ModelConfig, load_hf
+from dsmath_jax.parallel import create_sharded
+from dsmath_jax.parallel.mesh import DEFAULT_RULES, get_params, param_shardings, set_params
+from dsmath_jax.train.checkpoint import abstract_like, restore_params
+
+
+def load_run(path: str, *, mesh=None, rules=DEFAULT_RULES, step: int | None = None,
+             **model_overrides: Any) -> tuple[CausalLM, Tokenizer]:
+    """(model, tokenizer) of a run directory written by `dsmath pretrain/sft` (its config.json, tokenizer
+    and latest checkpoint, or `step`) or of a Hugging Face directory (config.json + safetensors +
+    tokenizer.json). `model_overrides` change compute settings (dtype, remat_policy, ...)."""
+    if os.path.exists(os.path.join(path, "checkpoints")):
+        with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
+            run = json.load(f)
+        init = run.get("init") or {}
+        if init.get("hf_dir"):
+            base = ModelConfig.from_hf_config(init["hf_dir"])
+            cfg = base.replace(**{k: v for k, v in run["model"].items() if k in ModelConfig.__dataclass_fields__
+                                  and k in ("dtype", "param_dtype", "remat_policy", "scan_layers", "attention_impl")})
+        else:
+            cfg = ModelConfig.from_dict(run["model"])
+        cfg = cfg.replace(**model_overrides) if model_overrides else cfg
+        tok_path = os.path.join(path, "tokenizer.model")
+        if not os.path.exists(tok_path):
+            tok_path = (run.get("tokenizer") or {}).get("path") or init.get("hf_dir")
+        if not tok_path:
+            raise FileNotFoundError(f"run {path} has no tokenizer.model and its config names no tokenizer")
+        tokenizer = load_tokenizer(tok_path)
+        if mesh is None:
+            model = CausalLM(cfg, rngs=nnx.Rngs(0))
+            target = abstract_like(get_params(model))
+        else:
+            model = create_sharded(lambda: CausalLM(cfg, rngs=nnx.Rngs(0)), mesh, rules)
+            target = abstract_like(get_params(model), param_shardings(model, mesh, rules))
+        set_params(model, restore_params(os.path.join(path, "checkpoints"), target, step=step))
+    elif os.path.exists(os.path.join(path, "config.json")):
+        model = load_hf(path, mesh=mesh, rules=rules, **model_overrides)
+        tokenizer = load_tokenizer(path)
+    else:
+        raise FileNotFoundError(f"{path} is neither a run directory (with checkpoints/) nor a Hugging Face model "
+                                "directory (with config.json)")
+    check_tokenizer_fits(tokenizer, model.config.vocab_size)
+    return model, tokenizer
