@@ -24,6 +24,14 @@ INSTALL_REQUIRES = [
     "pyarrow>=15",
     "etils[epath]>=1.7",
     "tensorboardX>=2.6",
+    "importlib_resources>=6",  # tensorflow-datasets imports it when preparing a dataset
+]
+
+BEAM = [
+    "apache-beam>=2.77,<3",
+    "fasttext-numpy2>=0.10.4,<0.11",
+    "warcio>=1.8,<2",
+    "resiliparse>=2.0,<3",
 ]
 
 EXTRAS_REQUIRE = {
@@ -34,13 +42,9 @@ EXTRAS_REQUIRE = {
         "pytest-xdist>=3.5",
         "torch==2.13.0",
         "transformers>=4.46,<6",
-    ],
-    "beam": [
-        "apache-beam>=2.60",
-        "fasttext-numpy2>=0.10",
-        "warcio>=1.7",
-        "resiliparse>=0.14",
-    ],
+        "scipy>=1.11",
+    ] + BEAM,  # the mining tests run the real Beam pipeline
+    "beam": BEAM,
     "notebooks": [
         "jupyter>=1.0",
         "nbclient>=0.10",

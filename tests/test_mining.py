@@ -66,7 +66,6 @@ def overlap(benchmarks) -> BenchmarkOverlap:
 
 
 def _config(crawl_dir: pathlib.Path, benchmarks: pathlib.Path, seed_file: pathlib.Path):
-    from ml_collections import config_flags  # noqa: F401  (ml_collections is a dependency)
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("mining_config", CONFIG)
@@ -344,6 +343,29 @@ def test_decontamination_removes_every_planted_copy_and_no_clean_page(workdir, c
     assert set(manifest["short_contaminated"]) <= set(removed)   # the 3-9 token benchmark text
 
 
+def test_segment_mode_keeps_the_rest_of_a_contaminated_page(workdir, crawl, prepared_pages, benchmarks):
+    from dsmath_jax.mining.metrics import collect_counters
+
+    work, _ = workdir
+    _, manifest = crawl
+    forum = [u for u, b in manifest["contaminated"].items() if u.startswith("https://forum.example.com/")]
+    assert len(forum) == 1
+    page = prepared_pages[forum[0]]
+    index_path = str(work / "index_gsm8k.npz")
+    build_ngram_index(benchmark_texts(benchmarks, benchmarks=["gsm8k"])).save(index_path)
+    pipeline = beam.Pipeline()
+    out = (pipeline | beam.Create([page])
+           | beam.ParDo(Decontaminate(index_path, mode="segment")).with_outputs(Decontaminate.REMOVED, main="clean"))
+    files.write_jsonl(out["clean"], str(work / "segment_clean"), label="Clean")
+    result = pipeline.run()
+    result.wait_until_finish()
+    (kept,) = _read_shards(str(work / "segment_clean*"))
+    dropped = [line for line in page["text"].split("\n") if line not in kept["text"].split("\n")]
+    assert len(dropped) == 1 and dropped[0].startswith("Someone asked me this yesterday:")
+    assert kept["tokens"] < page["tokens"]
+    assert collect_counters(result)["decontaminated_segments"] == 1
+
+
 # ----------------------------------------------------------------------------------------------- the loop
 
 
@@ -396,7 +418,7 @@ def test_mining_loop_discovers_the_math_domain_and_an_annotated_path(workdir, cr
     expected = problems - set(corpus1) - set(manifest["contaminated"])
     assert additions == expected and len(additions) >= 10
     corpus2 = {p["url"]: p for p in _read_shards(str(work / "iter_2" / "corpus" / "pages-*"))}
-    assert len(additions & set(corpus2)) >= 0.75 * len(additions)
+    assert len(additions & set(corpus2)) >= 0.7 * len(additions)
     # Control: the iteration-1 classifier, ranking every page exactly, would have kept almost none of
     # them within the iteration-2 budget: the new pages come from the annotation, not the budget.
     old = load_classifier(str(work / "iter_1" / "classifier.bin"))

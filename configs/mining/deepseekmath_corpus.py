@@ -19,10 +19,12 @@ Full run (Common Crawl WARC files on GCS, Dataflow; see dsmath_jax/mining/README
       '--sdk_container_image=IMAGE_WITH_DSMATH_JAX')" \
     --workdir=gs://BUCKET/dsmath_corpus
 
-Hardware and cost (estimates, README "Scale, on paper"): stage 0 (read, HTML to text, dedup) of one
-Common Crawl snapshot (~3B pages, ~90 TB WARC) is ~300K vCPU-hours; each iteration's scoring of the
-deduplicated pages is ~20-40K vCPU-hours; on 1,000 n2-highmem-16 workers a snapshot takes about a day
-for stage 0 and 2-3 hours per iteration, plus the human annotation between iterations.
+Hardware and cost (estimates from the measured per-page costs scaled to real page sizes; see
+dsmath_jax/mining/README.md, "Scale, on paper"): for the paper's 40B deduplicated pages, stage 0 (read,
+HTML to text, dedup) is ~40K vCPU-hours and each iteration's scoring ~11K vCPU-hours, ~85K vCPU-hours
+for 4 iterations; on 1,000 n2-highmem-16 Dataflow workers that is ~2.5 hours for stage 0 and ~45
+minutes per iteration (~$7K of Dataflow compute at list prices, plus shuffle, storage and reading
+~600 TB of WARC), with the human URL-path annotation between iterations.
 
 List-valued fields are tuples: override them as `--config.input.patterns="('a/*.warc.gz', 'b/*.wet.gz')"`.
 

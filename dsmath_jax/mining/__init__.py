@@ -12,6 +12,7 @@ Modules, in the order data flows through them:
 * `benchmarks`, `decontamination`   benchmark texts and the n-gram decontamination
 * `prepare`, `iteration`, `driver`   the Beam pipelines and the iterative loop around them
 * `tfds_builder`   the final corpus as a TFDS ArrayRecord dataset
+* `pages`, `files`, `metrics`   the page record, filesystem helpers (atomic writes), Beam counters
 * `synthetic_crawl`  a small crawl made of real text (benchmark train files, package documentation)
 
 Page records are plain dicts (so every Beam runner can encode them); their fields are listed in

@@ -9,7 +9,7 @@ Formats, by file name:
 * `*.jsonl`, `*.jsonl.gz`: one JSON object per line with `url` and `text` (and optionally `title`).
 
 Counters (`metrics.count`), so the stats show what was dropped and why:
-`files_read`, `files_empty`, `files_truncated` (the file ends inside a record, or its tail is
+`files_read`, `files_empty`, `files_without_records`, `files_truncated` (the file ends inside a record, or its tail is
 unreadable), `records_truncated` (a record cut off by the end of its file), `records_corrupt` (a record
 that could not be parsed; reading resumes at the next record), `records_not_html`, `records_http_error`, `pages_too_large`, `pages_non_utf8` (decoded by
 their declared or detected charset), `pages_undecodable` (binary or unknown encoding), `pages_parse_error`,

@@ -41,7 +41,6 @@ import os
 import random
 import re
 import sysconfig
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -523,7 +522,6 @@ def build_crawl(benchmarks_dir: str | os.PathLike, out_dir: str | os.PathLike, *
 
 def _write_bad_input(out: Path, rng: random.Random, paragraphs: list[str], pages: dict, bad: dict) -> list[str]:
     """Files and records that must be skipped and counted, never crash the pipeline."""
-    files = []
     good = [(f"https://badinput.example.com/ok/{k}", _page_html("badinput.example.com", f"Page {k}",
              "".join(f"<p>{html.escape(p)}</p>" for p in paragraphs[3 * k:3 * k + 3])).encode(), "text/html",
              "200 OK") for k in range(4)]
@@ -532,7 +530,7 @@ def _write_bad_input(out: Path, rng: random.Random, paragraphs: list[str], pages
     truncated = _warc_bytes(good[:2] + [("https://badinput.example.com/cut", b"<html>" + noise + b"</html>",
                                          "text/html", "200 OK")])
     _atomic_write(out / "crawl/bad-truncated.warc.gz", truncated[:-3000])
-    # A corrupt record between good ones: a gzip member that holds no WARC record, then raw junk.
+    # A corrupt record between good ones: a gzip member that holds no WARC record.
     corrupt = (_warc_bytes(good[2:3]) + gzip.compress(b"this is not a WARC record\r\n" * 40)
                + _warc_bytes(good[3:4]))
     _atomic_write(out / "crawl/bad-corrupt.warc.gz", corrupt)
@@ -567,10 +565,3 @@ def _write_bad_input(out: Path, rng: random.Random, paragraphs: list[str], pages
                 "jsonl_bad_lines": 1})
     return ["crawl/bad-truncated.warc.gz", "crawl/bad-corrupt.warc.gz", "crawl/bad-misc.warc.gz",
             "crawl/empty.warc.gz", "crawl/empty.jsonl", "crawl/pages.jsonl"]
-
-
-def iter_manifest_pages(manifest: dict, *, kind: str | None = None) -> Iterator[tuple[str, dict]]:
-    """(url, entry) of the manifest's pages, optionally of one kind."""
-    for url, entry in manifest["pages"].items():
-        if kind is None or entry["kind"] == kind:
-            yield url, entry
