@@ -169,7 +169,7 @@ def test_cached_decoding_equals_full_forward(model, padding):
 def test_cache_is_preallocated_and_bf16_when_computing_in_bf16():
     cfg = TINY.replace(dtype="bfloat16")
     cache = init_cache(cfg, batch=2, max_len=16)
-    assert cache.k.shape == (2, 2, 16, 4, 8) and cache.k.dtype == jnp.bfloat16
+    assert cache.k.shape == (2, 2, 4, 16, 8) and cache.k.dtype == jnp.bfloat16  # [layers, batch, kv, len, dim]
 
 
 # ---------------------------------------------------------------------------------------------- remat / scan

@@ -130,7 +130,7 @@ class Sampler:
             return None
         spec = lambda axes, x: NamedSharding(self.mesh, logical_to_spec(axes, self.rules, shape=x.shape,  # noqa: E731
                                                                         mesh=self.mesh))
-        kv_axes = ("layers", "batch", "length", "act_kv_heads", None)
+        kv_axes = ("layers", "batch", "act_kv_heads", "length", None)
         return KVCache(k=spec(kv_axes, cache.k), v=spec(kv_axes, cache.v), mask=spec(("batch", None), cache.mask),
                        index=spec((), cache.index), next_positions=spec(("batch",), cache.next_positions))
 

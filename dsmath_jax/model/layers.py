@@ -76,13 +76,14 @@ class Attention(nnx.Module):
         self.dtype = cfg.compute_dtype
         self.implementation = cfg.attention_impl
 
-    def __call__(self, x: Array, positions: Array, mask: Array, kv: tuple[Array, Array] | None = None,
+    def __call__(self, x: Array, positions: Array, mask: Array, kv: tuple[Array, Array, Array] | None = None,
                  index: Array | None = None):
         """x: [batch, seq, d]; positions: [batch, seq]; mask: [batch, 1, seq, keys] bool.
 
-        With `kv` (this layer's cache, each [batch, max_len, kv_heads, head_dim]) the new keys/values are
-        written at slots `index .. index+seq` and attention runs over the whole cache.
-        Returns (out [batch, seq, d], updated kv or None).
+        With `kv` = (k_all, v_all, layer) (the whole cache, each [layers, batch, kv_heads, max_len, head_dim],
+        and this block's layer index), the new keys/values are written at slots `index .. index+seq` of
+        this layer in place and attention runs over the layer's cache.
+        Returns (out [batch, seq, d], updated (k_all, v_all, layer) or None).
         """
         dt = self.dtype
         x = x.astype(dt)
@@ -92,16 +93,36 @@ class Attention(nnx.Module):
         q = constrain(apply_rope(q, positions, self.rope_theta), ("batch", "length", "act_heads", None))
         k = constrain(apply_rope(k, positions, self.rope_theta), ("batch", "length", "act_kv_heads", None))
         v = constrain(v, ("batch", "length", "act_kv_heads", None))
-        if kv is not None:
-            cache_k, cache_v = kv
-            start = (0, index, 0, 0)
-            k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), start)
-            v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), start)
-            kv = (k, v)
-            k, v = k.astype(dt), v.astype(dt)
-        out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=self.implementation)
+        if kv is None:
+            out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=self.implementation)
+        else:
+            k_all, v_all, layer = kv
+            start = (layer, 0, 0, index, 0)
+            k_all = jax.lax.dynamic_update_slice(k_all, k.transpose(0, 2, 1, 3)[None].astype(k_all.dtype), start)
+            v_all = jax.lax.dynamic_update_slice(v_all, v.transpose(0, 2, 1, 3)[None].astype(v_all.dtype), start)
+            keys = jax.lax.dynamic_index_in_dim(k_all, layer, 0, keepdims=False)
+            values = jax.lax.dynamic_index_in_dim(v_all, layer, 0, keepdims=False)
+            out = cached_attention(q, keys.astype(dt), values.astype(dt), mask)
+            kv = (k_all, v_all, layer)
         out = checkpoint_name(out, "attention_out")
         return jnp.einsum("bthk,hkd->btd", out, self.o_proj[...].astype(dt)), kv
+
+
+def cached_attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
+    """Softmax attention over a heads-major cache (no transpose of the cache, which dominates decoding).
+
+    q: [batch, seq, heads, head_dim]; k, v: [batch, kv_heads, keys, head_dim]; mask: [batch, 1, seq, keys].
+    Returns [batch, seq, heads, head_dim]. Scores and softmax in float32.
+    """
+    b, t, h, d = q.shape
+    groups = h // k.shape[1]
+    qg = q.reshape(b, t, k.shape[1], groups, d).transpose(0, 2, 3, 1, 4)  # [b, kv, g, t, d]
+    scores = jnp.einsum("bkgtd,bksd->bkgts", qg, k, preferred_element_type=jnp.float32) / jnp.sqrt(d).astype(
+        jnp.float32)
+    scores = jnp.where(mask[:, :, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bksd->bkgtd", probs, v)
+    return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
 
 
 class MLP(nnx.Module):

@@ -33,21 +33,21 @@ class KVCache(NamedTuple):
     right-padded prompts decode correctly side by side.
     """
 
-    k: Array  # [layers, batch, max_len, kv_heads, head_dim]
-    v: Array  # [layers, batch, max_len, kv_heads, head_dim]
+    k: Array  # [layers, batch, kv_heads, max_len, head_dim] (heads-major: decoding reads it without a transpose)
+    v: Array  # [layers, batch, kv_heads, max_len, head_dim]
     mask: Array  # [batch, max_len] bool: slot holds a real token
     index: Array  # [] int32: next slot to write
     next_positions: Array  # [batch] int32: rotary position of each row's next real token
 
     @property
     def max_len(self) -> int:
-        return self.k.shape[2]
+        return self.k.shape[3]
 
 
 def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=None) -> KVCache:
     """An empty cache for `batch` rows of up to `max_len` tokens (prompt + generation)."""
     dtype = dtype or cfg.compute_dtype
-    shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+    shape = (cfg.num_layers, batch, cfg.num_kv_heads, max_len, cfg.head_dim)
     return KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype), mask=jnp.zeros((batch, max_len), bool),
                    index=jnp.zeros((), jnp.int32), next_positions=jnp.zeros((batch,), jnp.int32))
 
@@ -126,22 +126,41 @@ class Decoder(nnx.Module):
                           next_positions=next_positions.astype(jnp.int32))
 
     def _run_blocks(self, h, positions, mask, kv, index):
+        """Runs the blocks; with a cache, `kv` = (k_all, v_all) is threaded through them and updated in place."""
         cfg = self.config
+        policy = remat_policy(cfg.remat_policy) if cfg.remat_policy != "none" else None
 
-        def body(x, block, layer_kv):
-            return block(x, positions, mask, layer_kv, index)
+        if kv is None:
+            def body(x, block):
+                return block(x, positions, mask)[0]
 
-        if cfg.remat_policy != "none":
-            body = nnx.remat(body, policy=remat_policy(cfg.remat_policy), prevent_cse=not cfg.scan_layers)
+            if cfg.remat_policy != "none":
+                body = nnx.remat(body, policy=policy, prevent_cse=not cfg.scan_layers)
+            if cfg.scan_layers:
+                def step(x, block):
+                    return body(x, block), None
+                h, _ = nnx.scan(step, in_axes=(nnx.Carry, 0), out_axes=(nnx.Carry, 0))(h, self.layers)
+                return h, None
+            for block in self.layers:
+                h = body(h, block)
+            return h, None
+
+        def cached(carry, block, layer):
+            x, k_all, v_all = carry
+            x, (k_all, v_all, _) = block(x, positions, mask, (k_all, v_all, layer), index)
+            return (x, k_all, v_all)
+
+        carry = (h, kv[0], kv[1])
         if cfg.scan_layers:
-            return nnx.scan(body, in_axes=(nnx.Carry, 0, 0), out_axes=(nnx.Carry, 0))(h, self.layers, kv)
-        new_k, new_v = [], []
-        for i, block in enumerate(self.layers):
-            h, layer_kv = body(h, block, None if kv is None else (kv[0][i], kv[1][i]))
-            if layer_kv is not None:
-                new_k.append(layer_kv[0])
-                new_v.append(layer_kv[1])
-        return h, (jnp.stack(new_k), jnp.stack(new_v)) if kv is not None else None
+            def step(carry, block, layer):
+                return cached(carry, block, layer), None
+            layers = jnp.arange(cfg.num_layers, dtype=jnp.int32)
+            carry, _ = nnx.scan(step, in_axes=(nnx.Carry, 0, 0), out_axes=(nnx.Carry, 0))(carry, self.layers, layers)
+        else:
+            for i, block in enumerate(self.layers):
+                carry = cached(carry, block, i)
+        h, k_all, v_all = carry
+        return h, (k_all, v_all)
 
 
 class CausalLM(nnx.Module):
