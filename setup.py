@@ -25,6 +25,9 @@ INSTALL_REQUIRES = [
     "etils[epath]>=1.7",
     "tensorboardX>=2.6",
     "importlib_resources>=6",  # tensorflow-datasets imports it when preparing a dataset
+    # Answer checking: math-verify (with its LaTeX parser) and sympy.
+    "math-verify[antlr4_13_2]>=0.8,<0.10",
+    "sympy>=1.13,<2",
 ]
 
 BEAM = [

@@ -476,7 +476,7 @@ def _collected_before_decontamination(work: pathlib.Path) -> set[str]:
 # ----------------------------------------------------------------------------------------------- config, errors
 
 
-def test_configs_hold_the_paper_settings():
+def test_configs_hold_the_paper_settings(monkeypatch):
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("mining_config", CONFIG)
@@ -489,7 +489,8 @@ def test_configs_hold_the_paper_settings():
     assert full.iterations.max == 4 and full.iterations.stop_new_fraction == 0.02
     assert (full.decontamination.ngram, full.decontamination.min_ngram) == (10, 3)
     assert full.seed.max_pages == full.classifier.negatives == 500_000
-    assert module.get_config("tiny").synthetic.benchmarks_dir
+    monkeypatch.setenv("DSMATH_BENCHMARKS_DIR", "benchmarks-here")
+    assert module.get_config("tiny").synthetic.benchmarks_dir == "benchmarks-here"
     with pytest.raises(ValueError, match="unknown variant"):
         module.get_config("huge")
 

@@ -32,7 +32,9 @@ Tiny variant: a synthetic crawl of real text (benchmark *train* files and instal
 documentation), built by the pipeline itself; runs on a CPU in a few minutes, unattended (paths whose
 pages were mostly collected are annotated automatically):
 
-  dsmath mine --config=configs/mining/deepseekmath_corpus.py:tiny --workdir=runs/mine_tiny
+  dsmath mine --config=configs/mining/deepseekmath_corpus.py:tiny --workdir=runs/mine_tiny \
+    --config.synthetic.benchmarks_dir=DIR --config.decontamination.benchmarks_dir=DIR
+(DIR holds gsm8k/ and math/ train and test files; or set DSMATH_BENCHMARKS_DIR=DIR.)
 """
 
 from __future__ import annotations
@@ -42,9 +44,10 @@ import os
 import ml_collections
 
 
-def _shared_benchmarks() -> str:
-    """The benchmark files beside the checkout (as the tests find them), or $DSMATH_SHARED_DATA."""
-    return os.path.join(os.environ.get("DSMATH_SHARED_DATA", os.path.join("..", "shared", "data")), "benchmarks")
+def _benchmarks_dir() -> str:
+    """A local benchmark directory (gsm8k/, math/, ... as the public harness lays them out) from
+    $DSMATH_BENCHMARKS_DIR; empty when unset, and the run then asks for --config.*.benchmarks_dir."""
+    return os.environ.get("DSMATH_BENCHMARKS_DIR", "")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -140,8 +143,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.beam.direct_running_mode = "in_memory"  # or multi_threading / multi_processing
 
     if variant == "tiny":
-        c.synthetic.benchmarks_dir = _shared_benchmarks()
-        c.decontamination.benchmarks_dir = _shared_benchmarks()
+        c.synthetic.benchmarks_dir = _benchmarks_dir()
+        c.decontamination.benchmarks_dir = _benchmarks_dir()
         c.input.max_page_bytes = 1_000_000
         c.seed.max_pages = 10_000
         c.classifier.bucket = 100_000

@@ -15,7 +15,7 @@ By default the builders download the public sources with TFDS's download manager
 directory (see ``MANUAL_DOWNLOAD_INSTRUCTIONS``) they read local files instead.
 :func:`prepare_benchmark` does the right ``download_and_prepare``::
 
-    builder = prepare_benchmark("gsm8k", data_dir, local_dir="../shared/data/benchmarks")
+    builder = prepare_benchmark("gsm8k", data_dir, local_dir="path/to/benchmarks")
     src = data_source("dsmath_gsm8k", "test", data_dir=data_dir)
 """
 
@@ -222,7 +222,7 @@ def prepare_benchmark(name: str, data_dir: str | os.PathLike, *,
                       local_dir: str | os.PathLike | None = None) -> tfds.core.DatasetBuilder:
     """Build (once) benchmark ``name`` (``"gsm8k"``/``"math"``, or ``"dsmath_gsm8k"``/``"dsmath_math"``).
 
-    With ``local_dir`` (a directory laid out like ``shared/data/benchmarks``: ``gsm8k/train.jsonl``,
+    With ``local_dir`` (a directory laid out like the public harness copies: ``gsm8k/train.jsonl``,
     ``math/test.jsonl``, ...; see each builder's ``MANUAL_DOWNLOAD_INSTRUCTIONS``) the files there
     are read as TFDS's ``manual_dir``; without it the public sources are downloaded into
     ``<data_dir>/downloads``. A dataset already in ``data_dir`` is reused as is. Returns the

@@ -22,6 +22,7 @@ from typing import Any
 
 from dsmath_jax.data.math_text import gsm8k_final_answer, last_boxed
 from dsmath_jax.data.text_files import DataFormatError, iter_jsonl
+from dsmath_jax.evals.answers import split_options
 
 log = logging.getLogger(__name__)
 
@@ -111,9 +112,9 @@ def _gaokao_qa(r, i):
 
 
 def _sat(r, i):
-    text = _field(r, "options", "sat")
-    parts = re.split(r"(?:^|\s)([A-E])\)\s*", text)
-    options = [p.strip() for p in parts[2::2]]
+    options = split_options(_field(r, "options", "sat"))  # "A) ... B) ..." or "A. ... B. ..."
+    if not options:
+        raise DataFormatError(f"sat record {i}: cannot split the options {r['options']!r}")
     return Problem("sat", str(r.get("id", i)), _choice_question(r["question"], options),
                    str(_field(r, "Answer", "sat")), options=options)
 

@@ -105,11 +105,17 @@ class Sampler:
     """Generates completions for batches of prompts with a `CausalLM` (optionally sharded on a mesh)."""
 
     def __init__(self, model: CausalLM, tokenizer: Tokenizer, *, batch_size: int = 8, chunk_size: int = 32,
-                 mesh: Mesh | None = None, rules: Rules = DEFAULT_RULES, add_bos: bool = True):
+                 prefill_chunk: int = 256, mesh: Mesh | None = None, rules: Rules = DEFAULT_RULES,
+                 add_bos: bool = True):
         self.tokenizer = tokenizer
         self.config = model.config
         self.batch_size = batch_size
         self.chunk_size = chunk_size
+        # Prompts are prefilled this many tokens at a time: attention scores are [batch, heads, chunk, cache]
+        # instead of [batch, heads, prompt, cache] (a 4K-token few-shot prompt would need gigabytes).
+        if prefill_chunk < 16 or prefill_chunk & (prefill_chunk - 1):
+            raise ValueError(f"prefill_chunk must be a power of two >= 16 (prompt buckets are), got {prefill_chunk}")
+        self.prefill_chunk = prefill_chunk
         self.mesh, self.rules = mesh, rules
         self.add_bos = add_bos and tokenizer.bos_id is not None
         self.graphdef, _ = nnx.split(model)
@@ -142,12 +148,21 @@ class Sampler:
         temperature, top_k, top_p = params.temperature, params.top_k, params.top_p
         chunk = self.chunk_size
 
+        step = min(self.prefill_chunk, prompt_len)  # prompt buckets are powers of two, as are chunks
+
         def prefill(model_params, tokens, segment_ids, rng):
             with self._context():
                 cache = init_cache(cfg, tokens.shape[0], prompt_len + max_new)
                 model = nnx.merge(graphdef, model_params)
-                logits, cache = model(tokens, segment_ids=segment_ids, cache=cache)
-            token, logprob = sample_tokens(rng, logits[:, -1], temperature, top_k, top_p)
+                chunks = (tokens.reshape(tokens.shape[0], -1, step).swapaxes(0, 1),
+                          segment_ids.reshape(tokens.shape[0], -1, step).swapaxes(0, 1))
+
+                def body(cache, chunk):
+                    logits, cache = model(chunk[0], segment_ids=chunk[1], cache=cache)
+                    return cache, logits[:, -1]
+
+                cache, last = jax.lax.scan(body, cache, chunks)
+            token, logprob = sample_tokens(rng, last[-1], temperature, top_k, top_p)
             return cache, token, logprob
 
         def decode(model_params, cache, token, done, rng, stop_ids, out_tokens, out_logprobs, step):

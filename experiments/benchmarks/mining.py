@@ -1,6 +1,6 @@
 """Throughput of the corpus mining pipeline against raw fastText predict, on the synthetic test crawl.
 
-  python experiments/benchmarks/mining.py --benchmarks-dir ../shared/data/benchmarks --sizes 1,4
+  python experiments/benchmarks/mining.py --benchmarks-dir path/to/benchmarks --sizes 1,4
 
 For each crawl size (multiples of the test crawl: ~350 pages at 1) it builds the crawl (not timed),
 runs the whole pipeline for one iteration on the DirectRunner with one worker (read WARC/WET/JSONL,
@@ -140,7 +140,7 @@ def stage_breakdown(crawl_dir: str, workdir: str, texts: list[str]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    default = os.path.join(os.environ.get("DSMATH_SHARED_DATA", os.path.join("..", "shared", "data")), "benchmarks")
+    default = os.environ.get("DSMATH_BENCHMARKS_DIR")
     parser.add_argument("--benchmarks-dir", default=default, help="benchmark files (gsm8k/, math/ train and test)")
     parser.add_argument("--sizes", default="1,4", help="crawl sizes, multiples of the test crawl (two for a marginal rate)")
     parser.add_argument("--output", default=None)
