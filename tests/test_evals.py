@@ -105,6 +105,17 @@ def test_sampled_eval_reports_pass_and_maj_at_k(tiny_lm, shared_data, tmp_path):
     # pass@4 with n = 4 is the share of problems with any correct sample (independent of the estimator).
     assert result["pass@4"] == np.mean([any(v) for v in per_problem.values()])
     assert result["pass@1"] == pytest.approx(np.mean([np.mean(v) for v in per_problem.values()]))
+    # maj@4 against majority_vote over each problem's four extracted answers.
+    from dsmath_jax.evals.grader import Grader
+    from dsmath_jax.evals.metrics import majority_vote
+    with Grader(max_workers=1) as grader:
+        maj = []
+        for pid in per_problem:
+            samples = [r for r in rows if r["id"] == pid]
+            winner, _ = majority_vote([r["extracted"] for r in samples],
+                                      lambda a, b: grader.same_answer(a, b, "number"))
+            maj.append(next((r["correct"] for r in samples if r["extracted"] == winner), False))
+    assert result["maj@4"] == np.mean(maj)
 
 
 def test_eval_command_on_a_run_directory(tiny_lm, shared_data, tmp_path):

@@ -271,6 +271,9 @@ def test_resume_after_preemption_and_after_a_hard_kill_is_exact(shared_data, tmp
     proc.wait(timeout=60)
     _run_cli(work, shared_data, "--config.train.checkpoint_every=8")
     assert _losses(work) == reference
+    # Running a finished run again changes nothing.
+    _run_cli(work, shared_data, "--config.train.checkpoint_every=8")
+    assert _losses(work) == reference and json.loads((work / "summary.json").read_text())["step"] == 24
 
 
 def test_every_training_config_builds():

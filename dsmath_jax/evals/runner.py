@@ -17,12 +17,13 @@ import json
 import logging
 import os
 import tempfile
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
 from dsmath_jax.evals.benchmarks import Problem, get_benchmark, load_benchmark
 from dsmath_jax.evals.grader import Grader
-from dsmath_jax.evals.metrics import accuracy_breakdown, majority_vote, pass_at_k
+from dsmath_jax.evals.metrics import accuracy_breakdown, group_answers, pass_at_k
 from dsmath_jax.evals.prompts import MODES, build_prompt
 from dsmath_jax.evals.sandbox import SandboxLimits
 from dsmath_jax.evals.tool_loop import run_program_of_thought, run_tool_loop
@@ -133,12 +134,18 @@ def evaluate_benchmark(sampler: Sampler, name: str, spec: EvalSpec, grader: Grad
     metrics: dict[str, Any] = {"benchmark": name, "mode": spec.mode, "problems": len(problems), "n": spec.n,
                                "accuracy": sum(g[0][1] for g in per_problem) / len(per_problem)}
     same = lambda a, b: grader.same_answer(a, b, benchmark.kind)  # noqa: E731
+    # Equivalence classes once per problem (string-equal answers never reach the grader); maj@k votes
+    # over the first k samples, and the majority is right when its class's answers are.
+    classes = [group_answers([a for a, _ in g], same) if max(spec.ks) > 1 else None for g in per_problem]
     for k in spec.ks:
         metrics[f"pass@{k}"] = sum(pass_at_k(spec.n, sum(c for _, c in g), k) for g in per_problem) / len(per_problem)
         maj = 0
-        for g in per_problem:
-            answer, _ = majority_vote([a for a, _ in g[:k]], same)
-            maj += any(a is not None and a == answer and c for a, c in g[:k])
+        for g, cls in zip(per_problem, classes):
+            votes = Counter(c for c in (cls[:k] if cls is not None else [0 if g[0][0] is not None else None])
+                            if c is not None)
+            if votes:
+                winner = min(votes, key=lambda c: (-votes[c], c))  # ties: the class seen first
+                maj += g[winner][1]
         metrics[f"maj@{k}"] = maj / len(per_problem)
     first = [r for r in rows if r["sample"] == 0]
     metrics["breakdown"] = accuracy_breakdown(first, keys=("subject", "level"))

@@ -33,7 +33,6 @@ import ast
 import gzip
 import hashlib
 import html
-import importlib.metadata
 import io
 import json
 import logging
@@ -97,9 +96,9 @@ def _is_prose(paragraph: str) -> bool:
 
 
 def prose_paragraphs() -> list[str]:
-    """Documentation prose shipped with this Python: standard-library docstrings and the long
-    descriptions of installed packages; paragraphs of 200-1500 characters that are mostly words,
-    exact duplicates removed, in a stable order."""
+    """Documentation prose shipped with this Python: standard-library docstrings (not the descriptions
+    of installed packages, which would make the crawl depend on what else is installed); paragraphs of
+    200-1500 characters that are mostly words, exact duplicates removed, in a stable order."""
     paragraphs: list[str] = []
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     skip_modules = {"statistics", "fractions", "decimal", "_pydecimal", "random", "cmath", "numbers", "colorsys"}
@@ -114,9 +113,6 @@ def prose_paragraphs() -> list[str]:
             doc = ast.get_docstring(node)
             if doc:
                 paragraphs.extend(" ".join(p.split()) for p in re.split(r"\n\s*\n", doc))
-    for dist in sorted(importlib.metadata.distributions(), key=lambda d: (d.metadata["Name"] or "").lower()):
-        description = dist.metadata.get_payload() or dist.metadata.get("Description") or ""
-        paragraphs.extend(" ".join(p.split()) for p in re.split(r"\n\s*\n", description))
     seen: set[str] = set()
     out = []
     for p in paragraphs:

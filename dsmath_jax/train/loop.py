@@ -300,18 +300,22 @@ def train(config: ml_collections.ConfigDict, workdir: str, task: str = "pretrain
             if pending is not None:
                 consume(*pending)
                 pending = None
-            save(step, force=True)
+            if ckpt.latest_step() != step:  # a rerun of a finished run has nothing new to save
+                save(step, force=True)
             ckpt.wait()
         finally:
             progress.close()
             writer.close()
             ckpt.close()
-    summary = {"status": status, "step": step, "loss": last_loss, "skipped_steps": skipped,
+    if step == start and status == "completed":
+        log.info("nothing to do: the run in %s is already at step %d", workdir, step)
+    summary = {"status": status, "step": step, "loss": None if np.isnan(last_loss) else last_loss,
+               "skipped_steps": skipped,
                "data": stats.as_dict(), "workdir": workdir}
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
             json.dump(summary, f, indent=2)
-    log.info("%s %s at step %d (loss %.4f)", task, status, step, last_loss)
+    log.info("%s %s at step %d (loss %s)", task, status, step, summary["loss"])
     return summary
 
 
