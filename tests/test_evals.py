@@ -136,3 +136,21 @@ def test_eval_command_on_a_run_directory(tiny_lm, shared_data, tmp_path):
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
     assert [r["problems"] for r in summary["results"]] == [4, 4] and summary["model"] == str(run)
+
+
+@pytest.mark.parametrize("mode", ["few_shot_pot", "tool"])
+def test_program_modes_run_end_to_end(tiny_lm, shared_data, tmp_path, mode):
+    """PoT programs and tool-integrated rounds go through the sandbox; whatever a random model writes is
+    recorded (its program error, the rounds it used) and graded."""
+    model, tok = tiny_lm
+    sampler = Sampler(model, tok, batch_size=4, chunk_size=8)
+    spec = EvalSpec(benchmarks=["gsm8k"], mode=mode, max_new_tokens=8, limit=2)
+    summary = run_eval(sampler, spec, str(tmp_path), data_dir=str(shared_data / "benchmarks"))
+    rows = [json.loads(l) for l in (tmp_path / f"gsm8k.{mode}.jsonl").open()]
+    assert len(rows) == 2 and summary["results"][0]["problems"] == 2
+    if mode == "few_shot_pot":
+        assert all("program_error" in r and "program_output" in r for r in rows)
+        assert all(r["program_error"] for r in rows if not r["program_output"])
+    else:
+        assert all(r["rounds"] in (0, 1, 2) for r in rows)
+    assert summary["results"][0]["accuracy"] == np.mean([r["correct"] for r in rows])
