@@ -46,6 +46,7 @@ EXTRAS_REQUIRE = {
         "torch==2.13.0",
         "transformers>=4.46,<6",
         "scipy>=1.11",
+        "psutil>=5.9",
     ] + BEAM,  # the mining tests run the real Beam pipeline
     "beam": BEAM,
     "notebooks": [

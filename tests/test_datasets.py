@@ -6,7 +6,6 @@ Real TFDS writes into tmp_path; GSM8K and MATH come from the real files in share
 import collections
 import importlib.util
 import json
-import os
 import sys
 
 import grain

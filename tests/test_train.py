@@ -17,7 +17,7 @@ import optax
 import pytest
 from flax import nnx
 
-from dsmath_jax.configs import base_train_config, source
+from dsmath_jax.configs import base_train_config
 from dsmath_jax.data.pipeline import (EmptyDatasetError, PipelineStats, build_dataset, chat_prompt, mix_sources,
                                       pretrain_example_fn, sft_example_fn)
 from dsmath_jax.data.tokenizers import train_sentencepiece

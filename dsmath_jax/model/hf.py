@@ -25,7 +25,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
@@ -70,7 +70,7 @@ def _param_map(cfg: ModelConfig, rope_layout: str = "half") -> list[tuple[tuple,
     """[(our path, [per-layer _Param ...])]; non-layer params have a one-element list."""
     if rope_layout not in ("half", "interleaved"):
         raise ValueError(f"rope_layout must be 'half' or 'interleaved', got {rope_layout!r}")
-    d, h, k, hd, f = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.mlp_dim
+    d, h, k, hd = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     ident = lambda w: w  # noqa: E731
 
     def qk(heads):
