@@ -1,0 +1,83 @@
+"""One GRPO update (PAPER.md §4.1, Eq. 3): from sampled groups to a policy step on the shared train step.
+
+  completions = sampler.generate(prompts, SamplingParams(n=G, temperature=...))    # old policy's samples
+  batch = rollout_batch(prompt_ids, completions, seq_len=..., pad_id=...)         # tokens, masks, old log-probs
+  batch["ref_logp"] = reference_logprobs(graphdef, ref_params, batch)             # frozen reference
+  batch["advantages"] = token_advantages(group_advantages(rewards, G), batch["weights"])
+  state, metrics = step_fns.train_step(state, batch)                              # the clipped objective + KL
+
+The old policy's log-probs are the sampler's (it reports the log-probability of every sampled token under
+the model that sampled it), so no extra forward pass is needed for pi_old.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+
+from dsmath_jax.generate.sampler import Completion
+from dsmath_jax.rl.losses import PolicyLossConfig, policy_loss, token_logprobs
+
+Batch = Mapping[str, jax.Array]
+
+
+def rollout_batch(prompt_ids: Sequence[Sequence[int]], completions: Sequence[Sequence[Completion]], *,
+                  seq_len: int, pad_id: int = 0) -> dict[str, np.ndarray]:
+    """Sampled groups as a training batch; rows are prompt-major (the G samples of a prompt are consecutive).
+
+    Each row is prompt + completion, shifted for next-token prediction and right-padded to `seq_len`:
+    `inputs`, `targets` [rows, seq_len] int32; `weights` 1 where the target is a completion token (the loss
+    mask); `old_logp` the sampler's log-prob of that token; `segment_ids` 1 on real tokens. Completions that
+    do not fit are truncated (`truncated` counts the rows).
+    """
+    rows = sum(len(group) for group in completions)
+    out = {"inputs": np.full((rows, seq_len), pad_id, np.int32), "targets": np.full((rows, seq_len), pad_id, np.int32),
+           "weights": np.zeros((rows, seq_len), np.float32), "old_logp": np.zeros((rows, seq_len), np.float32),
+           "segment_ids": np.zeros((rows, seq_len), np.int32)}
+    truncated = 0
+    r = 0
+    for prompt, group in zip(prompt_ids, completions):
+        for c in group:
+            tokens = list(prompt) + list(c.tokens)
+            n = min(len(tokens) - 1, seq_len)
+            truncated += len(tokens) - 1 > seq_len
+            out["inputs"][r, :n] = tokens[:n]
+            out["targets"][r, :n] = tokens[1:n + 1]
+            out["segment_ids"][r, :n] = 1
+            first = len(prompt) - 1  # position whose target is the first completion token
+            count = max(0, n - first)
+            out["weights"][r, first:first + count] = 1.0
+            out["old_logp"][r, first:first + count] = np.asarray(c.logprobs[:count], np.float32)
+            r += 1
+    out["truncated"] = np.asarray(truncated)
+    return out
+
+
+def sequence_logprobs(model: nnx.Module, batch: Batch) -> jax.Array:
+    """Per-token log-probs [rows, seq] of `batch["targets"]` under `model` (float32)."""
+    logits = model(batch["inputs"], None, batch.get("segment_ids"))
+    return token_logprobs(logits, batch["targets"])
+
+
+def reference_logprobs(graphdef: nnx.GraphDef, ref_params: Any, batch: Batch) -> jax.Array:
+    """Log-probs under the frozen reference model (jit this, or call inside a jitted function)."""
+    return sequence_logprobs(nnx.merge(graphdef, ref_params), batch)
+
+
+def grpo_loss_fn(config: PolicyLossConfig = PolicyLossConfig()):
+    """A loss for `dsmath_jax.train.step.make_train_step`: the GRPO objective on a rollout batch with
+    `old_logp`, `ref_logp`, `advantages` ([rows, seq] or [rows]) and `weights` as the completion mask."""
+
+    def loss(model: nnx.Module, batch: Batch):
+        logp = sequence_logprobs(model, batch)
+        return policy_loss(logp, batch["old_logp"], batch.get("ref_logp"), batch["advantages"], batch["weights"],
+                           config=config)
+
+    return loss
+
+
+__all__ = ["rollout_batch", "sequence_logprobs", "reference_logprobs", "grpo_loss_fn"]
