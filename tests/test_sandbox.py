@@ -148,16 +148,18 @@ def test_environment_is_scrubbed(monkeypatch):
 def test_infinite_loop_hits_cpu_limit():
     result = run_python("while True:\n    pass", limits=FAST)
     assert result.error == "timeout" and result.error_line == "Timeout Error" and not result.ok
-    assert result.cpu_s is not None and result.cpu_s >= 0.8
-    assert result.duration_s < FAST.cpu_seconds + 5  # a bound, not a speed test
+    # CPU time used (resource accounting, not wall-clock speed): the RLIMIT_CPU kill lands within a
+    # second of the limit.
+    cpu_limit = FAST.cpu_seconds
+    assert result.cpu_s is not None and 0.8 <= result.cpu_s <= cpu_limit + 1.5
     assert format_output_block(result) == "```output\nTimeout Error\n```\n"
 
 
 def test_sleeping_program_hits_wall_limit():
     limits = SandboxLimits(cpu_seconds=5, wall_seconds=1.5)
     result = run_python("import time\nprint('started', flush=True)\ntime.sleep(120)", limits=limits)
+    # The program would sleep for 120 s and exit normally; "timeout" means the wall-clock limit killed it.
     assert result.error == "timeout" and result.cpu_s is not None and result.cpu_s < 1
-    assert result.duration_s < limits.wall_seconds + 5
     assert result.stdout == "started\n"
 
 
@@ -198,8 +200,7 @@ def test_fork_bomb_without_audit_policy_is_contained_by_rlimits(layers):
     before = _baseline()
     code = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"
     result = run_python(code, limits=NO_POLICY)
-    assert result.error == "timeout"
-    assert result.duration_s < NO_POLICY.wall_seconds + 5
+    assert result.error == "timeout"  # the loop never ends by itself: the wall-clock limit stopped it
     _assert_no_leftovers(*before)
     # and a double-forked, setsid() process that outlives its parent is still killed
     code = ("import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n        time.sleep(60)\n"

@@ -240,7 +240,8 @@ def _wait_for(predicate, proc, timeout=240):
     deadline = time.time() + timeout
     while not predicate():
         assert proc.poll() is None, proc.stderr.read()[-3000:]
-        assert time.time() < deadline, "timed out"
+        if time.time() > deadline:
+            raise TimeoutError(f"the training subprocess did not reach the expected state in {timeout} s")
         time.sleep(0.2)
 
 
