@@ -17,6 +17,26 @@ _BOX_COMMAND = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 _CALCULATOR_ANNOTATION = re.compile(r"<<[^<>]*>>")
 
 
+def matching_brace(text: str, start: int) -> int:
+    r"""Index of the `}` closing the `{` at `start`, or -1 when it is never closed. `\{`, `\}` and `\\`
+    are escapes, not grouping braces."""
+    depth = 0
+    k = start
+    while k < len(text):
+        c = text[k]
+        if c == "\\":
+            k += 2
+            continue
+        if c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+            if depth == 0:
+                return k
+        k += 1
+    return -1
+
+
 def last_boxed(text: str) -> str | None:
     r"""The content of the last ``\boxed{...}`` or ``\fbox{...}`` in ``text``, or ``None``.
 
@@ -44,20 +64,9 @@ def last_boxed(text: str) -> str | None:
     while j < n and text[j] in " \t\n":
         j += 1
     if j < n and text[j] == "{":
-        depth = 0
-        k = j
-        while k < n:
-            c = text[k]
-            if c == "\\":  # `\{`, `\}` and `\\` are not grouping braces
-                k += 2
-                continue
-            if c == "{":
-                depth += 1
-            elif c == "}":
-                depth -= 1
-                if depth == 0:
-                    return text[j + 1 : k]
-            k += 1
+        close = matching_brace(text, j)
+        if close >= 0:
+            return text[j + 1:close]
         return None  # unbalanced: the box is never closed
     if j == i:  # `\boxed` at the very end of the text
         return None

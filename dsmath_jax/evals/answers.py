@@ -31,7 +31,7 @@ import math
 import re
 from collections.abc import Sequence
 
-from dsmath_jax.data.math_text import gsm8k_final_answer, last_boxed
+from dsmath_jax.data.math_text import gsm8k_final_answer, last_boxed, matching_brace
 
 __all__ = [
     "ANSWER_KINDS", "BENCHMARK_KINDS", "CHOICE_LETTERS", "benchmark_kind", "extract_answer", "normalize_answer",
@@ -316,23 +316,6 @@ _NOT_UNITS = {"and", "or", "to", "in", "pi", "sin", "cos", "tan", "cot", "sec", 
               "frac", "infty", "cdot", "times"}
 
 
-def _braced(s: str, start: int) -> int:
-    """Index of the `}` closing the `{` at `start` (escaped braces skipped), or -1."""
-    depth = 0
-    i = start
-    while i < len(s):
-        c = s[i]
-        if c == "\\":
-            i += 2
-            continue
-        if c == "{":
-            depth += 1
-        elif c == "}":
-            depth -= 1
-            if depth == 0:
-                return i
-        i += 1
-    return -1
 
 
 def _unwrap_commands(s: str, commands: str) -> str:
@@ -342,7 +325,7 @@ def _unwrap_commands(s: str, commands: str) -> str:
         m = pattern.search(s)
         if not m:
             break
-        end = _braced(s, m.end() - 1)
+        end = matching_brace(s, m.end() - 1)
         if end < 0:
             break
         s = s[:m.start()] + s[m.end():end] + s[end + 1:]
@@ -352,7 +335,7 @@ def _unwrap_commands(s: str, commands: str) -> str:
 def _unwrap_whole(s: str, command: str) -> str:
     """`\\command{X}` spanning the whole string -> `X`."""
     m = re.match(r"\\" + command + r"\s*\{", s)
-    if m and _braced(s, m.end() - 1) == len(s) - 1:
+    if m and matching_brace(s, m.end() - 1) == len(s) - 1:
         return s[m.end():-1].strip()
     return s
 
