@@ -3,6 +3,8 @@
 * `advantages`: GRPO outcome / process supervision advantages, GAE for PPO.
 * `grpo`: one GRPO update: rollout batches from sampled groups, reference log-probs, the loss for the
   shared train step.
+* `rewards`: rule (the harness's equivalence checker) and format rewards, outcome / process reward-model
+  read-outs, weighted combinations.
 * `arithmetic`: a small arithmetic word-problem task (exact answers, step-by-step solutions) for CPU runs.
 * `losses`: the unified paradigm of Table 10 (SFT, RFT, DPO, PPO, GRPO and the Dr. GRPO / DAPO / GSPO
   variants), each returning ``(total, weight, metrics)`` for the shared train step, plus per-token
@@ -12,11 +14,13 @@
 from dsmath_jax.rl.advantages import (gae, group_advantages, outcome_token_rewards, process_advantages,
                                       step_end_flags, step_end_indices, token_advantages)
 from dsmath_jax.rl.grpo import grpo_loss_fn, reference_logprobs, rollout_batch, sequence_logprobs
+from dsmath_jax.rl.rewards import (combine_rewards, format_rewards, outcome_scores, process_scores,
+                                   rule_rewards)
 from dsmath_jax.rl.losses import (AGGREGATIONS, KL_ESTIMATORS, PolicyLossConfig, aggregate, dpo_loss,
                                   gradient_coefficient, kl_k1, kl_k2, kl_k3, policy_loss, rft_loss,
                                   sequence_logprob, sft_loss, token_entropy, token_logprobs, value_loss)
 
-__all__ = ["grpo_loss_fn", "reference_logprobs", "rollout_batch", "sequence_logprobs", "gae", "group_advantages", "outcome_token_rewards", "process_advantages", "step_end_flags",
+__all__ = ["combine_rewards", "format_rewards", "outcome_scores", "process_scores", "rule_rewards", "grpo_loss_fn", "reference_logprobs", "rollout_batch", "sequence_logprobs", "gae", "group_advantages", "outcome_token_rewards", "process_advantages", "step_end_flags",
            "step_end_indices", "token_advantages", "AGGREGATIONS", "KL_ESTIMATORS", "PolicyLossConfig",
            "aggregate", "dpo_loss", "gradient_coefficient", "kl_k1", "kl_k2", "kl_k3", "policy_loss",
            "rft_loss", "sequence_logprob", "sft_loss", "token_entropy", "token_logprobs", "value_loss"]

@@ -1,0 +1,79 @@
+"""Rewards for RL (PAPER.md §4): rule rewards from the evaluation harness's checker, a format reward,
+the read-out of outcome and process reward models, and weighted combinations.
+
+Shapes: completions are strings (one per sampled row); reward-model scores are [rows, seq] float32 from a
+`ScalarHeadModel` run over prompt + completion; `mask` [rows, seq] marks completion positions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dsmath_jax.data.math_text import last_boxed
+from dsmath_jax.evals.grader import Grader
+
+
+def rule_rewards(grader: Grader, completions: Sequence[str], golds: Sequence[str], kind: str = "math",
+                 options: Sequence[Sequence[str] | None] | None = None) -> np.ndarray:
+    """1.0 where the completion's extracted answer is equivalent to the gold answer, else 0.0 ([rows]).
+
+    The check runs in the grader's worker processes with its timeout; a check that times out or crashes
+    counts as wrong."""
+    if len(completions) != len(golds):
+        raise ValueError(f"{len(completions)} completions but {len(golds)} gold answers")
+    options = options if options is not None else [None] * len(completions)
+    verdicts = grader.grade(list(zip(completions, golds, [kind] * len(completions), options)))
+    return np.asarray([float(v.correct) for v in verdicts], np.float32)
+
+
+def format_rewards(completions: Sequence[str], finish_reasons: Sequence[str] | None = None) -> np.ndarray:
+    """1.0 for a completion that ends (not cut off at the length limit) with a final answer in \\boxed{}
+    after which nothing but punctuation and whitespace follows, else 0.0 ([rows])."""
+    out = np.zeros(len(completions), np.float32)
+    for i, text in enumerate(completions):
+        if finish_reasons is not None and finish_reasons[i] == "length":
+            continue
+        answer = last_boxed(text)
+        if answer is None or not answer.strip():
+            continue
+        tail = text[text.rfind("\\boxed"):]
+        after = tail[tail.find(answer) + len(answer):]
+        out[i] = float(all(not ch.isalnum() for ch in after))
+    return out
+
+
+def outcome_scores(scores: jax.Array, mask: jax.Array) -> jax.Array:
+    """An outcome reward model's reward: its score at the last completion token ([rows, seq] -> [rows]).
+    Rows without completion tokens get 0."""
+    positions = jnp.arange(mask.shape[1])
+    last = jnp.max(jnp.where(mask > 0, positions, -1), axis=1)
+    picked = jnp.take_along_axis(scores, jnp.maximum(last, 0)[:, None], axis=1)[:, 0]
+    return jnp.where(last >= 0, picked, 0.0)
+
+
+def process_scores(scores: jax.Array, step_ends: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """A process reward model's step rewards: its score at the token ending each step.
+
+    step_ends: [rows, max_steps] token indices (-1 = no such step), e.g. from `advantages.step_end_indices`.
+    Returns (step rewards [rows, max_steps], step mask [rows, max_steps]) ready for `process_advantages`.
+    """
+    valid = step_ends >= 0
+    picked = jnp.take_along_axis(scores, jnp.maximum(step_ends, 0), axis=1)
+    return jnp.where(valid, picked, 0.0), valid
+
+
+def combine_rewards(rewards: Mapping[str, np.ndarray], weights: Mapping[str, float]) -> np.ndarray:
+    """sum_k weights[k] * rewards[k]; every weighted reward must be given and have the same shape."""
+    missing = sorted(set(weights) - set(rewards))
+    if missing:
+        raise KeyError(f"rewards {missing} have weights but were not computed (computed: {sorted(rewards)})")
+    if not weights:
+        raise ValueError("no reward weights given")
+    shapes = {k: np.shape(rewards[k]) for k in weights}
+    if len(set(shapes.values())) != 1:
+        raise ValueError(f"rewards have different shapes: {shapes}")
+    return sum(float(w) * np.asarray(rewards[k], np.float32) for k, w in weights.items())
