@@ -45,6 +45,24 @@ def base_train_config() -> ml_collections.ConfigDict:
     return c
 
 
+def deepseek_1_3b_ablation(c: ml_collections.ConfigDict, *, steps: int) -> ml_collections.ConfigDict:
+    """The 1.3B setting of the corpus ablations (PAPER.md §2, Table 1, §5.1): the DeepSeek-LLM-style 1.3B
+    model from scratch, bf16 compute, context 4K, batch 4M tokens (1,024 x 4,096), multi-step schedule to
+    5.3e-4 with 2,000 warm-up steps."""
+    c.model.update(preset="deepseek_1_3b", dtype="bfloat16", remat_policy="dots_no_batch", scan_layers=True)
+    c.data.seq_len = 4096
+    c.optimizer.schedule = dict(name="multi_step", peak=5.3e-4, warmup_steps=2000)
+    c.train.update(steps=steps, batch_size=1024, checkpoint_every=1000)
+    return c
+
+
+def deepseekmath_7b(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The 7B model (PAPER.md §2) as trained at scale: bf16 compute, q/k/v kept under remat, scanned layers."""
+    c.model.update(preset="deepseekmath_7b", dtype="bfloat16", remat_policy="save_qkv", scan_layers=True)
+    c.data.seq_len = 4096
+    return c
+
+
 def tiny_overrides(c: ml_collections.ConfigDict, *, steps: int = 120, seq_len: int = 128, batch_size: int = 16,
                    lr: float = 3e-3) -> ml_collections.ConfigDict:
     """Shrinks a config to the `tiny` model, a trained 512-piece sentencepiece tokenizer and a CPU-sized run."""

@@ -13,7 +13,7 @@ Launch (TPU v5p-128, about 2.5 days each):
 Tiny variant (CPU, about a minute): the MATH problems' text stands in for arXiv.
 """
 
-from dsmath_jax.configs import base_train_config, parse_arg, source, tiny_overrides
+from dsmath_jax.configs import base_train_config, deepseek_1_3b_ablation, parse_arg, source, tiny_overrides
 
 CORPORA = ("mathpile", "arxiv_redpajama")
 
@@ -21,14 +21,8 @@ CORPORA = ("mathpile", "arxiv_redpajama")
 def get_config(arg=None):
     args = parse_arg(arg, {"corpus": CORPORA})
     c = base_train_config()
-    c.model.preset = "deepseek_1_3b"
-    c.model.dtype = "bfloat16"
-    c.model.remat_policy = "dots_no_batch"
-    c.model.scan_layers = True
+    deepseek_1_3b_ablation(c, steps=35_763)
     c.data.sources = [source("tfds", name=args.get("corpus", "arxiv_redpajama"))]
-    c.data.seq_len = 4096
-    c.optimizer.schedule = dict(name="multi_step", peak=5.3e-4, warmup_steps=2000)
-    c.train.update(steps=35_763, batch_size=1024, checkpoint_every=1000)
     if args["tiny"]:
         tiny_overrides(c, steps=60)
         c.data.sources = [source("math")]

@@ -19,7 +19,7 @@ Launch (TPU v5p-128; about 7 days for stage 1, 2.5 days for stage 2, 9 days one-
 Tiny variant (CPU, about a minute each): "code" is the GSM8K text, "math" the MATH text.
 """
 
-from dsmath_jax.configs import base_train_config, parse_arg, source, tiny_overrides
+from dsmath_jax.configs import base_train_config, deepseek_1_3b_ablation, parse_arg, source, tiny_overrides
 
 TOKENS_PER_STEP = 1024 * 4096
 VARIANTS = ("two_stage_code", "two_stage_math", "one_stage")
@@ -29,10 +29,6 @@ def get_config(arg=None):
     args = parse_arg(arg, {"variant": VARIANTS})
     variant = args.get("variant", "two_stage_code")
     c = base_train_config()
-    c.model.preset = "deepseek_1_3b"
-    c.model.dtype = "bfloat16"
-    c.model.remat_policy = "dots_no_batch"
-    c.model.scan_layers = True
     code, math = source("tfds", name="github_code"), source("tfds", name="deepseekmath_corpus")
     if variant == "two_stage_code":
         c.data.sources, tokens = [code], 400e9
@@ -41,9 +37,7 @@ def get_config(arg=None):
     else:
         code["weight"], math["weight"] = 400 / 550, 150 / 550
         c.data.sources, tokens = [code, math], 550e9
-    c.data.seq_len = 4096
-    c.optimizer.schedule = dict(name="multi_step", peak=5.3e-4, warmup_steps=2000)
-    c.train.update(steps=round(tokens / TOKENS_PER_STEP), batch_size=1024, checkpoint_every=1000)
+    deepseek_1_3b_ablation(c, steps=round(tokens / TOKENS_PER_STEP))
     if args["tiny"]:
         tiny_overrides(c, steps=60)
         code, math = source("gsm8k"), source("math")

@@ -21,7 +21,7 @@ Tiny variant (`:tiny`, CPU, about a minute): the tiny model on GSM8K + MATH trai
     --config.data.benchmarks_dir=PATH/TO/benchmarks
 """
 
-from dsmath_jax.configs import base_train_config, parse_arg, source, tiny_overrides
+from dsmath_jax.configs import base_train_config, deepseekmath_7b, parse_arg, source, tiny_overrides
 
 MIXTURE = (("deepseekmath_corpus", 0.56), ("algebraic_stack", 0.04), ("arxiv", 0.10), ("github_code", 0.20),
            ("common_crawl_en_zh", 0.10))
@@ -30,12 +30,8 @@ MIXTURE = (("deepseekmath_corpus", 0.56), ("algebraic_stack", 0.04), ("arxiv", 0
 def get_config(arg=None):
     args = parse_arg(arg, {})
     c = base_train_config()
-    c.model.preset = "deepseekmath_7b"
-    c.model.dtype = "bfloat16"
-    c.model.remat_policy = "save_qkv"
-    c.model.scan_layers = True
+    deepseekmath_7b(c)
     c.data.sources = [source("tfds", name=name, weight=w) for name, w in MIXTURE]
-    c.data.seq_len = 4096
     c.optimizer.schedule = dict(name="multi_step", peak=4.2e-4, warmup_steps=2000)
     c.train.update(steps=47_684, batch_size=2560, checkpoint_every=500, log_every=10)
     if args["tiny"]:

@@ -21,7 +21,7 @@ All four: for c in mathpile openwebmath proof_pile_2 deepseekmath_corpus; do dsm
 Tiny variant (`deepseekmath_corpus,tiny`, CPU, about a minute): the tiny model on GSM8K + MATH text.
 """
 
-from dsmath_jax.configs import base_train_config, parse_arg, source, tiny_overrides
+from dsmath_jax.configs import base_train_config, deepseek_1_3b_ablation, parse_arg, source, tiny_overrides
 
 CORPORA = ("mathpile", "openwebmath", "proof_pile_2", "deepseekmath_corpus")
 
@@ -30,14 +30,8 @@ def get_config(arg=None):
     args = parse_arg(arg, {"corpus": CORPORA})
     corpus = args.get("corpus", "deepseekmath_corpus")
     c = base_train_config()
-    c.model.preset = "deepseek_1_3b"
-    c.model.dtype = "bfloat16"
-    c.model.remat_policy = "dots_no_batch"
-    c.model.scan_layers = True
+    deepseek_1_3b_ablation(c, steps=35_763)  # 150B tokens / 4.19M per step
     c.data.sources = [source("tfds", name=corpus)]
-    c.data.seq_len = 4096
-    c.optimizer.schedule = dict(name="multi_step", peak=5.3e-4, warmup_steps=2000)
-    c.train.update(steps=35_763, batch_size=1024, checkpoint_every=1000)
     if args["tiny"]:
         tiny_overrides(c)
         c.data.sources = [source("gsm8k", weight=0.5), source("math", weight=0.5)]

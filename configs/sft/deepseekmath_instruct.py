@@ -16,19 +16,15 @@ Launch (TPU v5p-64 = 32 chips; about 2 hours):
 Tiny variant (`:tiny`, CPU, about a minute): the tiny model and a trained tokenizer on GSM8K CoT examples.
 """
 
-from dsmath_jax.configs import base_train_config, parse_arg, source, tiny_overrides
+from dsmath_jax.configs import base_train_config, deepseekmath_7b, parse_arg, source, tiny_overrides
 
 
 def get_config(arg=None):
     args = parse_arg(arg, {})
     c = base_train_config()
-    c.model.preset = "deepseekmath_7b"
-    c.model.dtype = "bfloat16"
-    c.model.remat_policy = "save_qkv"
-    c.model.scan_layers = True
+    deepseekmath_7b(c)
     c.init.hf_dir = "deepseek-math-7b-base"  # a local or gs:// Hugging Face directory: override it
     c.data.sources = [source("sft", name="dsmath_sft", sources=[{"kind": "gsm8k"}], validation_fraction=0.01)]
-    c.data.seq_len = 4096
     c.data.packing = "first_fit"
     c.data.overlong = "truncate"
     c.optimizer.schedule = dict(name="constant", peak=5e-5, warmup_steps=0)

@@ -11,7 +11,6 @@ warm-up), tokens/s, model FLOPs utilisation against the device's bf16 peak, and 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 
@@ -23,6 +22,8 @@ from dsmath_jax.model import CausalLM, get_params, get_preset
 from dsmath_jax.parallel import create_sharded, make_mesh
 from dsmath_jax.train.mfu import mfu, peak_flops
 from dsmath_jax.train.step import adamw, make_train_step
+
+from common import report
 
 
 def main() -> None:
@@ -79,10 +80,7 @@ def main() -> None:
         "compiled_temp_gib": round(analysis.temp_size_in_bytes / 2**30, 3) if analysis else None,
         "compiled_args_gib": round(analysis.argument_size_in_bytes / 2**30, 3) if analysis else None,
     }
-    print(json.dumps(result, indent=2))
-    if args.output:
-        with open(args.output, "w") as f:
-            json.dump(result, f, indent=2)
+    report(result, args.output)
 
 
 if __name__ == "__main__":

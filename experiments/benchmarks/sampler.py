@@ -10,7 +10,6 @@ tokens; the time excludes compilation (one warm-up call). Prints JSON with token
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 
@@ -19,7 +18,9 @@ import numpy as np
 from flax import nnx
 
 from dsmath_jax.generate import Sampler, SamplingParams
-from dsmath_jax.model import CausalLM, ModelConfig, get_preset
+from dsmath_jax.model import CausalLM, get_preset
+
+from common import MODEL_100M, hf_llama, report
 
 
 class _IdTokenizer:
@@ -35,9 +36,6 @@ class _IdTokenizer:
 
     def decode(self, ids, skip_special_tokens=True):
         return ""
-
-
-MODEL_100M = ModelConfig(vocab_size=32000, d_model=768, num_layers=12, num_heads=12, mlp_dim=2048, max_seq_len=1024)
 
 
 def main():
@@ -71,13 +69,8 @@ def main():
               "ours_tokens_per_s": round(args.batch * args.new / ours_s, 1)}
     if not args.no_torch:
         import torch
-        import transformers
         torch.set_num_threads(os.cpu_count() or 1)
-        hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(
-            vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.mlp_dim,
-            num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
-            num_key_value_heads=cfg.num_kv_heads, max_position_embeddings=cfg.max_seq_len,
-            tie_word_embeddings=False)).eval()
+        hf = hf_llama(cfg).eval()
         ids = torch.tensor(prompts)
         kwargs = dict(max_new_tokens=args.new, min_new_tokens=args.new, do_sample=False, use_cache=True,
                       pad_token_id=0, eos_token_id=None)
@@ -88,10 +81,7 @@ def main():
             hf_s = time.perf_counter() - t0
         result.update(transformers_s=round(hf_s, 2), transformers_tokens_per_s=round(args.batch * args.new / hf_s, 1),
                       ours_vs_transformers=round(hf_s / ours_s, 2))
-    print(json.dumps(result, indent=2))
-    if args.output:
-        with open(args.output, "w") as f:
-            json.dump(result, f, indent=2)
+    report(result, args.output)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ FLOP/s, and the MFU against the device's bf16 peak where it is known.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import time
@@ -23,13 +22,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from dsmath_jax.model import CausalLM, ModelConfig, get_params, get_preset
+from dsmath_jax.model import CausalLM, get_params, get_preset
 from dsmath_jax.parallel import create_sharded, make_mesh
 from dsmath_jax.train.mfu import mfu
 from dsmath_jax.train.step import adamw, make_train_step
 
-MODEL_100M = ModelConfig(vocab_size=32000, d_model=768, num_layers=12, num_heads=12, mlp_dim=2048, max_seq_len=1024)
-
+from common import MODEL_100M, hf_llama, report
 
 def timed(fn, steps):
     times = []
@@ -73,13 +71,9 @@ def ours(cfg, batch, seq, steps):
 
 def transformers_step(cfg, batch, seq, steps, threads):
     import torch
-    import transformers
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(
-        vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.mlp_dim,
-        num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads,
-        max_position_embeddings=cfg.max_seq_len, tie_word_embeddings=False, attn_implementation="sdpa"))
+    hf = hf_llama(cfg)
     hf.train()
     opt = torch.optim.AdamW(hf.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
     tokens = torch.randint(0, cfg.vocab_size, (batch, seq + 1))
@@ -133,10 +127,7 @@ def main():
         result.update(transformers_step_s=round(hf["step_s"], 3), transformers_tokens_per_s=round(hf_tps, 1),
                       transformers_flops=flops_per_token * hf_tps, torch_matmul_flops=hf["matmul_flops"],
                       ours_vs_transformers=round(ours_tps / hf_tps, 3))
-    print(json.dumps(result, indent=2))
-    if args.output:
-        with open(args.output, "w") as f:
-            json.dump(result, f, indent=2)
+    report(result, args.output)
 
 
 if __name__ == "__main__":
