@@ -35,3 +35,36 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_slow)
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def arithmetic_sft_run(tmp_path_factory) -> str:
+    """A tiny SFT policy on the arithmetic task (configs/sft/arithmetic.py:tiny, fewer steps), trained once
+    per test session and shared by the xdist workers (a file lock; the run directory resumes/no-ops)."""
+    import fcntl
+
+    root = tmp_path_factory.getbasetemp().parent  # shared by all xdist workers of this session
+    workdir = root / "arithmetic_sft"
+    with open(root / "arithmetic_sft.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (workdir / "summary.json").exists():
+            from dsmath_jax.train.loop import train
+            config = load_config("configs/sft/arithmetic.py:tiny")
+            config.train.update(steps=ARITHMETIC_SFT_STEPS, tensorboard=False, async_checkpoint=False)
+            train(config, str(workdir), task="sft")
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    return str(workdir)
+
+
+ARITHMETIC_SFT_STEPS = 300
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def load_config(spec: str):
+    """A config file of the repository as the CLI loads it: "configs/x.py[:arg]" -> ConfigDict."""
+    import importlib.util
+    path, _, arg = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, REPO / path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg or None)

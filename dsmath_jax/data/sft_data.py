@@ -46,6 +46,9 @@ Sources (:class:`SFTSource`, or the equivalent dict):
   ``{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": r}], "format"?}``;
 * ``{"kind": "gsm8k", "local_dir": dir or None}`` -- GSM8K train as chain of thought (see
   :func:`gsm8k_cot_response`);
+* ``{"kind": "arithmetic", "arithmetic": {"n_train": ..., "seed": ...}}`` -- the train problems of the
+  small arithmetic task (:mod:`dsmath_jax.rl.arithmetic`, :mod:`dsmath_jax.rl.tasks`) with their step-by-step
+  responses;
 * ``{"kind": "math", "local_dir": dir or None}`` -- MATH train rows that have a reference solution
   (with its ``\boxed{}`` answer), as chain of thought; rows without one are skipped and counted (the
   local copy of MATH train has answers only, so it contributes nothing).
@@ -73,7 +76,7 @@ from dsmath_jax.data.math_text import gsm8k_final_answer, last_boxed, strip_calc
 __all__ = ["FORMATS", "SFTSource", "build_sft_dataset", "check_response_format", "gsm8k_cot_response"]
 
 FORMATS = ("cot", "pot", "tool")
-SOURCE_KINDS = ("jsonl", "gsm8k", "math")
+SOURCE_KINDS = ("jsonl", "gsm8k", "math", "arithmetic")
 SFT_FEATURES = ("question", "response", "format", "source")
 
 _PYTHON_BLOCK = re.compile(r"```python[^\n]*\n.*?```", re.S)
@@ -85,13 +88,15 @@ class SFTSource:
     """One input of :func:`build_sft_dataset`.
 
     ``kind`` is ``"jsonl"`` (``files``, and ``default_format`` for rows without a ``format``),
-    ``"gsm8k"`` or ``"math"`` (``local_dir``: a benchmark directory, or ``None`` to download).
+    ``"gsm8k"`` or ``"math"`` (``local_dir``: a benchmark directory, or ``None`` to download), or
+    ``"arithmetic"`` (``arithmetic``: the task spec of :mod:`dsmath_jax.rl.tasks`; its train problems).
     """
 
     kind: str
     files: tuple[str, ...] = ()
     local_dir: str | None = None
     default_format: str = "cot"
+    arithmetic: Mapping[str, Any] | None = None  # kind "arithmetic": the spec of dsmath_jax.rl.tasks
 
     def __post_init__(self) -> None:
         if self.kind not in SOURCE_KINDS:
@@ -105,6 +110,8 @@ class SFTSource:
             raise ValueError("a jsonl SFT source needs files")
         if self.kind != "jsonl" and self.files:
             raise ValueError(f"a {self.kind} SFT source takes local_dir, not files")
+        if (self.arithmetic is not None) != (self.kind == "arithmetic"):
+            raise ValueError("an arithmetic SFT source needs `arithmetic` (its task spec); other kinds take none")
         if self.default_format not in FORMATS:
             raise ValueError(f"default_format {self.default_format!r} is not one of {FORMATS}")
 
@@ -189,6 +196,13 @@ def _examples(index: int, source: SFTSource, data_dir: epath.Path, tally: BuildT
                                                     "format": fmt, "source": origin}
         return
 
+    if source.kind == "arithmetic":
+        from dsmath_jax.rl.tasks import arithmetic_split
+        for i, p in enumerate(arithmetic_split(source.arithmetic)[0]):
+            tally.accept(format="cot", source="arithmetic")
+            yield f"{index}:{i}", {"question": p.question, "response": p.response, "format": "cot", "source": p.id}
+        return
+
     prepare_benchmark(source.kind, data_dir, local_dir=source.local_dir)
     rows = data_source(f"dsmath_{source.kind}", "train", data_dir=data_dir)
     for i in range(len(rows)):
@@ -237,6 +251,8 @@ def build_sft_dataset(
         entry: dict[str, Any] = {"kind": s.kind}
         if s.kind == "jsonl":
             entry.update(inputs=fingerprint_files(expand_files(s.files)), default_format=s.default_format)
+        elif s.kind == "arithmetic":
+            entry.update(arithmetic=dict(s.arithmetic))
         else:
             entry.update(download=s.local_dir is None)
         recipe_sources.append(entry)
@@ -257,8 +273,8 @@ def build_sft_dataset(
     else:
         generators = {"train": lambda: stream(tally)}
 
-    described = [f"{s.kind}:{list(s.files)}" if s.kind == "jsonl" else
-                 f"{s.kind}:{s.local_dir or 'download'}" for s in parsed]
+    described = [f"{s.kind}:{list(s.files)}" if s.kind == "jsonl" else f"arithmetic:{dict(s.arithmetic)}"
+                 if s.kind == "arithmetic" else f"{s.kind}:{s.local_dir or 'download'}" for s in parsed]
     inputs = [f for s in parsed for f in s.files] + [d for d in described if not d.startswith("jsonl:")]
     return write_dataset(
         name=name, version=version, data_dir=data_dir, feature_names=SFT_FEATURES,

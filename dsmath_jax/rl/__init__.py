@@ -6,6 +6,10 @@
 * `rewards`: rule (the harness's equivalence checker) and format rewards, outcome / process reward-model
   read-outs, weighted combinations.
 * `arithmetic`: a small arithmetic word-problem task (exact answers, step-by-step solutions) for CPU runs.
+* `loop`: Algorithm 1, the RL loop for every method (`dsmath rl`); `config`: its schema; `tasks`: questions
+  with gold answers and prompts.
+* `reward_model`, `math_shepherd`, `replay`: ORM / PRM training (`dsmath rm`), Math-Shepherd process labels,
+  the replay buffer of iterative RL; `ppo`: the critic, KL-shaped token rewards and GAE for PPO.
 * `losses`: the unified paradigm of Table 10 (SFT, RFT, DPO, PPO, GRPO and the Dr. GRPO / DAPO / GSPO
   variants), each returning ``(total, weight, metrics)`` for the shared train step, plus per-token
   log-probs, entropies and KL estimators.

@@ -46,6 +46,16 @@ def format_rewards(completions: Sequence[str], finish_reasons: Sequence[str] | N
     return out
 
 
+def overlong_penalty(lengths: Sequence[int] | np.ndarray, max_len: int, buffer: int) -> np.ndarray:
+    """DAPO's soft overlong punishment (Yu et al. 2025, Eq. 13) per output [rows]: 0 for ``|o| <= max_len -
+    buffer``, ``(max_len - buffer - |o|) / buffer`` in the last `buffer` tokens, -1 beyond ``max_len``."""
+    if buffer < 1 or buffer > max_len:
+        raise ValueError(f"overlong buffer must be in [1, max_len={max_len}], got {buffer}")
+    n = np.asarray(lengths, np.float32)
+    soft = (max_len - buffer - n) / buffer
+    return np.where(n <= max_len - buffer, 0.0, np.where(n <= max_len, soft, -1.0)).astype(np.float32)
+
+
 def outcome_scores(scores: jax.Array, mask: jax.Array) -> jax.Array:
     """An outcome reward model's reward: its score at the last completion token ([rows, seq] -> [rows]).
     Rows without completion tokens get 0."""

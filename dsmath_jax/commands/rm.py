@@ -1,0 +1,424 @@
+r"""`dsmath rm`: label a policy's samples and train an outcome or process reward model (PAPER.md §4).
+
+  dsmath rm --config=configs/rm/orm.py:tiny --workdir=runs/orm_tiny --config.init.run_dir=runs/sft_tiny
+  dsmath rm --config=configs/rm/prm_math_shepherd.py:tiny --workdir=runs/prm_tiny \
+      --config.init.run_dir=runs/sft_tiny
+
+1. Labels (skipped when ``<workdir>/labels.npz`` exists, so a rerun reuses them): the generator policy
+   (``init.run_dir``: a ``dsmath sft`` run or a Hugging Face directory) samples
+   ``sampling.samples_per_problem`` completions for each training problem of ``data.problems``; each is
+   labelled by the rule checker (ORM: is the final answer right?) or with Math-Shepherd step labels (PRM,
+   ``labels.mode`` hard / soft from ``labels.n`` continuations per step; :mod:`dsmath_jax.rl.math_shepherd`).
+   Problems are split into train and validation (``data.validation_fraction``; all samples of a problem
+   land on the same side). Written atomically.
+2. Training: a :class:`~dsmath_jax.model.ScalarHeadModel` whose trunk starts from ``init.rm_init_dir`` (the
+   paper's DeepSeekMath-Base 7B) or, when unset, from the policy; BCE on the scored positions
+   (:mod:`dsmath_jax.rl.reward_model`) with the shared sharded train step and AdamW. Checkpoints in
+   ``<workdir>/checkpoints`` (a rerun resumes from the latest; SIGTERM saves and stops), metrics in
+   ``metrics.jsonl`` (held-out loss / accuracy as ``eval_*``), ``summary.json`` at the end.
+
+The workdir also gets ``config.json`` and the tokenizer (``tokenizer.model`` or ``tokenizer.json``), so
+``RewardModel.load(workdir, mesh)`` rebuilds the trained reward model.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import shutil
+from typing import Any
+
+import numpy as np
+
+from dsmath_jax.commands.common import run_command
+from dsmath_jax.rl.config import ARITHMETIC_TINY
+
+log = logging.getLogger(__name__)
+
+LABELS_FILE = "labels.npz"
+_SPLIT_KEY, _STATS_KEY = "__validation__", "__stats_json__"
+
+
+# ------------------------------------------------------------------------------------------- config
+def base_rm_config():
+    """The schema of a reward-model config (configs/rm/*.py start from it; every key is documented here).
+
+    seed; kind ("orm" | "prm");
+    init: run_dir (the generator policy: a `dsmath sft` run or a Hugging Face dir; required), rm_init_dir (the
+      model the RM's trunk starts from, same tokenizer; None = the policy), step (checkpoint step of run_dir);
+    model: compute overrides when loading (dtype, remat_policy, scan_layers, attention_impl; None = as saved);
+    data: problems (list of problem specs, dsmath_jax.rl.tasks), split, limit_per_source, template (the
+      question inside the chat prompt), data_dir / benchmarks_dir (GSM8K / MATH copies), seq_len (RM rows:
+      prompt + completion, longer ones cut and counted), max_steps (PRM steps per row), validation_fraction
+      (share of problems held out for RM accuracy);
+    sampling: samples_per_problem (K), temperature, top_p, max_new_tokens, batch_size (sampler rows), seed;
+    labels: mode ("outcome" for an ORM; "hard" | "soft" Math-Shepherd labels for a PRM), n (continuations per
+      step), temperature, max_new_tokens, seed (of the continuations);
+    grader: workers, timeout (seconds per check);
+    optimizer: schedule {name, peak, warmup_steps, ...}, b1, b2, weight_decay, clip_norm (AdamW);
+    train: steps, batch_size, accum_steps, seed (batch order), log_every, eval_every, eval_batch_size,
+      checkpoint_every, keep_checkpoints, async_checkpoint, tensorboard;
+    mesh: shape, rules; distributed: multi-host start-up (as the training configs).
+    """
+    import ml_collections
+    from ml_collections.config_dict import placeholder
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.kind = "orm"
+    c.init = ml_collections.ConfigDict(dict(run_dir=placeholder(str), rm_init_dir=placeholder(str),
+                                            step=placeholder(int)))
+    c.model = ml_collections.ConfigDict(dict(dtype=placeholder(str), remat_policy=placeholder(str),
+                                             scan_layers=placeholder(bool), attention_impl=placeholder(str)))
+    c.data = ml_collections.ConfigDict(dict(
+        problems=[], split="train", limit_per_source=placeholder(int), template="{question}",
+        data_dir=placeholder(str), benchmarks_dir=placeholder(str), seq_len=1536, max_steps=64,
+        validation_fraction=0.02))
+    c.sampling = ml_collections.ConfigDict(dict(samples_per_problem=4, temperature=0.7, top_p=1.0,
+                                                max_new_tokens=1024, batch_size=64, seed=0))
+    c.labels = ml_collections.ConfigDict(dict(mode="outcome", n=8, temperature=0.7, max_new_tokens=1024, seed=1))
+    c.grader = ml_collections.ConfigDict(dict(workers=8, timeout=5.0))
+    c.optimizer = ml_collections.ConfigDict(dict(
+        schedule=dict(name="constant", peak=2e-5, warmup_steps=50), b1=0.9, b2=0.95, weight_decay=0.0,
+        clip_norm=1.0))
+    c.train = ml_collections.ConfigDict(dict(
+        steps=2000, batch_size=256, accum_steps=1, seed=0, log_every=10, eval_every=250, eval_batch_size=64,
+        checkpoint_every=500, keep_checkpoints=3, async_checkpoint=True, tensorboard=True))
+    c.mesh = ml_collections.ConfigDict(dict(shape=dict(data=1, fsdp=-1, tensor=1), rules=placeholder(tuple)))
+    c.distributed = ml_collections.ConfigDict(dict(enabled="auto", coordinator_address=placeholder(str),
+                                                   num_processes=placeholder(int), process_id=placeholder(int),
+                                                   timeout_s=300))
+    return c
+
+
+ARITHMETIC_PROBLEMS = ARITHMETIC_TINY  # the problems of configs/sft/arithmetic.py and the RL tiny variants
+
+
+def tiny_rm_overrides(c, *, steps: int = 60):
+    """The CPU-sized variant: the arithmetic task's training problems (the tiny SFT policy's own questions),
+    few samples, short completions, a short run at a tiny-model learning rate."""
+    c.data.update(problems=[dict(ARITHMETIC_PROBLEMS)], limit_per_source=48, seq_len=192, max_steps=8,
+                  validation_fraction=0.25)
+    c.sampling.update(samples_per_problem=4, temperature=1.0, max_new_tokens=64, batch_size=64)
+    c.labels.update(n=4, temperature=1.0, max_new_tokens=48)
+    c.grader.update(workers=1)
+    c.optimizer.schedule = dict(name="constant", peak=1e-3, warmup_steps=5)
+    c.train.update(steps=steps, batch_size=32, log_every=10, eval_every=steps // 2, eval_batch_size=64,
+                   checkpoint_every=steps // 2)
+    return c
+
+
+def main(argv: list[str]) -> int:
+    return run_command(_main, argv, "dsmath rm")
+
+
+def _main(flags) -> int:
+    summary = run(flags.config, flags.workdir)
+    print(json.dumps(summary))
+    return 0
+
+
+def _as_dict(cfg) -> dict:
+    return cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg or {})
+
+
+def _sync(name: str) -> None:
+    import jax
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)
+
+
+# ------------------------------------------------------------------------------------------- labels
+def save_labels(path: str, examples: list[dict], validation: np.ndarray, stats: dict) -> None:
+    """Writes labelled examples (packed), their validation flags and the labelling stats, atomically."""
+    from dsmath_jax.rl.replay import pack_examples
+    arrays = pack_examples(examples)
+    arrays[_SPLIT_KEY] = np.asarray(validation, bool)
+    arrays[_STATS_KEY] = np.asarray(json.dumps(stats))
+    tmp = f"{path}.tmp.{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_labels(path: str) -> tuple[list[dict], np.ndarray, dict]:
+    """(examples, validation flags, stats) of a labels file written by :func:`save_labels`."""
+    from dsmath_jax.rl.replay import unpack_examples
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read the labels file {path} (delete it to label again): {e}") from e
+    if _SPLIT_KEY not in arrays or _STATS_KEY not in arrays:
+        raise ValueError(f"{path} is not a labels file of `dsmath rm` (no {_SPLIT_KEY} / {_STATS_KEY}); delete it "
+                         "to label again")
+    validation = arrays.pop(_SPLIT_KEY)
+    stats = json.loads(str(arrays.pop(_STATS_KEY)))
+    examples = unpack_examples(arrays)
+    if len(examples) != len(validation):
+        raise ValueError(f"{path}: {len(examples)} examples but {len(validation)} split flags")
+    return examples, validation, stats
+
+
+def _problems(config):
+    from dsmath_jax.rl.tasks import load_problems
+    data = config.data
+    out = []
+    for spec in data.problems:
+        spec = _as_dict(spec)
+        if data.get("limit_per_source"):
+            spec["limit"] = int(data.limit_per_source)
+        out.extend(load_problems(spec, data.get("split", "train"), data_dir=data.get("data_dir"),
+                                 benchmarks_dir=data.get("benchmarks_dir")))
+    if not out:
+        raise ValueError("config.data.problems gave no problems")
+    return out
+
+
+def _validation_flags(problem_index: np.ndarray, num_problems: int, fraction: float, seed: int) -> np.ndarray:
+    """Whole problems go to validation: the first round(fraction * problems) of a seeded permutation."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"data.validation_fraction must be in [0, 1), got {fraction}")
+    n_val = int(round(fraction * num_problems))
+    if fraction > 0 and num_problems > 1:
+        n_val = min(max(n_val, 1), num_problems - 1)
+    held_out = np.random.default_rng([int(seed) & 0xFFFFFFFF, 7]).permutation(num_problems)[:n_val]
+    return np.isin(problem_index, held_out)
+
+
+def label(config, policy, tokenizer, mesh, rules) -> tuple[list[dict], np.ndarray, dict]:
+    """Samples the policy on the training problems and labels the samples (ORM: rule reward; PRM:
+    Math-Shepherd). Returns (examples, validation flags, stats)."""
+    from dsmath_jax.evals.grader import Grader
+    from dsmath_jax.generate.sampler import Sampler, SamplingParams
+    from dsmath_jax.rl.math_shepherd import math_shepherd_labels
+    from dsmath_jax.rl.reward_model import orm_examples
+    from dsmath_jax.rl.tasks import prompt_text
+
+    problems = _problems(config)
+    s = config.sampling
+    sampler = Sampler(policy, tokenizer, batch_size=int(s.batch_size), mesh=mesh, rules=rules)
+    prompt_ids = sampler.encode_prompts([prompt_text(p, config.data.template) for p in problems])
+    k = int(s.samples_per_problem)
+    params = SamplingParams(max_new_tokens=int(s.max_new_tokens), temperature=float(s.temperature),
+                            top_p=float(s.top_p), n=k, seed=int(s.seed))
+    log.info("sampling %d completions for each of %d problems", k, len(problems))
+    groups = sampler.generate(prompt_ids, params, progress=True)
+    rows = [(i, c) for i, group in enumerate(groups) for c in group]
+    prompts = [prompt_ids[i] for i, _ in rows]
+    golds, kinds = [problems[i].answer for i, _ in rows], [problems[i].kind for i, _ in rows]
+    stats: collections.Counter = collections.Counter()
+    stats["problems"], stats["completions"] = len(problems), len(rows)
+    stats["completions_cut_at_length"] = sum(c.finish_reason == "length" for _, c in rows)
+    kind = config.kind
+    with Grader(max_workers=int(config.grader.workers), timeout=float(config.grader.timeout)) as grader:
+        if kind == "orm":
+            verdicts = grader.grade([(c.text, g, kd, None) for (_, c), g, kd in zip(rows, golds, kinds)])
+            labels = [float(v.correct) for v in verdicts]
+            examples = orm_examples(prompts, [c.tokens for _, c in rows], labels)
+            keep = list(range(len(rows)))
+        else:
+            lab = config.labels
+            cont = SamplingParams(max_new_tokens=int(lab.max_new_tokens), temperature=float(lab.temperature),
+                                  top_p=float(s.top_p), seed=int(lab.seed))
+            examples = math_shepherd_labels(sampler, grader, prompts, [c.tokens for _, c in rows], golds, kinds,
+                                            tokenizer, n=int(lab.n), mode=lab.mode, sampling=cont, stats=stats,
+                                            progress=True)
+            keep = [r for r, (_, c) in enumerate(rows) if c.tokens]  # math_shepherd_labels skips empty ones
+    problem_index = np.asarray([rows[r][0] for r in keep], np.int64)
+    for ex, p in zip(examples, problem_index):
+        ex["problem"] = np.int64(p)
+    outcome = np.asarray([float(ex["label"]) for ex in examples], np.float64)
+    stats["policy_accuracy"] = float(outcome.mean()) if len(outcome) else 0.0
+    if kind == "prm":
+        step_labels = np.concatenate([ex["step_labels"] for ex in examples]) if examples else np.zeros(0)
+        stats["mean_step_label"] = float(step_labels.mean()) if len(step_labels) else 0.0
+    validation = _validation_flags(problem_index, len(problems), float(config.data.validation_fraction),
+                                   int(config.seed))
+    stats["train_examples"], stats["validation_examples"] = int((~validation).sum()), int(validation.sum())
+    return examples, validation, dict(stats)
+
+
+# ------------------------------------------------------------------------------------------- run
+def _copy_tokenizer(tokenizer, workdir: str) -> None:
+    """Puts the tokenizer's files into the workdir (tokenizer.model, or tokenizer.json and its configs)."""
+    src = tokenizer.path
+    if not src:
+        raise ValueError("the policy's tokenizer has no path to copy into the reward model's run directory")
+    if src.endswith(".model"):
+        files = [(src, "tokenizer.model")]
+    else:
+        folder = os.path.dirname(src)
+        files = [(os.path.join(folder, n), n) for n in ("tokenizer.json", "tokenizer_config.json",
+                                                        "special_tokens_map.json")
+                 if os.path.exists(os.path.join(folder, n))]
+    for path, name in files:
+        dest = os.path.join(workdir, name)
+        if os.path.abspath(path) == os.path.abspath(dest) or os.path.exists(dest):
+            continue
+        tmp = f"{dest}.tmp.{os.getpid()}"
+        shutil.copyfile(path, tmp)
+        os.replace(tmp, dest)
+
+
+def _optimizer(config):
+    from dsmath_jax.train import schedules
+    from dsmath_jax.train.step import adamw
+    opt = _as_dict(config.optimizer)
+    schedule = schedules.from_config(opt.pop("schedule"), int(config.train.steps))
+    return adamw(schedule, **opt), schedule
+
+
+def _load_model(path: str, config, mesh, rules):
+    from dsmath_jax.train.restore import load_run
+    overrides = {k: v for k, v in _as_dict(config.model).items() if v is not None}
+    return load_run(path, mesh=mesh, rules=rules, step=config.init.get("step"), **overrides)
+
+
+def run(config, workdir: str) -> dict[str, Any]:
+    """Labels (or reuses the labels of) and trains (or resumes) a reward model in `workdir`; returns the
+    summary (also written as summary.json)."""
+    import jax
+
+    from dsmath_jax.data.tokenizers import check_tokenizer_fits, load_tokenizer
+    from dsmath_jax.model import ModelConfig
+    from dsmath_jax.parallel import initialize_from_config, make_mesh, rules_from_config
+    from dsmath_jax.rl.reward_model import KINDS, RewardModel
+    from dsmath_jax.train.checkpoint import Checkpointer
+    from dsmath_jax.train.loop import _Preemption
+    from dsmath_jax.train.metrics import MetricsWriter
+    from dsmath_jax.train.step import TrainState
+
+    if config.kind not in KINDS:
+        raise ValueError(f"config.kind must be one of {KINDS}, got {config.kind!r}")
+    modes = ("outcome",) if config.kind == "orm" else ("hard", "soft")
+    if config.labels.mode not in modes:
+        raise ValueError(f"config.labels.mode={config.labels.mode!r}: an {config.kind.upper()} is labelled with one of "
+                         f"{modes} (outcome: the rule reward; hard / soft: Math-Shepherd step labels)")
+    if not config.init.get("run_dir"):
+        raise ValueError("config.init.run_dir is required: the generator policy (a `dsmath sft` run directory or "
+                         "a Hugging Face model directory), e.g. --config.init.run_dir=runs/sft_tiny")
+    initialize_from_config(config.get("distributed"))
+    os.makedirs(workdir, exist_ok=True)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+            f.write(config.to_json_best_effort(indent=2))
+    mesh = make_mesh(_as_dict(config.mesh).get("shape"))
+    rules = rules_from_config(_as_dict(config.mesh).get("rules"))
+    tcfg = config.train
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=int(tcfg.keep_checkpoints),
+                        async_save=bool(tcfg.async_checkpoint))
+    start = ckpt.latest_step()
+    labels_path = os.path.join(workdir, LABELS_FILE)
+    have_labels = os.path.exists(labels_path)
+
+    policy = tokenizer = None
+    if not have_labels or start is None:
+        policy, tokenizer = _load_model(config.init.run_dir, config, mesh, rules)
+        if jax.process_index() == 0:
+            _copy_tokenizer(tokenizer, workdir)
+        _sync("rm_tokenizer")
+    else:
+        tokenizer = load_tokenizer(workdir)
+    if have_labels:
+        examples, validation, label_stats = load_labels(labels_path)
+        log.info("reusing %d labelled examples from %s", len(examples), labels_path)
+    else:
+        examples, validation, label_stats = label(config, policy, tokenizer, mesh, rules)
+        if jax.process_index() == 0:
+            save_labels(labels_path, examples, validation, label_stats)
+        _sync("rm_labels")
+        log.info("labelled %d examples: %s", len(examples), label_stats)
+    train_examples = [ex for ex, v in zip(examples, validation) if not v]
+    val_examples = [ex for ex, v in zip(examples, validation) if v]
+    if not train_examples:
+        raise ValueError(f"no training examples in {labels_path} ({len(examples)} labelled, all held out)")
+
+    layout = dict(seq_len=int(config.data.seq_len), pad_id=tokenizer.pad_id if tokenizer.pad_id is not None else 0,
+                  max_steps=int(config.data.max_steps), tokenizer=tokenizer)
+    if start is None:
+        base = policy
+        if config.init.get("rm_init_dir"):
+            base, _ = _load_model(config.init.rm_init_dir, config, mesh, rules)
+            check_tokenizer_fits(tokenizer, base.config.vocab_size, what=f"reward model init {config.init.rm_init_dir}")
+        rm = RewardModel.init_from_lm(base, config.kind, mesh, rules, seed=int(config.seed), **layout)
+        del base
+    else:
+        meta = ckpt.metadata(start)
+        if meta.get("kind") != config.kind:
+            raise ValueError(f"{workdir}/checkpoints holds a {meta.get('kind')!r} reward model but config.kind is "
+                             f"{config.kind!r}: use another workdir")
+        rm = RewardModel.abstract(ModelConfig.from_dict(meta["model"]), config.kind, mesh, rules, **layout)
+    del policy
+    optimizer, schedule = _optimizer(config)
+    trainer = rm.make_trainer(optimizer, int(tcfg.accum_steps), schedule=schedule)
+    if start is not None:
+        target = trainer.abstract_state()
+        restored = ckpt.restore(start, {"params": target.params, "opt_state": target.opt_state})
+        trainer.set_state(TrainState(step=np.int32(start), params=restored["params"],
+                                         opt_state=restored["opt_state"]))
+        log.info("resumed the reward model from step %d in %s", start, workdir)
+    start = trainer.step
+
+    total = int(tcfg.steps)
+    log_every, eval_every = max(int(tcfg.log_every), 1), int(tcfg.eval_every)
+    ckpt_every = max(int(tcfg.checkpoint_every), 1)
+    batch_size, seed = int(tcfg.batch_size), int(tcfg.seed)
+    eval_bs = int(tcfg.eval_batch_size)
+    writer = MetricsWriter(workdir, resume_step=start, tensorboard=bool(tcfg.tensorboard))
+
+    def save(step: int, *, force: bool = False) -> None:
+        ckpt.save(step, {"params": trainer.state.params, "opt_state": trainer.state.opt_state},
+                  metadata=dict(rm.layout(), step=step, examples=len(train_examples)), force=force)
+
+    def evaluate(step: int, *, write: bool = True) -> dict:
+        if not val_examples:
+            return {}
+        metrics = {f"eval_{k}": v for k, v in rm.evaluate(val_examples, eval_bs).items()}
+        if write:
+            writer.write(step, metrics)
+        return metrics
+
+    step, status, last_train, last_eval = start, "completed", {}, {}
+    with _Preemption() as preemption:
+        try:
+            while step < total:
+                chunk = min(log_every - step % log_every, ckpt_every - step % ckpt_every, total - step)
+                if eval_every:
+                    chunk = min(chunk, eval_every - step % eval_every)
+                last_train = trainer.train(train_examples, chunk, batch_size, seed, start=step)
+                step = trainer.step
+                writer.write(step, {k: v for k, v in last_train.items() if k != "step"})
+                if eval_every and step % eval_every == 0 and step < total:
+                    last_eval = evaluate(step)
+                if preemption.requested:
+                    status = "preempted"
+                    break
+                if step % ckpt_every == 0 and step < total:
+                    save(step)
+            if ckpt.latest_step() != step:  # a rerun of a finished run has nothing new to save
+                save(step, force=True)
+            ckpt.wait()
+            if status == "completed":  # a rerun of a finished run recomputes it without a second record
+                last_eval = evaluate(step, write=step > start)
+        finally:
+            writer.close()
+            ckpt.close()
+    if step == start and status == "completed":
+        log.info("nothing to train: the reward model in %s is already at step %d", workdir, step)
+    summary = {"status": status, "kind": config.kind, "step": step, "train": last_train, "eval": last_eval,
+               "labels": label_stats, "train_examples": len(train_examples),
+               "validation_examples": len(val_examples), "workdir": workdir}
+    if jax.process_index() == 0:
+        tmp = os.path.join(workdir, f"summary.json.tmp.{os.getpid()}")
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(summary, f, indent=2)
+        os.replace(tmp, os.path.join(workdir, "summary.json"))
+    log.info("reward model (%s) %s at step %d: %s", config.kind, status, step, last_eval)
+    return summary

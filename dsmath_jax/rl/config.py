@@ -1,0 +1,121 @@
+"""The schema every RL config starts from (`dsmath rl --config=configs/rl/...`).
+
+`base_rl_config()` holds every section with its default; `configs/rl/*.py` change what their paper result
+needs. The methods are the rows of PAPER.md §5 Table 10, each a data source + a reward + a gradient
+coefficient:
+
+  method       samples from          reward / signal                    loss (dsmath_jax.rl.losses)
+  sft          gold responses        -                                  sft_loss
+  rft          the initial policy    rule (correct or not)              rft_loss
+  online_rft   the current policy    rule                               rft_loss
+  dpo          initial or current    rule -> (correct, wrong) pairs     dpo_loss
+  ppo          the current policy    rule/ORM at the last token + KL    clipped surrogate + critic (GAE)
+  grpo         the current policy    rule / ORM (outcome) or PRM /      the GRPO objective (Eq. 3)
+                                     step rule (process)
+
+Sections: seed, method, init (the policy to start from), model (compute overrides), data (problems and
+prompt template), rollout (G, questions per step, sampling), reward, loss, optimizer, train (iterations,
+steps, mu, micro-batches, logging, checkpoints), rm_update (iterative RL: continue training the reward
+model with replay after each iteration), ppo, eval (held-out greedy accuracy, maj@k / pass@k), mesh,
+distributed.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+from ml_collections.config_dict import placeholder
+
+METHODS = ("sft", "rft", "online_rft", "dpo", "ppo", "grpo")
+# The small task at CPU scale (dsmath_jax.rl.arithmetic): one or two operations on amounts up to 9, results up
+# to 30. The SFT stage (configs/sft/arithmetic.py) trains on its train problems, RL samples from the same
+# problems, and evaluation uses its held-out test problems.
+ARITHMETIC_TINY = dict(kind="arithmetic", n_train=20000, n_test=256, seed=0,
+                       knobs=dict(max_operand=9, max_value=30, max_steps=2))
+REWARDS = ("rule", "orm", "prm", "step_rule")
+
+
+def base_rl_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.method = "grpo"
+    # The policy: a run directory of `dsmath sft` (or pretrain) or a Hugging Face directory.
+    c.init = ml_collections.ConfigDict(dict(run_dir=placeholder(str), step=placeholder(int)))
+    c.model = ml_collections.ConfigDict(dict(dtype=placeholder(str), param_dtype=placeholder(str),
+                                             remat_policy=placeholder(str), scan_layers=placeholder(bool)))
+    c.data = ml_collections.ConfigDict(dict(
+        problems=dict(kind="arithmetic", n_train=20000, n_test=256, seed=0),
+        template="{question}",  # the question inside the chat prompt, e.g. with the zero-shot instruction
+        data_dir=placeholder(str), benchmarks_dir=placeholder(str), max_prompt_tokens=1024, seed=0))
+    c.rollout = ml_collections.ConfigDict(dict(
+        group_size=64, questions_per_step=16, max_new_tokens=1024, temperature=1.0, top_p=1.0, top_k=0,
+        sampler_batch_size=64, chunk_size=32, stop_strings=(),
+        # DAPO dynamic sampling: drop groups whose rewards are all equal and draw more questions, up to
+        # `max_sampling_rounds` generate calls per step; groups still missing are filled with inert rows.
+        dynamic_sampling=False, max_sampling_rounds=3))
+    c.reward = ml_collections.ConfigDict(dict(
+        kind="rule",  # rule | orm | prm | step_rule (the arithmetic task's exact step checker: an oracle PRM)
+        rm_dir=placeholder(str),  # a `dsmath rm` run directory for orm / prm
+        rule_weight=1.0, format_weight=0.0, rm_weight=1.0,  # steps are newline-delimited lines (math_shepherd)
+        # DAPO's soft overlong punishment: 0 up to max_new_tokens - overlong_buffer, then linear to -1.
+        overlong_buffer=0, overlong_weight=1.0))
+    c.loss = ml_collections.ConfigDict(dict(
+        clip_eps=0.2, clip_eps_high=placeholder(float), beta=0.04, kl_estimator="k3", aggregation="sequence_mean",
+        ratio="token", max_len=placeholder(int), scale_advantages=True, dpo_beta=0.1, entropy_metric=True))
+    c.optimizer = ml_collections.ConfigDict(dict(
+        schedule=dict(name="constant", peak=1e-6, warmup_steps=0), b1=0.9, b2=0.95, weight_decay=0.0,
+        clip_norm=1.0))
+    c.train = ml_collections.ConfigDict(dict(
+        iterations=1, steps_per_iteration=100, mu=1, accum_steps=1, log_every=1, checkpoint_every=50,
+        keep_checkpoints=2, async_checkpoint=True, reference_on_host=False, max_nonfinite_in_a_row=10,
+        tensorboard=True, seq_len=placeholder(int),
+        stop_after_steps=placeholder(int)))  # stop (with a checkpoint) after this many steps of one invocation
+    c.rm_update = ml_collections.ConfigDict(dict(
+        enabled=False, steps=100, batch_size=32, history_fraction=0.1, capacity=100000, lr=1e-6,
+        samples_per_step=0))  # 0: every sampled output of the iteration
+    c.ppo = ml_collections.ConfigDict(dict(kl_coef=0.04, gamma=1.0, lam=0.95, value_clip=0.2, critic_lr=1e-6,
+                                           whiten_advantages=True))
+    c.eval = ml_collections.ConfigDict(dict(
+        every=50, n_problems=256, max_new_tokens=placeholder(int), samples=0, temperature=0.7,
+        batch_size=placeholder(int), at_start=True))
+    c.mesh = ml_collections.ConfigDict(dict(shape=dict(data=1, fsdp=-1, tensor=1), rules=placeholder(tuple)))
+    c.distributed = ml_collections.ConfigDict(dict(enabled="auto", coordinator_address=placeholder(str),
+                                                   num_processes=placeholder(int), process_id=placeholder(int),
+                                                   timeout_s=300))
+    return c
+
+
+def paper_grpo(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """PAPER.md §4.2's GRPO settings on the 7B instruct policy: GSM8K/MATH CoT questions with the zero-shot
+    instruction, G 64 outputs for each of 16 questions per step (batch 1024), max length 1024, lr 1e-6,
+    beta 0.04 (k3), mu 1; bf16 compute with q/k/v saved under remat."""
+    from dsmath_jax.evals.prompts import COT_SUFFIX
+    c.method = "grpo"
+    c.model.update(dtype="bfloat16", remat_policy="save_qkv", scan_layers=True)
+    c.data.problems = dict(kind="gsm8k")
+    c.data.template = "{question}\n" + COT_SUFFIX["en"]
+    c.rollout.update(group_size=64, questions_per_step=16, max_new_tokens=1024, temperature=1.0,
+                     sampler_batch_size=256)
+    c.loss.update(beta=0.04, kl_estimator="k3", aggregation="sequence_mean", clip_eps=0.2)
+    c.optimizer.schedule = dict(name="constant", peak=1e-6, warmup_steps=0)
+    c.train.update(iterations=1, steps_per_iteration=9000, mu=1, accum_steps=16, checkpoint_every=50, log_every=1)
+    c.eval.update(every=200, n_problems=1319)
+    return c
+
+
+def tiny_rl_overrides(c: ml_collections.ConfigDict, *, steps: int = 40) -> ml_collections.ConfigDict:
+    """The CPU scale: the arithmetic task, G 8, 8 questions per step, 96 new tokens, lr 2e-4 (a tiny model
+    needs a far larger step than the 7B's 1e-6), evaluation on 128 held-out problems."""
+    c.data.problems = dict(ARITHMETIC_TINY)
+    c.rollout.update(group_size=8, questions_per_step=8, max_new_tokens=96, sampler_batch_size=64, chunk_size=16)
+    c.optimizer.schedule = dict(name="constant", peak=2e-4, warmup_steps=0)
+    c.train.update(steps_per_iteration=steps, checkpoint_every=max(1, steps // 2), log_every=5)
+    c.eval.update(every=max(1, steps // 2), n_problems=256)
+    c.rm_update.update(steps=20, batch_size=16, lr=1e-4)
+    c.ppo.critic_lr = 1e-4
+    c.model.update(dtype=None, remat_policy=None, scan_layers=None)
+    c.data.template = "{question}"
+    c.train.accum_steps = 1
+    return c
+
+
+__all__ = ["ARITHMETIC_TINY", "base_rl_config", "paper_grpo", "tiny_rl_overrides", "METHODS", "REWARDS"]

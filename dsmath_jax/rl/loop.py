@@ -1,0 +1,784 @@
+"""The RL loop: Algorithm 1 of the paper (PAPER.md §4.3) for every method of the unified paradigm (§5).
+
+  policy <- init
+  for iteration = 1..I:
+      reference <- policy                                        (frozen; optionally on host memory)
+      for step = 1..M:
+          questions <- the next `questions_per_step` of the shuffled training problems
+          old policy <- policy: sample G outputs per question with our sampler, keeping the log-probs
+          rewards (rule via the harness's grader / ORM / PRM / the task's step checker), advantages
+          mu updates of the policy on the objective (micro-batched)
+      continue training the reward model on this iteration's samples, with replay of 10% history
+
+`run_rl(config, workdir)` runs or resumes a run. Everything the next step depends on is checkpointed
+together: the policy's params and optimiser state, the reference, the critic (PPO), the reward model and
+its optimiser state (iterative RL), the replay buffer and the data position; sampling keys are derived
+from (seed, step), so a resumed run reproduces the uninterrupted one bitwise. SIGTERM saves and exits.
+
+Metrics (`<workdir>/metrics.jsonl`, TensorBoard): reward mean/std, accuracy (rule reward), KL, clip
+fraction, entropy, response length, the share of groups whose rewards are all equal (zero advantage),
+truncated outputs, rollout and train tokens/s, and held-out greedy accuracy (plus maj@k / pass@k).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+from tqdm.auto import tqdm
+
+from dsmath_jax.data.tokenizers import Tokenizer
+from dsmath_jax.evals.grader import Grader
+from dsmath_jax.evals.metrics import maj_at_k
+from dsmath_jax.generate.sampler import Completion, Sampler, SamplingParams
+from dsmath_jax.parallel import global_batch, initialize_from_config, make_mesh, rules_from_config
+from dsmath_jax.parallel.mesh import get_params, param_shardings
+from dsmath_jax.rl import losses
+from dsmath_jax.rl.advantages import group_advantages, process_advantages, token_advantages
+from dsmath_jax.rl.config import METHODS, REWARDS
+from dsmath_jax.rl.grpo import rollout_batch
+from dsmath_jax.rl.math_shepherd import step_end_tokens
+from dsmath_jax.rl.rewards import combine_rewards, format_rewards, overlong_penalty
+from dsmath_jax.rl.tasks import Problem, load_problems, prompt_text
+from dsmath_jax.train import schedules
+from dsmath_jax.train.checkpoint import Checkpointer, abstract_like
+from dsmath_jax.train.loop import NonFiniteLossError, _Preemption
+from dsmath_jax.train.metrics import MetricsWriter
+from dsmath_jax.train.restore import load_run
+from dsmath_jax.train.step import TrainState, adamw, make_train_step
+
+log = logging.getLogger(__name__)
+
+OFFLINE_METHODS = ("rft", "dpo")  # Table 10: their data come from the SFT model, not the current policy
+
+
+def _d(cfg) -> dict:
+    return cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg or {})
+
+
+def _seed(*parts: int) -> int:
+    """A sampling seed from (run seed, step, round): distinct per call, reproducible on resume."""
+    h = 0
+    for p in parts:
+        h = (h * 1_000_003 + int(p)) % (2 ** 31 - 1)
+    return h
+
+
+# ------------------------------------------------------------------------------------------ losses
+def policy_loss_fn(config: losses.PolicyLossConfig, entropy: bool = True):
+    """GRPO / PPO policy loss on a rollout batch (`old_logp`, `ref_logp`, `advantages`, `weights`), with the
+    policy's entropy on the response tokens as a metric."""
+
+    def loss(model, batch):
+        logits = model(batch["inputs"], None, batch.get("segment_ids"))
+        logp = losses.token_logprobs(logits, batch["targets"])
+        total, weight, metrics = losses.policy_loss(logp, batch["old_logp"], batch.get("ref_logp"),
+                                                    batch["advantages"], batch["weights"], config=config)
+        if entropy:
+            m = batch["weights"].astype(jnp.float32)
+            ent = jax.lax.stop_gradient(losses.token_entropy(logits))
+            metrics = dict(metrics, entropy=(ent * m).sum() / jnp.maximum(m.sum(), 1.0))
+        return total, weight, metrics
+
+    return loss
+
+
+def rft_loss_fn(aggregation: str = "sequence_mean", max_len: int | None = None):
+    """RFT / online RFT: SFT on the correct samples (`correct` [rows, 1])."""
+
+    def loss(model, batch):
+        logits = model(batch["inputs"], None, batch.get("segment_ids"))
+        logp = losses.token_logprobs(logits, batch["targets"])
+        return losses.rft_loss(logp, batch["weights"], batch["correct"][:, 0], aggregation=aggregation,
+                               max_len=max_len)
+
+    return loss
+
+
+def sft_loss_fn(aggregation: str = "sequence_mean", max_len: int | None = None):
+    def loss(model, batch):
+        logits = model(batch["inputs"], None, batch.get("segment_ids"))
+        return losses.sft_loss(losses.token_logprobs(logits, batch["targets"]), batch["weights"],
+                               aggregation=aggregation, max_len=max_len)
+
+    return loss
+
+
+def dpo_loss_fn(beta: float):
+    """DPO on interleaved pairs: rows 2j (chosen) and 2j + 1 (rejected); `pair_valid` [rows] marks real pairs
+    (set on both rows; [rows, 1]). Micro-batches must hold whole pairs (an even number of rows each)."""
+
+    def loss(model, batch):
+        logits = model(batch["inputs"], None, batch.get("segment_ids"))
+        logp = losses.token_logprobs(logits, batch["targets"])
+        seq = losses.sequence_logprob(logp, batch["weights"])
+        ref = losses.sequence_logprob(batch["ref_logp"], batch["weights"])
+        return losses.dpo_loss(seq[0::2], seq[1::2], ref[0::2], ref[1::2], beta=beta,
+                               valid=batch["pair_valid"][0::2, 0])
+
+    return loss
+
+
+# ------------------------------------------------------------------------------------------ rollouts
+@dataclasses.dataclass
+class Rollout:
+    """The sampled groups of one step (Q questions x G outputs, prompt-major) and what was computed on them."""
+
+    problems: list[Problem]
+    prompt_ids: list[list[int]]
+    completions: list[list[Completion]]
+    correct: np.ndarray  # [rows] rule-reward correctness
+    rewards: np.ndarray  # [rows] the combined outcome reward
+    keep: np.ndarray  # [Q] groups that train (dynamic sampling drops the rest)
+    step_rewards: np.ndarray | None = None  # [rows, max_steps] process rewards
+    step_ends: np.ndarray | None = None  # [rows, max_steps] target positions where steps end (-1 none)
+    sampled_rows: int = 0
+    generated_tokens: int = 0
+
+
+# ------------------------------------------------------------------------------------------ the run
+class RLRun:
+    """One RL run in a work directory (see the module docstring). `run()` returns the summary."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+        self.config, self.workdir = config, workdir
+        c = config
+        if c.method not in METHODS:
+            raise ValueError(f"config.method {c.method!r} is not one of {METHODS}")
+        if c.reward.kind not in REWARDS:
+            raise ValueError(f"config.reward.kind {c.reward.kind!r} is not one of {REWARDS}")
+        self.process = c.reward.kind in ("prm", "step_rule")
+        if self.process and c.method != "grpo":
+            raise ValueError(f"process rewards (reward.kind={c.reward.kind!r}) need method 'grpo', got {c.method!r}")
+        if c.reward.kind in ("orm", "prm") and not c.reward.rm_dir:
+            raise ValueError(f"reward.kind={c.reward.kind!r} needs reward.rm_dir (a `dsmath rm` run directory)")
+        if c.rm_update.enabled and c.reward.kind not in ("orm", "prm"):
+            raise ValueError("rm_update.enabled needs a reward model (reward.kind 'orm' or 'prm')")
+        if not c.init.run_dir:
+            raise ValueError("config.init.run_dir is required: the policy to start from (a `dsmath sft` run "
+                             "directory or a Hugging Face directory)")
+        self.G = int(c.rollout.group_size)
+        self.Q = int(c.rollout.questions_per_step)
+        if c.method == "dpo" and self.G % 2:
+            raise ValueError(f"DPO pairs outputs within a group: rollout.group_size must be even, got {self.G}")
+        self.rows = self.Q * self.G
+        self.M = int(c.train.steps_per_iteration)
+        self.total_steps = int(c.train.iterations) * self.M
+        self.mu = int(c.train.mu)
+        if self.mu < 1 or self.M < 1 or self.total_steps < 1:
+            raise ValueError("train.mu, train.steps_per_iteration and train.iterations must be >= 1")
+        self.sample_from = "initial" if c.method in OFFLINE_METHODS else "policy"
+
+    # -------------------------------------------------------------------------------------- set-up
+    def _setup(self):
+        c = self.config
+        initialize_from_config(c.get("distributed"))
+        os.makedirs(self.workdir, exist_ok=True)
+        if jax.process_index() == 0:
+            with open(os.path.join(self.workdir, "config.json"), "w", encoding="utf-8") as f:
+                f.write(c.to_json_best_effort(indent=2))
+        self.mesh = make_mesh(_d(c.mesh).get("shape"))
+        self.rules = rules_from_config(_d(c.mesh).get("rules"))
+        overrides = {k: v for k, v in _d(c.model).items() if v is not None}
+        model, self.tokenizer = load_run(c.init.run_dir, mesh=self.mesh, rules=self.rules, step=c.init.step,
+                                         **overrides)
+        self.model_cfg = model.config
+        self._copy_tokenizer()
+        data = c.data
+        data_dir = data.data_dir or os.path.join(self.workdir, "tfds")
+        spec = _d(data.problems)
+        self.train_problems = load_problems(spec, "train", data_dir=data_dir, benchmarks_dir=data.benchmarks_dir)
+        self.test_problems = load_problems(spec, "test", data_dir=data_dir,
+                                           benchmarks_dir=data.benchmarks_dir)[:int(c.eval.n_problems)]
+        self.train_prompts, dropped = self._encode(self.train_problems)
+        if dropped:
+            log.warning("%d training problems have prompts longer than data.max_prompt_tokens=%d: left out",
+                        dropped, int(data.max_prompt_tokens))
+        keep = [i for i, p in enumerate(self.train_prompts) if p is not None]
+        if not keep:
+            raise ValueError("no training problem has a prompt within data.max_prompt_tokens")
+        self.train_problems = [self.train_problems[i] for i in keep]
+        self.train_prompts = [self.train_prompts[i] for i in keep]
+        self.test_prompts = [p if p is not None else [] for p in self._encode(self.test_problems)[0]]
+        longest = max(len(p) for p in self.train_prompts)
+        self.max_new = int(c.rollout.max_new_tokens)
+        self.seq_len = int(c.train.seq_len or -(-(longest + self.max_new - 1) // 16) * 16)
+        if c.method == "sft":
+            self.sft_ids = [self.tokenizer.encode(" " + self._response(p), add_eos=True)
+                            for p in self.train_problems]
+
+        # Steps.
+        opt = _d(c.optimizer)
+        self.schedule = schedules.from_config(opt.pop("schedule"), self.total_steps * self.mu)
+        optimizer = adamw(self.schedule, **opt)
+        L = c.loss
+        self.loss_config = losses.PolicyLossConfig(
+            clip_eps=float(L.clip_eps), clip_eps_high=L.clip_eps_high, beta=float(L.beta),
+            kl_estimator=L.kl_estimator, aggregation=L.aggregation, ratio=L.ratio,
+            max_len=L.max_len or (self.max_new if L.aggregation == "sum_constant" else None))
+        accum = int(c.train.accum_steps)
+        if c.method == "ppo":
+            from dsmath_jax.rl import ppo
+            if self.loss_config.beta != 0:
+                self.loss_config = dataclasses.replace(self.loss_config, beta=0.0)  # PPO's KL is in the reward
+            critic = ppo.critic_from_policy(model, self.mesh, self.rules, int(c.seed))
+            critic_opt = adamw(float(c.ppo.critic_lr), weight_decay=0.0, clip_norm=opt.get("clip_norm", 1.0))
+            steps = ppo.make_ppo_steps(model, critic, optimizer, critic_opt, self.mesh, self.rules,
+                                       loss_config=self.loss_config, value_clip=float(c.ppo.value_clip),
+                                       accum_steps=accum)
+            self.fns, self.critic_fns, self._values = steps.policy, steps.critic, steps.values
+            self.critic_state = self.critic_fns.init_state(get_params(critic))
+            del critic
+        else:
+            loss_fn = {
+                "grpo": lambda: policy_loss_fn(self.loss_config, bool(L.entropy_metric)),
+                "rft": lambda: rft_loss_fn(L.aggregation, self.loss_config.max_len),
+                "online_rft": lambda: rft_loss_fn(L.aggregation, self.loss_config.max_len),
+                "sft": lambda: sft_loss_fn(L.aggregation, self.loss_config.max_len),
+                "dpo": lambda: dpo_loss_fn(float(L.dpo_beta)),
+            }[c.method]()
+            self.fns = make_train_step(model, optimizer, self.mesh, self.rules, loss_fn=loss_fn, accum_steps=accum,
+                                       schedule=self.schedule)
+            self.critic_fns = self.critic_state = None
+        self.graphdef = nnx.split(model)[0]
+        self.params_sharding = param_shardings(model, self.mesh, self.rules)
+        self.needs_ref = c.method in ("dpo", "ppo") or (c.method == "grpo" and self.loss_config.beta != 0)
+        self._ref_logp = jax.jit(
+            lambda p, b: losses.token_logprobs(nnx.merge(self.graphdef, p)(b["inputs"], None, b["segment_ids"]),
+                                               b["targets"]),
+            in_shardings=(self.params_sharding, self.fns.batch_sharding))
+        self._copy = jax.jit(lambda p: jax.tree.map(lambda x: x * 1, p), out_shardings=self.params_sharding)
+        rc = c.rollout
+        self.sampler = Sampler(model, self.tokenizer, batch_size=int(rc.sampler_batch_size),
+                               chunk_size=int(rc.chunk_size), mesh=self.mesh, rules=self.rules)
+        self.state = self.fns.init_state(get_params(model))
+        self.initial_params = self._copy(self.state.params) if self.sample_from == "initial" else None
+        self.ref_params = None
+        self.reward_model = self.rm_trainer = self.replay = None
+        if c.reward.kind in ("orm", "prm"):
+            self._setup_reward_model()
+        del model
+
+    def _copy_tokenizer(self):
+        src = os.path.join(self.config.init.run_dir, "tokenizer.model")
+        dst = os.path.join(self.workdir, "tokenizer.model")
+        if jax.process_index() == 0 and os.path.exists(src) and not os.path.exists(dst):
+            import shutil
+            shutil.copyfile(src, dst + ".tmp")
+            os.replace(dst + ".tmp", dst)
+
+    def _encode(self, problems: Sequence[Problem]) -> tuple[list[list[int] | None], int]:
+        tmpl, limit = self.config.data.template, int(self.config.data.max_prompt_tokens)
+        bos = self.tokenizer.bos_id is not None
+        out, dropped = [], 0
+        for p in problems:
+            ids = self.tokenizer.encode(prompt_text(p, tmpl), add_bos=bos)
+            if len(ids) > limit:
+                dropped += 1
+                out.append(None)
+            else:
+                out.append(ids)
+        return out, dropped
+
+    @staticmethod
+    def _response(p: Problem) -> str:
+        if not getattr(p, "response", None):
+            raise ValueError(f"method 'sft' needs gold responses; problem {p.id} has none")
+        return p.response
+
+    def _setup_reward_model(self):
+        from dsmath_jax.rl.replay import ReplayBuffer
+        from dsmath_jax.rl.reward_model import RewardModel
+        c = self.config
+        self.reward_model = RewardModel.load(c.reward.rm_dir, self.mesh, self.rules)
+        want = "orm" if c.reward.kind == "orm" else "prm"
+        if self.reward_model.kind != want:
+            raise ValueError(f"reward.kind={c.reward.kind!r} but {c.reward.rm_dir} holds a {self.reward_model.kind} "
+                             "reward model")
+        if c.rm_update.enabled:
+            self.rm_trainer = self.reward_model.make_trainer(
+                adamw(float(c.rm_update.lr), weight_decay=0.0), accum_steps=1)
+            self.replay = ReplayBuffer(int(c.rm_update.capacity), history_fraction=float(c.rm_update.history_fraction),
+                                       seed=int(c.seed))
+
+    # -------------------------------------------------------------------------------------- data
+    def _question_indices(self, position: int, count: int) -> list[int]:
+        """Indices of the training problems at data positions [position, position + count): epoch e is a
+        permutation seeded by (data.seed, e), so the order is a pure function of the position."""
+        n = len(self.train_problems)
+        out, cache = [], {}
+        for p in range(position, position + count):
+            epoch = p // n
+            if epoch not in cache:
+                cache[epoch] = np.random.default_rng([int(self.config.data.seed), epoch]).permutation(n)
+            out.append(int(cache[epoch][p % n]))
+        return out
+
+    # -------------------------------------------------------------------------------------- rewards
+    def _score(self, problems: list[Problem], prompt_ids, completions) -> dict[str, np.ndarray]:
+        c = self.config
+        texts = [x.text for group in completions for x in group]
+        golds = [p.answer for p, group in zip(problems, completions) for _ in group]
+        kinds = [p.kind for p, group in zip(problems, completions) for _ in group]
+        verdicts = self.grader.grade(list(zip(texts, golds, kinds)))
+        correct = np.asarray([float(v.correct) for v in verdicts], np.float32)
+        parts = {"rule": correct}
+        weights = {}
+        if c.reward.kind in ("rule", "step_rule", "prm") or float(c.reward.rule_weight):
+            weights["rule"] = float(c.reward.rule_weight)
+        if float(c.reward.format_weight):
+            parts["format"] = format_rewards(texts, [x.finish_reason for g in completions for x in g])
+            weights["format"] = float(c.reward.format_weight)
+        if int(c.reward.overlong_buffer):
+            lengths = np.asarray([len(x.tokens) for g in completions for x in g])
+            parts["overlong"] = overlong_penalty(lengths, self.max_new, int(c.reward.overlong_buffer))
+            weights["overlong"] = float(c.reward.overlong_weight)
+        out = {"correct": correct}
+        if c.reward.kind == "orm":
+            parts["orm"] = self.reward_model.score_outcomes([ids for ids, g in zip(prompt_ids, completions) for _ in g],
+                                                            [x for g in completions for x in g])
+            weights["orm"] = float(c.reward.rm_weight)
+        if not weights:
+            raise ValueError("no reward has a nonzero weight (reward.rule_weight, format_weight, rm_weight)")
+        out["rewards"] = combine_rewards(parts, weights)
+        out.update({f"reward_{k}": v for k, v in parts.items()})
+        if self.process:
+            out.update(self._step_rewards(problems, prompt_ids, completions, correct))
+        return out
+
+    def _step_rewards(self, problems, prompt_ids, completions, correct) -> dict[str, np.ndarray]:
+        """Process rewards: one per step, at the target position of the step's last token. The final step
+        (the answer line) is scored like the others: by the PRM, or by the rule reward for `step_rule`."""
+        from dsmath_jax.rl.arithmetic import step_correctness
+        c = self.config
+        rows = [(p, ids, x) for p, ids, group in zip(problems, prompt_ids, completions) for x in group]
+        ends_tok = [(sp.text, list(sp.ends)) for sp in (step_end_tokens(self.tokenizer, x.tokens) for _, _, x in rows)]
+        max_steps = max(1, max(len(e) for _, e in ends_tok))
+        step_ends = np.full((len(rows), max_steps), -1, np.int32)
+        for r, ((p, ids, x), (_, ends)) in enumerate(zip(rows, ends_tok)):
+            for k, e in enumerate(ends):
+                pos = len(ids) - 1 + e  # target position of completion token e
+                if pos < self.seq_len:
+                    step_ends[r, k] = pos
+        rewards = np.zeros(step_ends.shape, np.float32)
+        if c.reward.kind == "step_rule":
+            for r, ((p, _, x), (text, ends)) in enumerate(zip(rows, ends_tok)):
+                if p.intermediates is None:
+                    raise ValueError(f"reward.kind='step_rule' needs problems with step results (the arithmetic "
+                                     f"task); problem {p.id} has none")
+                flags = step_correctness(text, list(p.intermediates))
+                for k in range(len(ends)):
+                    rewards[r, k] = float(flags[k]) if k < len(flags) else float(correct[r])
+        else:
+            in_completion = np.full(step_ends.shape, -1, np.int32)
+            for r, (_, ends) in enumerate(ends_tok):
+                in_completion[r, :len(ends)] = ends
+            rewards = self.reward_model.score_steps([ids for _, ids, _ in rows], [x for _, _, x in rows],
+                                                    in_completion)
+        rewards = np.where(step_ends >= 0, rewards, 0.0).astype(np.float32)
+        return {"step_rewards": rewards, "step_ends": step_ends}
+
+    # -------------------------------------------------------------------------------------- a step
+    def _global(self, batch: Mapping[str, np.ndarray]) -> dict:
+        return global_batch({k: v for k, v in batch.items() if k != "truncated"}, self.fns.batch_sharding)
+
+    def _sampling(self, step: int, rnd: int, n: int) -> SamplingParams:
+        rc = self.config.rollout
+        return SamplingParams(max_new_tokens=self.max_new, temperature=float(rc.temperature), top_p=float(rc.top_p),
+                              top_k=int(rc.top_k), n=n, stop_strings=tuple(rc.stop_strings),
+                              seed=_seed(int(self.config.seed), step, rnd))
+
+    def _rollout(self, step: int, position: int) -> tuple[Rollout, int]:
+        """Samples the step's groups (with DAPO dynamic sampling if configured); returns the rollout and the
+        new data position."""
+        rc = self.config.rollout
+        self.sampler.update_params(self.initial_params if self.sample_from == "initial" else self.state.params)
+        kept: list[tuple[Problem, list[int], list[Completion], dict, bool]] = []
+        inert: list = []
+        sampled_rows = generated = 0
+        rounds = int(rc.max_sampling_rounds) if rc.dynamic_sampling else 1
+        for rnd in range(rounds):
+            need = self.Q - len(kept)
+            if need <= 0:
+                break
+            idx = self._question_indices(position, need)
+            position += need
+            problems = [self.train_problems[i] for i in idx]
+            prompt_ids = [self.train_prompts[i] for i in idx]
+            completions = self.sampler.generate(prompt_ids, self._sampling(step, rnd, self.G))
+            sampled_rows += need * self.G
+            generated += sum(len(x.tokens) for g in completions for x in g)
+            scored = self._score(problems, prompt_ids, completions)
+            for q in range(need):
+                sl = slice(q * self.G, (q + 1) * self.G)
+                part = {k: v[sl] for k, v in scored.items()}
+                varied = np.ptp(part["rewards"]) > 0 if not self.process else np.ptp(
+                    part["step_rewards"][part["step_ends"] >= 0]) > 0 if (part["step_ends"] >= 0).any() else False
+                item = (problems[q], prompt_ids[q], completions[q], part, True)
+                if rc.dynamic_sampling and not varied:
+                    inert.append(item)
+                else:
+                    kept.append(item)
+        while len(kept) < self.Q:  # dynamic sampling ran out of rounds: fill with groups that do not train
+            problem, ids, comps, part, _ = inert.pop(0)
+            kept.append((problem, ids, comps, part, False))
+        problems = [k[0] for k in kept]
+        max_steps = max((k[3]["step_ends"].shape[1] for k in kept), default=1) if self.process else 0
+
+        def cat(name):
+            if name in ("step_rewards", "step_ends"):
+                fill = -1 if name == "step_ends" else 0
+                arrs = [np.pad(k[3][name], ((0, 0), (0, max_steps - k[3][name].shape[1])), constant_values=fill)
+                        for k in kept]
+                return np.concatenate(arrs)
+            return np.concatenate([k[3][name] for k in kept])
+
+        ro = Rollout(problems=problems, prompt_ids=[k[1] for k in kept], completions=[k[2] for k in kept],
+                     correct=cat("correct"), rewards=cat("rewards"), keep=np.asarray([k[4] for k in kept]),
+                     sampled_rows=sampled_rows, generated_tokens=generated)
+        ro.parts = {n: cat(n) for n in kept[0][3] if n.startswith("reward_")}
+        if self.process:
+            ro.step_rewards, ro.step_ends = cat("step_rewards"), cat("step_ends")
+        return ro, position
+
+    def _batch(self, ro: Rollout) -> dict[str, np.ndarray]:
+        """The method's training batch from a rollout (Table 10: what each method trains on)."""
+        c, G = self.config, self.G
+        m = c.method
+        if m == "dpo":
+            prompts, comps, valid = [], [], []
+            for q, (ids, group) in enumerate(zip(ro.prompt_ids, ro.completions)):
+                ok = [i for i in range(G) if ro.correct[q * G + i] > 0]
+                bad = [i for i in range(G) if ro.correct[q * G + i] <= 0]
+                for j in range(G // 2):
+                    real = j < min(len(ok), len(bad)) and ro.keep[q]
+                    pair = (ok[j], bad[j]) if real else (0, 0)
+                    for i in pair:
+                        prompts.append(ids)
+                        comps.append([group[i]])
+                        valid.append(float(real))
+            batch = rollout_batch(prompts, comps, seq_len=self.seq_len, pad_id=self.sampler.pad_id)
+            batch["pair_valid"] = np.asarray(valid, np.float32)[:, None]  # [rows, 1]: batch arrays are 2-d
+            batch["weights"] *= batch["pair_valid"]
+            return batch
+        batch = rollout_batch(ro.prompt_ids, ro.completions, seq_len=self.seq_len, pad_id=self.sampler.pad_id)
+        row_keep = np.repeat(ro.keep, G).astype(np.float32)
+        batch["weights"] *= row_keep[:, None]
+        if m in ("rft", "online_rft"):
+            batch["correct"] = ((ro.correct > 0).astype(np.float32) * row_keep)[:, None]  # [rows, 1]
+        elif m == "grpo":
+            scale = bool(c.loss.scale_advantages)
+            if self.process:
+                adv = process_advantages(jnp.asarray(ro.step_rewards), jnp.asarray(ro.step_ends), None, G,
+                                         jnp.asarray(batch["weights"]), scale=scale)
+            else:
+                adv = token_advantages(group_advantages(jnp.asarray(ro.rewards), G, scale=scale),
+                                       jnp.asarray(batch["weights"]))
+            batch["advantages"] = np.asarray(adv, np.float32)
+        return batch
+
+    def _sft_batch(self, position: int) -> tuple[dict[str, np.ndarray], int]:
+        idx = self._question_indices(position, self.rows)
+        comps = [[Completion(0, 0, self.sft_ids[i], [0.0] * len(self.sft_ids[i]), "", "stop")] for i in idx]
+        batch = rollout_batch([self.train_prompts[i] for i in idx], comps, seq_len=self.seq_len,
+                              pad_id=self.sampler.pad_id)
+        return batch, position + self.rows
+
+    def step(self, step: int, position: int) -> tuple[dict, int]:
+        """RL step number `step` (1-based): rollout, rewards, advantages and mu updates."""
+        c = self.config
+        record: dict[str, float] = {}
+        t0 = time.perf_counter()
+        if c.method == "sft":
+            batch, position = self._sft_batch(position)
+            ro = None
+        else:
+            ro, position = self._rollout(step, position)
+            t_roll = time.perf_counter() - t0
+            record.update(self._rollout_metrics(ro, t_roll))
+            batch = self._batch(ro)
+        record["truncated"] = float(batch.pop("truncated", 0))
+        gbatch = self._global(batch)
+        if self.needs_ref:
+            gbatch["ref_logp"] = self._ref_logp(self.ref_params, gbatch)
+        if c.method == "ppo":
+            self._ppo_prepare(ro, gbatch, record)
+        t1 = time.perf_counter()
+        updates = []
+        for _ in range(self.mu):
+            self.state, metrics = self.fns.train_step(self.state, gbatch)
+            updates.append(metrics)
+            if c.method == "ppo":
+                self.critic_state, cm = self.critic_fns.train_step(self.critic_state, gbatch)
+                updates[-1] = dict(metrics, **{f"critic_{k}": v for k, v in cm.items()})
+        updates = jax.device_get(updates)
+        t_train = time.perf_counter() - t1
+        for k in updates[0]:
+            record[k] = float(np.mean([float(u[k]) for u in updates]))
+        record["finite"] = float(min(float(u["finite"]) for u in updates))
+        train_tokens = float(np.sum(batch["segment_ids"] > 0)) * self.mu
+        record.update(train_time_s=t_train, train_tokens_per_s=train_tokens / max(t_train, 1e-9),
+                      step_time_s=time.perf_counter() - t0)
+        if self.replay is not None and ro is not None:
+            self.replay.add_pending(self._rm_examples(ro))
+        return record, position
+
+    def _rollout_metrics(self, ro: Rollout, seconds: float) -> dict[str, float]:
+        G = self.G
+        rewards = ro.rewards.reshape(-1, G)
+        lengths = np.asarray([len(x.tokens) for g in ro.completions for x in g], np.float32)
+        out = {
+            "reward_mean": float(ro.rewards.mean()), "reward_std": float(ro.rewards.std()),
+            "accuracy": float(ro.correct.mean()),
+            "zero_variance_groups": float(np.mean(np.ptp(rewards, axis=1) == 0)),
+            "response_length": float(lengths.mean()),
+            "finished_frac": float(np.mean([x.finish_reason != "length" for g in ro.completions for x in g])),
+            "trained_groups": float(ro.keep.sum()),
+            "sampled_rows": float(ro.sampled_rows),
+            "rollout_time_s": seconds, "rollout_tokens_per_s": ro.generated_tokens / max(seconds, 1e-9),
+        }
+        for k, v in getattr(ro, "parts", {}).items():
+            out[f"{k}_mean"] = float(np.mean(v))
+        if ro.step_rewards is not None:
+            m = ro.step_ends >= 0
+            out["step_reward_mean"] = float(ro.step_rewards[m].mean()) if m.any() else 0.0
+            out["steps_per_response"] = float(m.sum(1).mean())
+        return out
+
+    def _ppo_prepare(self, ro: Rollout, gbatch: dict, record: dict) -> None:
+        from dsmath_jax.rl import ppo
+        pc = self.config.ppo
+        values = self._values(self.critic_state.params, gbatch)
+        scores = jnp.asarray(ro.rewards * np.repeat(ro.keep, self.G), jnp.float32)
+        token_rewards = ppo.ppo_token_rewards(scores, gbatch["old_logp"], gbatch["ref_logp"], gbatch["weights"],
+                                              float(pc.kl_coef))
+        adv, returns = ppo.ppo_advantages(token_rewards, values, gbatch["weights"], gamma=float(pc.gamma),
+                                          lam=float(pc.lam), whiten=bool(pc.whiten_advantages))
+        gbatch.update(advantages=adv, returns=returns, old_values=values)
+        record["value_mean"] = float(jax.device_get((values * gbatch["weights"]).sum() /
+                                                    jnp.maximum(gbatch["weights"].sum(), 1.0)))
+
+    # -------------------------------------------------------------------------------------- iterative RM
+    def _rm_examples(self, ro: Rollout) -> list[dict]:
+        """Training examples for the reward model from this step's samples: ORM labels are the rule reward;
+        PRM labels are per-step correctness where the task can check steps, else the outcome on every step."""
+        from dsmath_jax.rl.arithmetic import step_correctness
+        out = []
+        cap = int(self.config.rm_update.samples_per_step) or None
+        r = 0
+        for p, ids, group in zip(ro.problems, ro.prompt_ids, ro.completions):
+            for x in group:
+                tokens = np.asarray(list(ids) + list(x.tokens), np.int32)
+                ex = {"tokens": tokens, "prompt_len": len(ids), "label": float(ro.correct[r])}
+                if self.reward_model.kind == "prm":
+                    split = step_end_tokens(self.tokenizer, x.tokens)
+                    text, ends = split.text, list(split.ends)
+                    if p.intermediates is not None:
+                        flags = step_correctness(text, list(p.intermediates))
+                        labels = [float(flags[k]) if k < len(flags) else float(ro.correct[r]) for k in range(len(ends))]
+                    else:
+                        labels = [float(ro.correct[r])] * len(ends)
+                    ex.update(step_ends=np.asarray([len(ids) + e for e in ends], np.int32),
+                              step_labels=np.asarray(labels, np.float32))
+                out.append(ex)
+                r += 1
+        return out[:cap] if cap else out
+
+    def _update_reward_model(self, iteration: int) -> dict:
+        c = self.config.rm_update
+        examples = self.replay.training_set()
+        metrics = self.rm_trainer.train(examples, int(c.steps), int(c.batch_size), seed=_seed(int(self.config.seed),
+                                                                                            iteration, 7))
+        self.replay.commit()
+        self.reward_model.params = self.rm_trainer.state.params
+        return {f"rm_{k}": float(v) for k, v in metrics.items()}
+
+    # -------------------------------------------------------------------------------------- evaluation
+    def evaluate(self) -> dict[str, float]:
+        """Greedy accuracy of the current policy on the held-out problems (and maj@k / pass@k with
+        `eval.samples` = k > 0 samples at `eval.temperature`)."""
+        c = self.config.eval
+        self.sampler.update_params(self.state.params)
+        max_new = int(c.max_new_tokens or self.max_new)
+        problems, prompts = self.test_problems, self.test_prompts
+        greedy = self.sampler.generate(prompts, SamplingParams(max_new_tokens=max_new, temperature=0.0, n=1))
+        verdicts = self.grader.grade([(g[0].text, p.answer, p.kind) for p, g in zip(problems, greedy)])
+        out = {"eval_accuracy": float(np.mean([v.correct for v in verdicts])),
+               "eval_length": float(np.mean([len(g[0].tokens) for g in greedy]))}
+        k = int(c.samples)
+        if k:
+            sampled = self.sampler.generate(prompts, SamplingParams(max_new_tokens=max_new,
+                                                                    temperature=float(c.temperature), n=k, seed=12345))
+            flat = self.grader.grade([(x.text, p.answer, p.kind) for p, g in zip(problems, sampled) for x in g])
+            per = [flat[i * k:(i + 1) * k] for i in range(len(problems))]
+            same = lambda a, b: a == b  # noqa: E731 - answers are compared after the grader's normalisation
+            out[f"eval_pass@{k}"] = float(np.mean([any(v.correct for v in vs) for vs in per]))
+            out[f"eval_maj@{k}"] = float(np.mean([maj_at_k([(v.extracted, v.correct) for v in vs], k, same)
+                                                  for vs in per]))
+            out["eval_sample_accuracy"] = float(np.mean([v.correct for v in flat]))
+        return out
+
+    # -------------------------------------------------------------------------------------- checkpoints
+    def _items(self, position: int) -> dict:
+        items = {"params": self.state.params, "opt_state": self.state.opt_state}
+        if self.ref_params is not None:
+            items["ref_params"] = self.ref_params
+        if self.critic_state is not None:
+            items.update(critic_params=self.critic_state.params, critic_opt_state=self.critic_state.opt_state)
+        if self.rm_trainer is not None:
+            items.update(rm_params=self.rm_trainer.state.params, rm_opt_state=self.rm_trainer.state.opt_state,
+                         replay=self.replay.state_arrays())
+        return items
+
+    def _restore(self, ckpt: Checkpointer, step: int) -> int:
+        tmpl = jax.eval_shape(lambda s: s, self.state)
+        ss = self.fns.state_sharding
+        targets = {"params": abstract_like(tmpl.params, ss.params),
+                   "opt_state": abstract_like(tmpl.opt_state, ss.opt_state)}
+        saved = ckpt.item_names(step)
+        if "ref_params" in saved:
+            targets["ref_params"] = abstract_like(tmpl.params, ss.params)
+        if self.critic_state is not None:
+            ct = jax.eval_shape(lambda s: s, self.critic_state)
+            cs = self.critic_fns.state_sharding
+            targets.update(critic_params=abstract_like(ct.params, cs.params),
+                           critic_opt_state=abstract_like(ct.opt_state, cs.opt_state))
+        if self.rm_trainer is not None:
+            rt = jax.eval_shape(lambda s: s, self.rm_trainer.state)
+            rs = self.rm_trainer.state_sharding
+            targets.update(rm_params=abstract_like(rt.params, rs.params),
+                           rm_opt_state=abstract_like(rt.opt_state, rs.opt_state), replay=None)
+        got = ckpt.restore(step, targets)
+        self.state = TrainState(step=jax.device_put(np.int32(step * self.mu), ss.step), params=got["params"],
+                                opt_state=got["opt_state"])
+        if "ref_params" in got:
+            self.ref_params = got["ref_params"]
+            if self.config.train.reference_on_host:
+                self.ref_params = jax.device_get(self.ref_params)
+        if self.critic_state is not None:
+            self.critic_state = TrainState(step=jax.device_put(np.int32(step * self.mu), cs.step),
+                                           params=got["critic_params"], opt_state=got["critic_opt_state"])
+        if self.rm_trainer is not None:
+            from dsmath_jax.rl.replay import ReplayBuffer
+            self.rm_trainer.set_state(TrainState(step=self.rm_trainer.state.step, params=got["rm_params"],
+                                                 opt_state=got["rm_opt_state"]))
+            self.reward_model.params = self.rm_trainer.state.params
+            self.replay = ReplayBuffer.from_arrays(got["replay"], capacity=int(self.config.rm_update.capacity),
+                                                   history_fraction=float(self.config.rm_update.history_fraction))
+        return int(got["metadata"]["data_position"])
+
+    # -------------------------------------------------------------------------------------- the loop
+    def run(self) -> dict[str, Any]:
+        self._setup()
+        c = self.config
+        tc = c.train
+        ckpt = Checkpointer(os.path.join(self.workdir, "checkpoints"), max_to_keep=int(tc.keep_checkpoints),
+                            async_save=bool(tc.async_checkpoint))
+        start = ckpt.latest_step()
+        position = 0
+        if start is not None:
+            position = self._restore(ckpt, start)
+            log.info("resumed RL from step %d in %s", start, self.workdir)
+        else:
+            start = 0
+        writer = MetricsWriter(self.workdir, resume_step=start, tensorboard=bool(tc.get("tensorboard", True)))
+        status, step = "completed", start
+        evals: dict[int, dict] = {}
+        bad, skipped = 0, 0
+        max_bad = int(tc.max_nonfinite_in_a_row)
+        eval_every = int(c.eval.every)
+
+        def save(at: int, force: bool = False):
+            ckpt.save(at, self._items(position), metadata={
+                "step": at, "data_position": position, "iteration": (at - 1) // self.M + 1 if at else 0,
+                "method": c.method, "model": self.model_cfg.to_dict()}, force=force)
+
+        progress = tqdm(total=self.total_steps, initial=start, desc=f"rl:{c.method}",
+                        disable=jax.process_index() != 0, dynamic_ncols=True)
+        with Grader() as self.grader, _Preemption() as preemption:
+            try:
+                if start == 0 and c.eval.at_start and c.eval.n_problems:
+                    evals[0] = self.evaluate()
+                    writer.write(0, evals[0])
+                while step < self.total_steps:
+                    if self.needs_ref and (step % self.M == 0 or self.ref_params is None):
+                        self.ref_params = self._copy(self.state.params)  # the reference <- the policy
+                        if tc.reference_on_host:
+                            self.ref_params = jax.device_get(self.ref_params)
+                    record, position = self.step(step + 1, position)
+                    step += 1
+                    if record["finite"]:
+                        bad = 0
+                    else:
+                        bad, skipped = bad + 1, skipped + 1
+                        log.warning("RL step %d: non-finite loss/gradient (loss=%s): update skipped", step,
+                                    record.get("loss"))
+                        if bad >= max_bad:
+                            raise NonFiniteLossError(f"{bad} consecutive RL steps (up to {step}) had a non-finite "
+                                                     "loss or gradient; lower the learning rate or check rewards")
+                    record["iteration"] = (step - 1) // self.M + 1
+                    record["skipped_steps"] = skipped
+                    if step % self.M == 0 and self.rm_trainer is not None:
+                        record.update(self._update_reward_model(step // self.M))
+                    if eval_every and c.eval.n_problems and (step % eval_every == 0 or step == self.total_steps):
+                        evals[step] = self.evaluate()
+                        record.update(evals[step])
+                    if step % int(tc.log_every) == 0 or step == self.total_steps or step in evals:
+                        writer.write(step, record)
+                    progress.set_postfix(reward=f"{record.get('reward_mean', float('nan')):.3f}",
+                                         acc=f"{record.get('accuracy', float('nan')):.3f}")
+                    progress.update(1)
+                    if preemption.requested:
+                        status = "preempted"
+                        break
+                    if tc.stop_after_steps and step - start >= int(tc.stop_after_steps) and step < self.total_steps:
+                        status = "stopped"
+                        break
+                    if step % int(tc.checkpoint_every) == 0 and step < self.total_steps:
+                        save(step)
+                if ckpt.latest_step() != step:
+                    save(step, force=True)
+                ckpt.wait()
+            finally:
+                progress.close()
+                writer.close()
+                ckpt.close()
+        summary = {"status": status, "step": step, "method": c.method, "reward": c.reward.kind,
+                   "skipped_steps": skipped, "evals": {str(k): v for k, v in evals.items()}, "workdir": self.workdir}
+        history = _eval_history(self.workdir)
+        if history:
+            summary["eval_history"] = history
+            summary["initial_eval"], summary["final_eval"] = history[0], history[-1]
+        if jax.process_index() == 0:
+            with open(os.path.join(self.workdir, "summary.json"), "w", encoding="utf-8") as f:
+                json.dump(summary, f, indent=2)
+        return summary
+
+
+def _eval_history(workdir: str) -> list[dict]:
+    from dsmath_jax.train.metrics import read_metrics
+    try:
+        rows = read_metrics(os.path.join(workdir, "metrics.jsonl"))
+    except FileNotFoundError:
+        return []
+    return [dict(step=r["step"], **{k: v for k, v in r.items() if k.startswith("eval_")})
+            for r in rows if "eval_accuracy" in r]
+
+
+def run_rl(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Runs (or resumes) an RL run in `workdir`; returns the summary (also `summary.json`)."""
+    return RLRun(config, workdir).run()
+
+
+__all__ = ["run_rl", "RLRun", "Rollout", "policy_loss_fn", "rft_loss_fn", "sft_loss_fn",
+           "dpo_loss_fn", "OFFLINE_METHODS"]
