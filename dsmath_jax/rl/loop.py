@@ -37,7 +37,6 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from dsmath_jax.data.tokenizers import Tokenizer
 from dsmath_jax.evals.grader import Grader
 from dsmath_jax.evals.metrics import maj_at_k
 from dsmath_jax.generate.sampler import Completion, Sampler, SamplingParams
