@@ -288,10 +288,9 @@ def run(config, workdir: str) -> dict[str, Any]:
 
     from dsmath_jax.data.tokenizers import check_tokenizer_fits, load_tokenizer
     from dsmath_jax.model import ModelConfig
-    from dsmath_jax.parallel import initialize_from_config, make_mesh, rules_from_config
     from dsmath_jax.rl.reward_model import KINDS, RewardModel
     from dsmath_jax.train.checkpoint import Checkpointer
-    from dsmath_jax.train.loop import _Preemption
+    from dsmath_jax.train.loop import _Preemption, start_run
     from dsmath_jax.train.metrics import MetricsWriter
     from dsmath_jax.train.step import TrainState
 
@@ -304,13 +303,7 @@ def run(config, workdir: str) -> dict[str, Any]:
     if not config.init.get("run_dir"):
         raise ValueError("config.init.run_dir is required: the generator policy (a `dsmath sft` run directory or "
                          "a Hugging Face model directory), e.g. --config.init.run_dir=runs/sft_tiny")
-    initialize_from_config(config.get("distributed"))
-    os.makedirs(workdir, exist_ok=True)
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-            f.write(config.to_json_best_effort(indent=2))
-    mesh = make_mesh(_as_dict(config.mesh).get("shape"))
-    rules = rules_from_config(_as_dict(config.mesh).get("rules"))
+    mesh, rules = start_run(config, workdir)
     tcfg = config.train
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=int(tcfg.keep_checkpoints),
                         async_save=bool(tcfg.async_checkpoint))

@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 from dsmath_jax.evals.grader import Grader
 from dsmath_jax.evals.metrics import maj_at_k
 from dsmath_jax.generate.sampler import Completion, Sampler, SamplingParams
-from dsmath_jax.parallel import global_batch, initialize_from_config, make_mesh, rules_from_config
+from dsmath_jax.parallel import global_batch
 from dsmath_jax.parallel.mesh import get_params, param_shardings
 from dsmath_jax.rl import losses
 from dsmath_jax.rl.advantages import group_advantages, process_advantages, token_advantages
@@ -51,7 +51,7 @@ from dsmath_jax.rl.rewards import combine_rewards, format_rewards, overlong_pena
 from dsmath_jax.rl.tasks import Problem, load_problems, prompt_text
 from dsmath_jax.train import schedules
 from dsmath_jax.train.checkpoint import Checkpointer, abstract_like
-from dsmath_jax.train.loop import NonFiniteLossError, _Preemption
+from dsmath_jax.train.loop import NonFiniteLossError, _Preemption, start_run
 from dsmath_jax.train.metrics import MetricsWriter
 from dsmath_jax.train.restore import load_run
 from dsmath_jax.train.step import TrainState, adamw, make_train_step
@@ -181,13 +181,7 @@ class RLRun:
     # -------------------------------------------------------------------------------------- set-up
     def _setup(self):
         c = self.config
-        initialize_from_config(c.get("distributed"))
-        os.makedirs(self.workdir, exist_ok=True)
-        if jax.process_index() == 0:
-            with open(os.path.join(self.workdir, "config.json"), "w", encoding="utf-8") as f:
-                f.write(c.to_json_best_effort(indent=2))
-        self.mesh = make_mesh(_d(c.mesh).get("shape"))
-        self.rules = rules_from_config(_d(c.mesh).get("rules"))
+        self.mesh, self.rules = start_run(c, self.workdir)
         overrides = {k: v for k, v in _d(c.model).items() if v is not None}
         model, self.tokenizer = load_run(c.init.run_dir, mesh=self.mesh, rules=self.rules, step=c.init.step,
                                          **overrides)

@@ -177,17 +177,22 @@ def evaluate(eval_step, params, eval_ds, batch_sharding, max_batches: int) -> di
     return {"eval_loss": total / max(weight, 1.0), "eval_tokens": weight, "eval_batches": batches}
 
 
-def train(config: ml_collections.ConfigDict, workdir: str, task: str = "pretrain") -> dict[str, Any]:
-    """Runs (or resumes) a training run in `workdir`; returns a summary (also written as summary.json)."""
-    if task not in TASKS:
-        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+def start_run(config: ml_collections.ConfigDict, workdir: str):
+    """The start of every run (training, reward models, RL): multi-host start-up, the work directory with
+    the run's config.json, and the mesh and logical-axis rules of `config.mesh`. Returns (mesh, rules)."""
     initialize_from_config(config.get("distributed"))
     os.makedirs(workdir, exist_ok=True)
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
             f.write(config.to_json_best_effort(indent=2))
-    mesh = make_mesh(_as_dict(config.mesh).get("shape"))
-    rules = rules_from_config(_as_dict(config.mesh).get("rules"))
+    return make_mesh(_as_dict(config.mesh).get("shape")), rules_from_config(_as_dict(config.mesh).get("rules"))
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, task: str = "pretrain") -> dict[str, Any]:
+    """Runs (or resumes) a training run in `workdir`; returns a summary (also written as summary.json)."""
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    mesh, rules = start_run(config, workdir)
     data_dir = config.data.get("data_dir") or os.path.join(workdir, "tfds")
     stats = PipelineStats()
     # Sources are resolved before the tokenizer, which may be trained on them; the datasets need it.
@@ -325,4 +330,4 @@ def final_params(workdir: str, model: CausalLM, mesh=None, rules=None) -> Mappin
     return restore_params(os.path.join(workdir, "checkpoints"), target)
 
 
-__all__ = ["train", "evaluate", "final_params", "NonFiniteLossError", "TASKS"]
+__all__ = ["start_run", "train", "evaluate", "final_params", "NonFiniteLossError", "TASKS"]
