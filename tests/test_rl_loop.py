@@ -31,21 +31,22 @@ def test_overlong_penalty_matches_dapo():
         overlong_penalty([1], 10, 0)
 
 
-def test_grpo_raises_the_reward_of_its_questions(arithmetic_sft_run, tmp_path):
-    """GRPO with the rule reward on a fixed set of 16 training questions (every step samples all of them):
-    the mean reward rises well above the SFT policy's, and every metric of the loop is logged and finite.
-    (Held-out greedy accuracy on this task does not yet rise reliably at CPU scale; see the RL notes.)"""
-    c = _config("configs/rl/grpo_outcome.py:tiny", arithmetic_sft_run, steps_per_iteration=24, log_every=1)
-    c.data.problems.n_train = 16
-    c.rollout.questions_per_step = 16
-    c.eval.update(every=24, n_problems=64)
+def test_grpo_raises_held_out_greedy_accuracy(arithmetic_sft_run, tmp_path):
+    """configs/rl/grpo_outcome.py:tiny as it is (40 steps, 32 questions x G 8, the rule reward) from the tiny
+    SFT policy: greedy accuracy on the 256 held-out problems rises by at least 3 points (calibration: 76.2% ->
+    80.9%), the mean reward rises, and every metric of the loop is logged and finite."""
+    c = _config("configs/rl/grpo_outcome.py:tiny", arithmetic_sft_run)
+    steps = c.train.steps_per_iteration
+    c.eval.update(every=steps, n_problems=256)
     summary = run_rl(c, str(tmp_path / "grpo"))
-    assert summary["status"] == "completed" and summary["step"] == 24
-    assert set(summary["initial_eval"]) >= {"eval_accuracy", "eval_length"}
+    assert summary["status"] == "completed" and summary["step"] == steps
+    before, after = summary["initial_eval"], summary["final_eval"]
+    assert before["step"] == 0 and after["step"] == steps
+    assert after["eval_accuracy"] >= before["eval_accuracy"] + 0.03, (before, after)
     rows = [json.loads(line) for line in open(tmp_path / "grpo" / "metrics.jsonl")]
     rewards = [r["reward_mean"] for r in rows if "reward_mean" in r]
-    assert len(rewards) == 24
-    assert np.mean(rewards[-6:]) > np.mean(rewards[:6]) + 0.1, rewards
+    assert len(rewards) == steps // c.train.log_every
+    assert np.mean(rewards[-3:]) > np.mean(rewards[:3]) + 0.05, rewards
     for key in ("kl", "clip_frac", "entropy", "response_length", "zero_variance_groups", "rollout_tokens_per_s",
                 "train_tokens_per_s", "reward_std", "accuracy", "grad_norm"):
         assert all(np.isfinite(r[key]) for r in rows if "reward_mean" in r), key

@@ -7,8 +7,8 @@ $\boxed{N}$.`, often but not always right, so that RL has something to improve.
 
   dsmath sft --config=configs/sft/arithmetic.py:tiny --workdir=runs/arith_sft
 
-Variants: `tiny` (the default here; the tiny model, a 512-piece tokenizer trained on the task, about 2
-minutes on 2 CPU cores) and `small` (a 4-layer d256 model, for a GPU or a longer CPU run).
+Variants: `tiny` (the default here; the tiny model, a 512-piece tokenizer trained on the task, 450 steps,
+about 2.5 minutes on 2 CPU cores; held-out greedy accuracy about 76%) and `small` (a 4-layer d256 model, for a GPU or a longer CPU run).
 """
 
 from dsmath_jax.configs import base_train_config, parse_arg, source, tiny_overrides
@@ -19,8 +19,10 @@ ARITHMETIC = {k: v for k, v in ARITHMETIC_TINY.items() if k != "kind"}  # the RL
 
 def get_config(arg=None):
     args = parse_arg(arg, {"size": ("small",)})
+    if args["tiny"] and args.get("size") == "small":
+        raise ValueError("configs/sft/arithmetic.py: `small` and `tiny` are two sizes (tiny is the default): pick one")
     c = base_train_config()
-    tiny_overrides(c, steps=300, seq_len=128, batch_size=32, lr=3e-3)
+    tiny_overrides(c, steps=450, seq_len=128, batch_size=32, lr=3e-3)
     c.data.sources = [source("sft", name="arithmetic_sft", sources=[{"kind": "arithmetic", "arithmetic": ARITHMETIC}],
                              validation_fraction=0.02)]
     c.data.packing = "first_fit"
