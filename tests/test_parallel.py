@@ -225,3 +225,99 @@ def test_activation_constraints_follow_the_rules():
     assert out.addressable_shards[0].data.shape == (4, 16, 64)
     hlo = jax.jit(forward).lower(get_params(model), ids).as_text()
     assert hlo.count("sharding_constraint") >= 2 * TINY.num_layers or hlo.count("Sharding") >= 2 * TINY.num_layers
+
+
+# ------------------------------------------------------------------- multi-host detection on Cloud TPU VMs
+def _clear_multi_host_env(monkeypatch):
+    from dsmath_jax.parallel import distributed
+    for name in distributed._MULTI_HOST_ENV + ("TPU_SKIP_MDS_QUERY",):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_auto_start_up_finds_the_hosts_of_a_cloud_tpu_vm_in_the_metadata_server(monkeypatch):
+    """A TPU pod slice VM sets no multi-host variable: its hosts come from the metadata server, as in
+    jax's GceTpuCluster (worker-network-endpoints, tpu-env's MEGASCALE_NUM_SLICES)."""
+    from dsmath_jax.parallel import distributed
+    _clear_multi_host_env(monkeypatch)
+    metadata, asked = {}, []
+
+    def fake_metadata(key, timeout_s=distributed._METADATA_TIMEOUT_S):
+        asked.append(key)
+        return metadata.get(key)
+
+    monkeypatch.setattr(distributed, "_tpu_metadata", fake_metadata)
+    # This CPU machine is no Cloud TPU VM (JAX found no TPU): the metadata server is never asked.
+    assert distributed._on_cloud_tpu_vm() is False
+    assert distributed._looks_multi_host() is False and asked == []
+
+    monkeypatch.setattr(distributed, "_on_cloud_tpu_vm", lambda: True)
+    metadata["worker-network-endpoints"] = "t1v-n-0-w-0:0:10.130.0.2,t1v-n-0-w-1:1:10.130.0.3," \
+                                           "t1v-n-0-w-2:2:10.130.0.4,t1v-n-0-w-3:3:10.130.0.5"  # a v4-32
+    assert distributed._cloud_tpu_hosts() == 4 and distributed._looks_multi_host() is True
+    calls = []
+    monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
+    monkeypatch.setattr(jax.distributed, "initialize", lambda **kwargs: calls.append(kwargs))
+    assert initialize() is True  # auto: jax.distributed.initialize() with nothing given, it auto-detects too
+    assert calls == [{"coordinator_address": None, "num_processes": None, "process_id": None,
+                      "initialization_timeout": 300}]
+    assert initialize(enabled=False) is False and len(calls) == 1
+
+    metadata["worker-network-endpoints"] = "10.130.0.2"  # a single-host TPU VM (v4-8, v5litepod-8)
+    assert distributed._cloud_tpu_hosts() == 1 and distributed._looks_multi_host() is False
+    metadata["tpu-env"] = "ACCELERATOR_TYPE: 'v5litepod-8'\nMEGASCALE_NUM_SLICES: '2'\nMEGASCALE_SLICE_ID: '0'\n"
+    assert distributed._cloud_tpu_hosts() == 2 and distributed._looks_multi_host() is True  # multislice
+
+    metadata.clear()  # the server does not answer: single host, as before
+    assert distributed._cloud_tpu_hosts() == 1 and distributed._looks_multi_host() is False
+    asked.clear()
+    monkeypatch.setenv("TPU_SKIP_MDS_QUERY", "1")  # set by JAX itself when it finds no TPU chips
+    assert distributed._looks_multi_host() is False and asked == []
+
+
+def test_auto_start_up_reads_gke_and_multislice_variables(monkeypatch):
+    from dsmath_jax.parallel import distributed
+    _clear_multi_host_env(monkeypatch)
+    monkeypatch.setattr(distributed, "_on_cloud_tpu_vm", lambda: False)
+    for name, value, expected in [("TPU_PROCESS_ADDRESSES", "10.0.0.1:8476", False),
+                                  ("TPU_PROCESS_ADDRESSES", "10.0.0.1:8476,10.0.0.2:8476", True),
+                                  ("MEGASCALE_NUM_SLICES", "1", False), ("MEGASCALE_NUM_SLICES", "2", True),
+                                  ("TPU_WORKER_HOSTNAMES", "w-0,w-1", True), ("SLURM_NTASKS", "1", False)]:
+        monkeypatch.setenv(name, value)
+        assert distributed._looks_multi_host() is expected, (name, value)
+        monkeypatch.delenv(name)
+
+
+def test_tpu_metadata_asks_the_gce_metadata_server(monkeypatch):
+    """Against a local stand-in for metadata.google.internal: the Metadata-Flavor header is sent, a missing
+    attribute (404) and a server that is gone both read as None."""
+    import http.server
+    import threading
+
+    from dsmath_jax.parallel import distributed
+
+    class Metadata(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            ok = (self.headers.get("Metadata-Flavor") == "Google"
+                  and self.path == "/computeMetadata/v1/instance/attributes/worker-network-endpoints")
+            body = b"10.0.0.2,10.0.0.3" if ok else b"not found"
+            self.send_response(200 if ok else 404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Metadata)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv("GCE_METADATA_IP", f"127.0.0.1:{server.server_address[1]}")
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")  # a proxy must not be used for the metadata server
+    try:
+        assert distributed._tpu_metadata("worker-network-endpoints") == "10.0.0.2,10.0.0.3"
+        assert distributed._tpu_metadata("tpu-env") is None
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    assert distributed._tpu_metadata("worker-network-endpoints", timeout_s=1.0) is None  # nothing listens now

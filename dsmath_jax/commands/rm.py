@@ -24,16 +24,18 @@ The workdir also gets ``config.json`` and the tokenizer (``tokenizer.model`` or 
 from __future__ import annotations
 
 import collections
+import io
 import json
 import logging
 import os
-import shutil
 from typing import Any
 
 import numpy as np
+from etils import epath
 
 from dsmath_jax.commands.common import run_command
 from dsmath_jax.rl.config import ARITHMETIC_TINY
+from dsmath_jax.train.rundir import copy_atomic, write_atomic, write_json
 
 log = logging.getLogger(__name__)
 
@@ -137,21 +139,16 @@ def save_labels(path: str, examples: list[dict], validation: np.ndarray, stats: 
     arrays = pack_examples(examples)
     arrays[_SPLIT_KEY] = np.asarray(validation, bool)
     arrays[_STATS_KEY] = np.asarray(json.dumps(stats))
-    tmp = f"{path}.tmp.{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    write_atomic(path, buf.getvalue())
 
 
 def load_labels(path: str) -> tuple[list[dict], np.ndarray, dict]:
     """(examples, validation flags, stats) of a labels file written by :func:`save_labels`."""
     from dsmath_jax.rl.replay import unpack_examples
     try:
-        with np.load(path, allow_pickle=False) as data:
+        with np.load(io.BytesIO(epath.Path(path).read_bytes()), allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
     except (OSError, ValueError) as e:
         raise ValueError(f"cannot read the labels file {path} (delete it to label again): {e}") from e
@@ -254,17 +251,13 @@ def _copy_tokenizer(tokenizer, workdir: str) -> None:
     if src.endswith(".model"):
         files = [(src, "tokenizer.model")]
     else:
-        folder = os.path.dirname(src)
-        files = [(os.path.join(folder, n), n) for n in ("tokenizer.json", "tokenizer_config.json",
-                                                        "special_tokens_map.json")
-                 if os.path.exists(os.path.join(folder, n))]
+        folder = epath.Path(src).parent
+        files = [(folder / n, n) for n in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+                 if (folder / n).exists()]
     for path, name in files:
         dest = os.path.join(workdir, name)
-        if os.path.abspath(path) == os.path.abspath(dest) or os.path.exists(dest):
-            continue
-        tmp = f"{dest}.tmp.{os.getpid()}"
-        shutil.copyfile(path, tmp)
-        os.replace(tmp, dest)
+        if not epath.Path(dest).exists():  # also when the tokenizer already lives in the workdir
+            copy_atomic(path, dest)
 
 
 def _optimizer(config):
@@ -309,7 +302,7 @@ def run(config, workdir: str) -> dict[str, Any]:
                         async_save=bool(tcfg.async_checkpoint))
     start = ckpt.latest_step()
     labels_path = os.path.join(workdir, LABELS_FILE)
-    have_labels = os.path.exists(labels_path)
+    have_labels = epath.Path(labels_path).exists()
 
     policy = tokenizer = None
     if not have_labels or start is None:
@@ -409,9 +402,6 @@ def run(config, workdir: str) -> dict[str, Any]:
                "labels": label_stats, "train_examples": len(train_examples),
                "validation_examples": len(val_examples), "workdir": workdir}
     if jax.process_index() == 0:
-        tmp = os.path.join(workdir, f"summary.json.tmp.{os.getpid()}")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(summary, f, indent=2)
-        os.replace(tmp, os.path.join(workdir, "summary.json"))
+        write_json(os.path.join(workdir, "summary.json"), summary)
     log.info("reward model (%s) %s at step %d: %s", config.kind, status, step, last_eval)
     return summary

@@ -21,11 +21,11 @@ import itertools
 import json
 import logging
 import os
-from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import sentencepiece as spm
 import tokenizers as hf_tokenizers
+from etils import epath  # local paths and gs:// alike
 
 logger = logging.getLogger(__name__)
 
@@ -120,11 +120,11 @@ class SentencePieceTokenizer(Tokenizer):
     """Tokenizer over a sentencepiece ``.model`` file."""
 
     def __init__(self, model_file: str | os.PathLike) -> None:
-        path = Path(model_file)
+        path = epath.Path(model_file)
         if not path.is_file():
             raise FileNotFoundError(f"sentencepiece model file not found: {path}")
         self.path = str(path)
-        self.sp = spm.SentencePieceProcessor(model_file=str(path))
+        self.sp = spm.SentencePieceProcessor(model_proto=path.read_bytes())
 
     def _encode_batch_raw(self, texts: list[str]) -> list[list[int]]:
         return [list(ids) for ids in self.sp.encode(texts)] if texts else []
@@ -194,17 +194,17 @@ class HFTokenizer(Tokenizer):
         eos_token: str | None = None,
         pad_token: str | None = None,
     ) -> None:
-        p = Path(path)
+        p = epath.Path(path)
         file = p / "tokenizer.json" if p.is_dir() else p
         if not file.is_file():
             raise FileNotFoundError(f"no tokenizer.json found at {p}")
         self.path = str(file)
-        self.tok = hf_tokenizers.Tokenizer.from_file(str(file))
+        self.tok = hf_tokenizers.Tokenizer.from_str(file.read_text(encoding="utf-8"))
         self.config: dict[str, Any] = {}
         for name in ("special_tokens_map.json", "tokenizer_config.json"):  # later wins
             cfg = file.parent / name
             if cfg.is_file():
-                with open(cfg, encoding="utf-8") as f:
+                with cfg.open(encoding="utf-8") as f:
                     self.config.update({k: v for k, v in json.load(f).items() if v is not None})
         overrides = {"bos": bos_token, "eos": eos_token, "pad": pad_token}
         self._special: dict[str, int | None] = {}
@@ -256,7 +256,7 @@ def load_tokenizer(path: str | os.PathLike, **kwargs: Any) -> Tokenizer:
     holding ``tokenizer.json`` -> :class:`HFTokenizer` (``kwargs`` go to it); a directory
     holding only ``tokenizer.model`` -> sentencepiece.
     """
-    p = Path(path)
+    p = epath.Path(path)
     if not p.exists():
         raise FileNotFoundError(
             f"tokenizer path {p} does not exist (expected a sentencepiece .model file, "
@@ -306,7 +306,7 @@ def train_sentencepiece(
     first = next(it, None)
     if first is None:
         raise ValueError(f"train_sentencepiece got no texts to train {model_prefix} on")
-    out = Path(f"{os.fspath(model_prefix)}.model")
+    out = epath.Path(f"{os.fspath(model_prefix)}.model")
     out.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(
@@ -335,7 +335,7 @@ def train_sentencepiece(
     tmp = out.with_name(f".{out.name}.tmp.{os.getpid()}")
     try:
         tmp.write_bytes(buf.getvalue())
-        os.replace(tmp, out)
+        tmp.replace(out)
     finally:
         tmp.unlink(missing_ok=True)
     logger.info("trained sentencepiece %s model (vocab_size=%d) -> %s", model_type, vocab_size, out)

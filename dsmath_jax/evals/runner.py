@@ -16,7 +16,6 @@ import dataclasses
 import json
 import logging
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -28,6 +27,7 @@ from dsmath_jax.evals.prompts import MODES, build_prompt
 from dsmath_jax.evals.sandbox import SandboxLimits
 from dsmath_jax.evals.tool_loop import run_program_of_thought, run_tool_loop
 from dsmath_jax.generate import Sampler, SamplingParams
+from dsmath_jax.train.rundir import write_atomic, write_json
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +60,7 @@ class EvalSpec:
 
 
 def _write_jsonl(path: str, rows: list[dict]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
 def _samples(sampler: Sampler, spec: EvalSpec, prompts: list[str], stops: tuple[str, ...]) -> list[list[dict]]:
@@ -154,8 +150,8 @@ def evaluate_benchmark(sampler: Sampler, name: str, spec: EvalSpec, grader: Grad
 
 def run_eval(sampler: Sampler, spec: EvalSpec, output_dir: str, *, data_dir: str | None = None,
              grader: Grader | None = None, extra: dict | None = None) -> dict[str, Any]:
-    """Evaluates every benchmark of `spec`; writes result rows, summary.json and summary.md to output_dir."""
-    os.makedirs(output_dir, exist_ok=True)
+    """Evaluates every benchmark of `spec`; writes result rows, summary.json and summary.md to output_dir
+    (a local path or gs://...)."""
     own = grader is None
     grader = grader or Grader()
     summary: dict[str, Any] = {"spec": dataclasses.asdict(spec), **(extra or {}), "results": []}
@@ -169,10 +165,8 @@ def run_eval(sampler: Sampler, spec: EvalSpec, output_dir: str, *, data_dir: str
     finally:
         if own:
             grader.close()
-    with open(os.path.join(output_dir, "summary.json"), "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=2, ensure_ascii=False)
-    with open(os.path.join(output_dir, "summary.md"), "w", encoding="utf-8") as f:
-        f.write(summary_table(summary["results"], spec.ks))
+    write_json(os.path.join(output_dir, "summary.json"), summary, ensure_ascii=False)
+    write_atomic(os.path.join(output_dir, "summary.md"), summary_table(summary["results"], spec.ks))
     return summary
 
 

@@ -263,12 +263,17 @@ class RLRun:
         del model
 
     def _copy_tokenizer(self):
-        src = os.path.join(self.config.init.run_dir, "tokenizer.model")
-        dst = os.path.join(self.workdir, "tokenizer.model")
-        if jax.process_index() == 0 and os.path.exists(src) and not os.path.exists(dst):
-            import shutil
-            shutil.copyfile(src, dst + ".tmp")
-            os.replace(dst + ".tmp", dst)
+        """Copies the init run's tokenizer (tokenizer.model, or tokenizer.json and its configs) into the workdir."""
+        from etils import epath
+
+        from dsmath_jax.train.restore import run_tokenizer_files
+        from dsmath_jax.train.rundir import copy_atomic
+        if jax.process_index() != 0:
+            return
+        for name in run_tokenizer_files(self.config.init.run_dir):
+            dst = os.path.join(self.workdir, name)
+            if not epath.Path(dst).exists():
+                copy_atomic(os.path.join(self.config.init.run_dir, name), dst)
 
     def _encode(self, problems: Sequence[Problem]) -> tuple[list[list[int] | None], int]:
         tmpl, limit = self.config.data.template, int(self.config.data.max_prompt_tokens)
@@ -753,8 +758,8 @@ class RLRun:
             summary["eval_history"] = history
             summary["initial_eval"], summary["final_eval"] = history[0], history[-1]
         if jax.process_index() == 0:
-            with open(os.path.join(self.workdir, "summary.json"), "w", encoding="utf-8") as f:
-                json.dump(summary, f, indent=2)
+            from dsmath_jax.train.rundir import write_atomic
+            write_atomic(os.path.join(self.workdir, "summary.json"), json.dumps(summary, indent=2))
         return summary
 
 

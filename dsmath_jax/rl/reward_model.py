@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from etils import epath
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -340,7 +341,7 @@ class RewardModel:
         checkpoint's metadata, params from its latest checkpoint (or ``step``), tokenizer from the run dir
         (``tokenizer.model`` or ``tokenizer.json``) when present."""
         ckpt_dir = os.path.join(run_dir, "checkpoints")
-        if not os.path.isdir(ckpt_dir):
+        if not epath.Path(ckpt_dir).is_dir():
             raise CheckpointError(f"{run_dir} is not a `dsmath rm` run directory: no checkpoints/ in it")
         with Checkpointer(ckpt_dir, read_only=True, async_save=False, max_to_keep=None) as ckpt:
             meta = ckpt.metadata(step)
@@ -351,7 +352,7 @@ class RewardModel:
             tokenizer = None
             from dsmath_jax.data.tokenizers import load_tokenizer
             for name in ("tokenizer.json", "tokenizer.model"):
-                if os.path.exists(os.path.join(run_dir, name)):
+                if epath.Path(run_dir, name).exists():
                     tokenizer = load_tokenizer(run_dir)
                     break
             rm = cls.abstract(ModelConfig.from_dict(meta["model"]), meta["kind"], mesh, rules,

@@ -13,7 +13,6 @@ update, and `max_nonfinite_in_a_row` of them stop the run with an error. Metrics
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -24,6 +23,7 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from etils import epath
 from flax import nnx
 from tqdm.auto import tqdm
 
@@ -38,6 +38,7 @@ from dsmath_jax.train import schedules
 from dsmath_jax.train.checkpoint import Checkpointer, abstract_like, restore_params
 from dsmath_jax.train.metrics import MetricsWriter
 from dsmath_jax.train.mfu import mfu
+from dsmath_jax.train.rundir import write_atomic, write_json
 from dsmath_jax.train.step import TrainState, adamw, make_train_step
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ def _tokenizer(config, workdir: str, train_sources) -> Tokenizer:
         raise ValueError("config.tokenizer needs a `path` (sentencepiece .model, tokenizer.json or its directory), "
                          "an init.hf_dir, or `train_vocab_size` to train one on the training data")
     model_file = os.path.join(workdir, "tokenizer.model")
-    if os.path.exists(model_file):  # trained by an earlier (interrupted) run of this workdir
+    if epath.Path(model_file).exists():  # trained by an earlier (interrupted) run of this workdir
         return load_tokenizer(model_file)
     if jax.process_index() == 0:
         docs = int(tok_cfg.get("train_docs", 20000))
@@ -181,10 +182,9 @@ def start_run(config: ml_collections.ConfigDict, workdir: str):
     """The start of every run (training, reward models, RL): multi-host start-up, the work directory with
     the run's config.json, and the mesh and logical-axis rules of `config.mesh`. Returns (mesh, rules)."""
     initialize_from_config(config.get("distributed"))
-    os.makedirs(workdir, exist_ok=True)
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # a no-op on object stores (gs://)
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-            f.write(config.to_json_best_effort(indent=2))
+        write_atomic(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
     return make_mesh(_as_dict(config.mesh).get("shape")), rules_from_config(_as_dict(config.mesh).get("rules"))
 
 
@@ -318,8 +318,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, task: str = "pretrain
                "skipped_steps": skipped,
                "data": stats.as_dict(), "workdir": workdir}
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
-            json.dump(summary, f, indent=2)
+        write_json(os.path.join(workdir, "summary.json"), summary)
     log.info("%s %s at step %d (loss %s)", task, status, step, summary["loss"])
     return summary
 
