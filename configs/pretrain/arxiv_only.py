@@ -6,9 +6,12 @@ the paper finds no clear gain, or a loss, on math benchmarks compared with no ma
 Model: 1.3B (24 layers, d 2048, 16 heads); AdamW (0.9, 0.95, wd 0.1), multi-step schedule to 5.3e-4, batch
 4M tokens, context 4K, 35,763 steps.
 
+The tokenizer is DeepSeek's 100K BPE (the `deepseek_1_3b` preset's vocabulary of 102,400): pass its
+`tokenizer.json` or a directory holding it, e.g. a DeepSeekMath 7B download, as `--config.tokenizer.path`.
+
 Launch (TPU v5p-128, about 2.5 days each):
   dsmath pretrain --config=configs/pretrain/arxiv_only.py:arxiv_redpajama --workdir=gs://BUCKET/runs/arxiv_rp \
-    --config.data.data_dir=gs://BUCKET/tfds
+    --config.data.data_dir=gs://BUCKET/tfds --config.tokenizer.path=gs://BUCKET/models/deepseek-math-7b-base
 
 Tiny variant (CPU, about a minute): the MATH problems' text stands in for arXiv.
 """

@@ -10,11 +10,18 @@ tool use, and mixed training keeps coding ability while gaining math (PAPER.md Â
 Model: 1.3B (24 layers, d 2048, 16 heads), from scratch; AdamW (0.9, 0.95, wd 0.1), multi-step schedule to
 5.3e-4, batch 4M tokens, context 4K. Steps: 400B -> 95,367; 150B -> 35,763; 550B -> 131,130.
 
+Data: TFDS datasets `github_code` and `deepseekmath_corpus` in `--config.data.data_dir`. The tokenizer is
+DeepSeek's 100K BPE (the `deepseek_1_3b` preset's vocabulary of 102,400): pass its `tokenizer.json` or a
+directory holding it, e.g. a DeepSeekMath 7B download, as `--config.tokenizer.path`; both stages use the same.
+
 Launch (TPU v5p-128; about 7 days for stage 1, 2.5 days for stage 2, 9 days one-stage):
-  dsmath pretrain --config=configs/pretrain/code_then_math.py:two_stage_code --workdir=gs://BUCKET/runs/code_stage1
+  dsmath pretrain --config=configs/pretrain/code_then_math.py:two_stage_code --workdir=gs://BUCKET/runs/code_stage1 \
+    --config.data.data_dir=gs://BUCKET/tfds --config.tokenizer.path=gs://BUCKET/models/deepseek-math-7b-base
   dsmath pretrain --config=configs/pretrain/code_then_math.py:two_stage_math --workdir=gs://BUCKET/runs/code_stage2 \
-    --config.init.checkpoint=gs://BUCKET/runs/code_stage1/checkpoints
-  dsmath pretrain --config=configs/pretrain/code_then_math.py:one_stage --workdir=gs://BUCKET/runs/code_math_mixed
+    --config.init.checkpoint=gs://BUCKET/runs/code_stage1/checkpoints \
+    --config.data.data_dir=gs://BUCKET/tfds --config.tokenizer.path=gs://BUCKET/models/deepseek-math-7b-base
+  dsmath pretrain --config=configs/pretrain/code_then_math.py:one_stage --workdir=gs://BUCKET/runs/code_math_mixed \
+    --config.data.data_dir=gs://BUCKET/tfds --config.tokenizer.path=gs://BUCKET/models/deepseek-math-7b-base
 
 Tiny variant (CPU, about a minute each): "code" is the GSM8K text, "math" the MATH text.
 """

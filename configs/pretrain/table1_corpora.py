@@ -11,10 +11,14 @@ on the DeepSeekMath Corpus): GSM8K 23.8, MATH 13.6, CMATH 41.5 (Table 1).
 Data: the corpus is a TFDS dataset named like the argument in `data.data_dir` (mining output for
 `deepseekmath_corpus`; the public dumps built with `build_text_corpus` for the others).
 
+The tokenizer is DeepSeek's 100K BPE (the `deepseek_1_3b` preset's vocabulary of 102,400): pass its
+`tokenizer.json` or a directory holding it, e.g. a DeepSeekMath 7B download, as `--config.tokenizer.path`.
+
 Launch (TPU v5p-128 = 64 chips; about 2.5 days per corpus at 45% MFU):
   # on every host of the slice: gcloud compute tpus tpu-vm ssh NAME --zone=ZONE --worker=all --command='...'
   dsmath pretrain --config=configs/pretrain/table1_corpora.py:openwebmath \
-      --workdir=gs://BUCKET/runs/table1_openwebmath --config.data.data_dir=gs://BUCKET/tfds
+      --workdir=gs://BUCKET/runs/table1_openwebmath --config.data.data_dir=gs://BUCKET/tfds \
+      --config.tokenizer.path=gs://BUCKET/models/deepseek-math-7b-base
 All four: for c in mathpile openwebmath proof_pile_2 deepseekmath_corpus; do dsmath pretrain \
       --config=configs/pretrain/table1_corpora.py:$c --workdir=gs://BUCKET/runs/table1_$c ...; done
 
