@@ -37,6 +37,15 @@ BEAM = [
     "resiliparse>=2.0,<3",
 ]
 
+# What the notebooks (notebooks/*.ipynb, dsmath_jax/analysis.py) need to run, and tests/test_notebooks.py to
+# execute them headless.
+NOTEBOOKS = [
+    "matplotlib>=3.8,<4",
+    "nbformat>=5.9,<6",
+    "nbclient>=0.10,<1",
+    "ipykernel>=6.29,<8",
+]
+
 EXTRAS_REQUIRE = {
     # torch is pinned: it is the CPU build used only for parity tests against `transformers`;
     # any other torch spec pulls gigabytes of CUDA packages.
@@ -47,17 +56,13 @@ EXTRAS_REQUIRE = {
         "transformers>=4.46,<6",
         "scipy>=1.11",
         "psutil>=5.9",
-    ] + BEAM,  # the mining tests run the real Beam pipeline
+    ] + BEAM + NOTEBOOKS,  # the mining tests run the real Beam pipeline; the notebooks are executed
     "beam": BEAM,
-    "notebooks": [
-        "jupyter>=1.0",
-        "nbclient>=0.10",
-        "ipykernel>=6",
-        "matplotlib>=3.8",
-        "pandas>=2.1",
-    ],
-    "tpu": ["jax[tpu]>=0.8,<0.11"],
-    "gpu": ["jax[cuda12]>=0.8,<0.11"],
+    "notebooks": ["jupyter>=1.0"] + NOTEBOOKS,
+    # `--workdir=gs://...` (metrics, configs, summaries, tokenizers through etils.epath) needs gcsfs; it also
+    # brings google-cloud-storage, which TensorBoard event files on gs:// use. Not in the core deps: ~20 packages.
+    "tpu": ["jax[tpu]>=0.8,<0.11", "etils[epath-gcs]>=1.7"],
+    "gpu": ["jax[cuda12]>=0.8,<0.11", "etils[epath-gcs]>=1.7"],
 }
 
 setup(

@@ -26,6 +26,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
              "describe a model (preset or Hugging Face dir): parameters, FLOPs, memory, sharding on a mesh"),
     "tokenizer": ("dsmath_jax.commands.tokenizer:main",
                   "train a sentencepiece tokenizer from text/JSONL files, or inspect one"),
+    "convert": ("dsmath_jax.commands.convert:main",
+                "convert Hugging Face checkpoints to run directories and back, with a logit check"),
+    "quickstart": ("dsmath_jax.commands.quickstart:main",
+                   "the whole pipeline at tiny scale on a CPU: mine, pretrain, SFT, GRPO, then a report"),
 }
 
 

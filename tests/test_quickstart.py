@@ -1,0 +1,364 @@
+"""`dsmath quickstart` (dsmath_jax/quickstart.py): the whole pipeline, shrunk, on the real benchmark files.
+
+One run directory goes through four invocations, which together check what a user relies on:
+
+  1. mine and pretrain complete; SFT crashes one step after its first checkpoint (a simulated failure of the
+     train step)
+  2. SFT continues from that checkpoint and completes; GRPO stops after one step (train.stop_after_steps)
+  3. GRPO continues from its step-1 checkpoint and completes (through the command line)
+  4. nothing is left to do: no stage runs, no file of a stage changes (through the command line)
+
+The numbers of results.json are checked against each stage's own summary.json / stats.json / metrics.jsonl,
+the report against results.json. About 3 minutes on 2 idle CPU cores.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pathlib
+import types
+
+import pytest
+
+from conftest import load_config
+from dsmath_jax import cli
+from dsmath_jax import quickstart as Q
+
+pytest.importorskip("matplotlib")
+for _module in ("apache_beam", "fasttext", "warcio", "resiliparse"):
+    pytest.importorskip(_module)
+from dsmath_jax.mining.driver import DONE  # noqa: E402
+
+STEPS_SCALE = 0.05  # e.g. pretrain 120 -> 6 steps, SFT 450 -> 22, GRPO 40 -> 2 (the step counts of configs/)
+FLAGS = dict(steps_scale=STEPS_SCALE, eval_samples=4, eval_problems=8, mining_iterations=2, crawl_scale=0.5)
+GRPO_FAST = {"rollout.questions_per_step": 4, "rollout.max_new_tokens": 48, "eval.every": 2}  # evaluate at 0 and 2
+STAGE_DIRS = ("mine", "pretrain", "sft", "grpo")
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+class SimulatedCrash(RuntimeError):
+    pass
+
+
+def snapshot(workdir: pathlib.Path, stages=STAGE_DIRS) -> dict[str, tuple[int, int]]:
+    """{relative path: (mtime_ns, size)} of every file of the given stage directories."""
+    out = {}
+    for stage in stages:
+        for path in (workdir / stage).rglob("*"):
+            if path.is_file():
+                st = path.stat()
+                out[str(path.relative_to(workdir))] = (st.st_mtime_ns, st.st_size)
+    return out
+
+
+def read_json(path: pathlib.Path):
+    return json.loads(path.read_text())
+
+
+def metrics(path: pathlib.Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class LogLines(logging.Handler):
+    """The messages logged to `names` while in a `with` block (the loops say where they resumed from)."""
+
+    def __init__(self, *names: str):
+        super().__init__(logging.INFO)
+        self.names, self.lines = names, []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+    def __enter__(self):
+        self.levels = {}
+        for name in self.names:
+            logger = logging.getLogger(name)
+            self.levels[name] = logger.level
+            logger.addHandler(self)
+            logger.setLevel(logging.INFO)
+        return self
+
+    def __exit__(self, *exc):
+        for name in self.names:
+            logging.getLogger(name).removeHandler(self)
+            logging.getLogger(name).setLevel(self.levels[name])
+
+
+def cli_args(workdir: pathlib.Path, benchmarks: pathlib.Path, overrides: dict[str, dict]) -> list[str]:
+    args = ["quickstart", f"--workdir={workdir}", f"--benchmarks_dir={benchmarks}"]
+    args += [f"--{k}={v}" for k, v in FLAGS.items()]
+    args += [f"--set={stage}:{k}={v}" for stage, items in overrides.items() for k, v in items.items()]
+    return args
+
+
+@pytest.fixture(scope="module")
+def run(shared_data, tmp_path_factory):
+    """The four invocations above, with what each left behind."""
+    from dsmath_jax.train import loop
+
+    workdir = tmp_path_factory.mktemp("quickstart") / "run"
+    benchmarks = shared_data / "benchmarks"
+    out = types.SimpleNamespace(workdir=workdir, benchmarks=benchmarks)
+
+    # 1. SFT's train step raises one step after the first checkpoint (which is complete by then).
+    sft = Q.sft_config(str(workdir), Q.Options(steps_scale=STEPS_SCALE))
+    out.sft_checkpoint = int(sft.train.checkpoint_every)
+    assert 1 <= out.sft_checkpoint < int(sft.train.steps) - 1
+    real_make = loop.make_train_step
+
+    def crashing_make(*args, **kwargs):
+        fns = real_make(*args, **kwargs)
+        calls = [0]
+
+        def train_step(state, batch):
+            calls[0] += 1
+            if calls[0] > out.sft_checkpoint + 1:
+                raise SimulatedCrash("simulated crash in the SFT loop")
+            return fns.train_step(state, batch)
+        return fns._replace(train_step=train_step)
+
+    original_sft = Q.STAGE_FUNCTIONS["sft"]
+
+    def sft_with_crash(*args):
+        loop.make_train_step = crashing_make
+        try:
+            return original_sft(*args)
+        finally:
+            loop.make_train_step = real_make
+
+    Q.STAGE_FUNCTIONS["sft"] = sft_with_crash
+    try:
+        with pytest.raises(SimulatedCrash):
+            Q.run_quickstart(str(workdir), benchmarks_dir=str(benchmarks), overrides={"grpo": GRPO_FAST}, **FLAGS)
+    finally:
+        Q.STAGE_FUNCTIONS["sft"] = original_sft
+    out.state1 = read_json(workdir / Q.STATE_FILE)
+    out.results1 = read_json(workdir / Q.RESULTS_FILE)
+    out.sft_summary1 = (workdir / "sft" / "summary.json").exists()
+    out.snap1 = snapshot(workdir)
+    out.sft_metrics1 = metrics(workdir / "sft" / "metrics.jsonl")
+
+    # 2. SFT continues; GRPO stops after one step.
+    with LogLines("dsmath_jax.train.loop", "dsmath_jax.rl.loop") as log2:
+        out.results2 = Q.run_quickstart(str(workdir), benchmarks_dir=str(benchmarks),
+                                        overrides={"grpo": {**GRPO_FAST, "train.stop_after_steps": 1}}, **FLAGS)
+    out.log2 = log2.lines
+    out.state2 = read_json(workdir / Q.STATE_FILE)
+    out.snap2 = snapshot(workdir)
+    out.grpo_metrics2 = metrics(workdir / "grpo" / "metrics.jsonl")
+    out.grpo_summary2 = read_json(workdir / "grpo" / "summary.json")
+
+    # 3. and 4. through the command line.
+    with LogLines("dsmath_jax.train.loop", "dsmath_jax.rl.loop") as log3:
+        out.code3 = cli.main(cli_args(workdir, benchmarks, {"grpo": GRPO_FAST}))
+    out.log3 = log3.lines
+    out.state3 = read_json(workdir / Q.STATE_FILE)
+    out.snap3 = snapshot(workdir)
+    out.results3 = read_json(workdir / Q.RESULTS_FILE)
+    out.code4 = cli.main(cli_args(workdir, benchmarks, {"grpo": GRPO_FAST}))
+    out.state4 = read_json(workdir / Q.STATE_FILE)
+    out.snap4 = snapshot(workdir)
+    out.results = read_json(workdir / Q.RESULTS_FILE)
+    return out
+
+
+def expected_steps(spec: str, key: str = "train.steps") -> int:
+    section, name = key.split(".")
+    return Q.scaled(load_config(spec)[section][name], STEPS_SCALE)
+
+
+# ------------------------------------------------------------------------------------------- resuming
+
+
+def test_a_crashed_stage_continues_from_its_checkpoint(run):
+    s1 = run.state1["stages"]
+    assert [s1[s]["status"] for s in STAGE_DIRS[:3]] == ["completed", "completed", "failed"]
+    assert "grpo" not in s1 or s1["grpo"]["invocations"] == 0
+    assert not run.sft_summary1
+    assert run.results1["stages"]["sft"]["status"] == "failed" and run.results1["stopped_at"] == "sft"
+    assert run.results1["stages"]["grpo"]["status"] == "pending" and not run.results1["completed"]
+    at = run.sft_checkpoint
+    ckpt = {p: v for p, v in run.snap1.items() if p.startswith(f"sft/checkpoints/{at}/")}
+    assert ckpt and not any(p.startswith(f"sft/checkpoints/{at + 1}/") for p in run.snap1)
+    # The second invocation resumed from that checkpoint (not from the start: the rows logged up to it, with
+    # their throughput, are kept as they were).
+    assert f"resumed from step {at} in {run.workdir / 'sft'}" in run.log2
+    rows = metrics(run.workdir / "sft" / "metrics.jsonl")
+    assert [r for r in rows if r["step"] <= at] == [r for r in run.sft_metrics1 if r["step"] <= at]
+    assert max(r["step"] for r in run.sft_metrics1) in (at, at + 1)
+    summary = read_json(run.workdir / "sft" / "summary.json")
+    assert summary["status"] == "completed"
+    assert summary["step"] == expected_steps("configs/sft/arithmetic.py:tiny")
+    assert run.state2["stages"]["sft"]["invocations"] == 2 and run.state2["stages"]["sft"]["status"] == "completed"
+    # mine and pretrain did not run again.
+    for stage in ("mine", "pretrain"):
+        assert run.state2["stages"][stage] == run.state1["stages"][stage]
+        assert {p: v for p, v in run.snap2.items() if p.startswith(stage + "/")} == \
+            {p: v for p, v in run.snap1.items() if p.startswith(stage + "/")}
+
+
+def test_a_stopped_rl_stage_is_reported_then_continues(run):
+    r2 = run.results2
+    assert r2["stopped_at"] == "grpo" and not r2["completed"]
+    assert r2["stages"]["grpo"]["status"] == "stopped" and r2["stages"]["grpo"]["steps"] == 1
+    assert run.grpo_summary2["status"] == "stopped" and run.grpo_summary2["step"] == 1
+    assert run.code3 == 0
+    total = expected_steps("configs/rl/grpo_outcome.py:tiny", "train.steps_per_iteration")
+    summary = read_json(run.workdir / "grpo" / "summary.json")
+    assert summary["status"] == "completed" and summary["step"] == total
+    assert run.state3["stages"]["grpo"]["invocations"] == 2
+    # Resumed, not restarted: the step-1 checkpoint is untouched, the evaluation at step 0 was not redone, and the
+    # rows logged up to step 1 are kept as they were.
+    assert f"resumed RL from step 1 in {run.workdir / 'grpo'}" in run.log3
+    assert not any("resumed" in line for line in run.log3 if "grpo" not in line)  # nothing else ran
+    ckpt1 = {p: v for p, v in run.snap2.items() if p.startswith("grpo/checkpoints/1/")}
+    assert ckpt1 and {p: v for p, v in run.snap3.items() if p.startswith("grpo/checkpoints/1/")} == ckpt1
+    assert summary["initial_eval"] == run.grpo_summary2["initial_eval"]
+    rows = metrics(run.workdir / "grpo" / "metrics.jsonl")
+    assert [r for r in rows if r["step"] <= 1] == run.grpo_metrics2
+    for stage in ("mine", "pretrain", "sft"):
+        assert run.state3["stages"][stage] == run.state2["stages"][stage]
+
+
+def test_a_finished_run_is_not_run_again(run):
+    assert run.code4 == 0
+    assert run.snap4 == run.snap3  # no file of any stage was written
+    assert run.state4["stages"] == run.state3["stages"]  # timings, invocations, finish times unchanged
+    assert run.results["completed"] and run.results["stopped_at"] is None
+    for stage in STAGE_DIRS:
+        assert run.results["stages"][stage]["seconds"] == run.results3["stages"][stage]["seconds"] > 0
+        assert run.results["stages"][stage]["invocations"] == (2 if stage in ("sft", "grpo") else 1)
+
+
+# ------------------------------------------------------------------------------------------- results
+
+
+def test_results_json_matches_each_stage(run):
+    res, wd = run.results, run.workdir
+    assert set(res) >= {"workdir", "options", "stages", "total_seconds", "completed", "plots", "stopped_at"}
+    assert res["options"]["steps_scale"] == STEPS_SCALE and res["options"]["eval_samples"] == 4
+    assert res["total_seconds"] == pytest.approx(sum(s["seconds"] for s in res["stages"].values()), abs=0.2)
+    for stage in STAGE_DIRS:
+        assert res["stages"][stage]["status"] == "completed"
+
+    # Mining: per-iteration pages and tokens as the iteration reports say; the corpus is the last one's.
+    mine = res["stages"]["mine"]
+    stats = read_json(wd / "mine" / "stats.json")
+    assert stats["status"] == Q.MINING_DONE == DONE
+    assert 1 <= len(mine["iterations"]) <= FLAGS["mining_iterations"]
+    for row in mine["iterations"]:
+        report = read_json(wd / "mine" / f"iter_{row['iteration']}" / "stats.json")
+        assert (row["corpus_pages"], row["corpus_tokens"]) == (report["corpus"]["pages"], report["corpus"]["tokens"])
+        assert (row["new_pages"], row["new_tokens"]) == (report["new"]["pages"], report["new"]["tokens"])
+    assert mine["corpus"]["pages"] == stats["final"]["pages"] == mine["iterations"][-1]["corpus_pages"] > 0
+    assert mine["corpus"]["tokens"] == stats["final"]["tokens"] > 0
+    assert mine["stage0"]["pages_kept"] == stats["prepare"]["pages"]
+    assert (wd / "mine" / "tfds" / "dsmath_corpus").is_dir()
+
+    # Pre-training on the mixture, with a tokenizer trained on both sources; SFT and GRPO use that tokenizer.
+    for stage, spec in (("pretrain", "configs/pretrain/table1_corpora.py:deepseekmath_corpus,tiny"),
+                        ("sft", "configs/sft/arithmetic.py:tiny")):
+        summary = read_json(wd / stage / "summary.json")
+        assert res["stages"][stage]["final_loss"] == summary["loss"]
+        assert res["stages"][stage]["steps"] == summary["step"] == expected_steps(spec)
+        last = [r for r in metrics(wd / stage / "metrics.jsonl") if "loss" in r][-1]
+        assert last["step"] == summary["step"] and last["loss"] == pytest.approx(summary["loss"], rel=1e-6)
+    pre = res["stages"]["pretrain"]
+    assert [(s["kind"], s["name"]) for s in pre["sources"]] == [("tfds", "dsmath_corpus"),
+                                                                ("corpus", "quickstart_arithmetic")]
+    for source in ("mined_corpus", "arithmetic"):
+        assert pre["tokenizer"][source]["docs"] > 0
+        assert pre["tokenizer"][source]["byte_fallback_fraction"] < 0.01
+        assert pre["tokenizer"][source]["chars_per_token"] > 1.2  # merges learned from both sources
+    tokenizer = (wd / "pretrain" / "tokenizer.model").read_bytes()
+    assert (wd / "sft" / "tokenizer.model").read_bytes() == tokenizer == (wd / "grpo" / "tokenizer.model").read_bytes()
+    sft_config = read_json(wd / "sft" / "config.json")
+    assert sft_config["init"]["checkpoint"] == str((wd / "pretrain" / "checkpoints").resolve())
+    assert sft_config["model"] == read_json(wd / "pretrain" / "config.json")["model"]
+    assert read_json(wd / "grpo" / "config.json")["init"]["run_dir"] == str((wd / "sft").resolve())
+
+    # GRPO: before / after as the run's summary says, and consistent with each other.
+    g = res["stages"]["grpo"]
+    summary = read_json(wd / "grpo" / "summary.json")
+    assert g["k"] == 4 and g["steps"] == summary["step"]
+    for when, ev in (("before", summary["initial_eval"]), ("after", summary["final_eval"])):
+        assert g[when] == {"step": ev["step"], "greedy": ev["eval_accuracy"], "sample": ev["eval_sample_accuracy"],
+                           "maj@4": ev["eval_maj@4"], "pass@4": ev["eval_pass@4"]}
+        assert 0 <= g[when]["maj@4"] <= g[when]["pass@4"] <= 1  # a majority answer that is right was sampled
+        solved = g[when]["greedy"] * FLAGS["eval_problems"]  # a share of the held-out problems
+        assert solved == pytest.approx(round(solved))
+    assert g["before"]["step"] == 0 and g["after"]["step"] == summary["step"]
+    assert g["eval_history"] == summary["eval_history"]
+    rewards = [r["reward_mean"] for r in metrics(wd / "grpo" / "metrics.jsonl") if "reward_mean" in r]
+    assert g["reward_curve"]["first"] == rewards[0] and g["reward_curve"]["last"] == rewards[-1]
+    assert g["reward_curve"]["max"] == max(rewards)
+
+
+def test_plots_are_pngs(run):
+    names = {pathlib.Path(p).stem for p in run.results["plots"]}
+    assert names == {"mining_iterations", "mining_domains", "mining_dedup_decontamination", "training_curves_step",
+                     "rl_training", "rl_eval_accuracy", "rl_maj_pass"}
+    for rel in run.results["plots"]:
+        data = (run.workdir / rel).read_bytes()
+        assert data[:8] == PNG and len(data) > 5000, rel
+
+
+def test_report_has_the_numbers_and_figures(run):
+    report = (run.workdir / Q.REPORT_FILE).read_text()
+    g = run.results["stages"]["grpo"]
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:5]]
+            for line in report.splitlines() if line.startswith("| ") and line.count("|") == 5}
+    for label, key in (("greedy accuracy", "greedy"), ("maj@4", "maj@4"), ("pass@4", "pass@4")):
+        before, after = g["before"][key], g["after"][key]
+        assert rows[label] == [f"{before:.3f}", f"{after:.3f}", f"{after - before:+.3f}"]
+    for rel in run.results["plots"]:
+        assert f"]({rel})" in report
+    assert f"final loss {run.results['stages']['sft']['final_loss']:.3f}" in report
+    assert f"DSMATH_RUN_DIR={run.workdir}" in report
+    assert f"--steps_scale={STEPS_SCALE}" in report  # the command that resumes this run
+
+
+# ------------------------------------------------------------------------------------------- errors
+
+
+def test_errors_name_what_to_do(tmp_path, monkeypatch, shared_data, capsys):
+    # Benchmark files: a directory without them, and no directory at all (MATH train cannot be downloaded).
+    with pytest.raises(Q.QuickstartError, match=r"--benchmarks_dir=.* lacks gsm8k/train.jsonl"):
+        Q.resolve_benchmarks_dir(str(tmp_path))
+    monkeypatch.setenv("DSMATH_BENCHMARKS_DIR", str(shared_data / "benchmarks"))
+    assert Q.resolve_benchmarks_dir() == str((shared_data / "benchmarks").resolve())
+    monkeypatch.delenv("DSMATH_BENCHMARKS_DIR")
+    monkeypatch.setenv("DSMATH_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(Q.QuickstartError, match=r"--benchmarks_dir=DIR.*MATH train is published only as"):
+        Q.resolve_benchmarks_dir()
+    # A later stage without the earlier one, bad stages and overrides, a missing configs/.
+    with pytest.raises(Q.QuickstartError, match=r"starts from the pretrain stage.*--stages=pretrain,sft"):
+        Q.run_quickstart(str(tmp_path / "w"), stages=["sft"])
+    assert not (tmp_path / "w").exists()
+    with pytest.raises(Q.QuickstartError, match="the grpo config has no 'train.nope'"):
+        Q.run_quickstart(str(tmp_path / "w2"), overrides={"grpo": {"train.nope": 1}})
+    assert not (tmp_path / "w2").exists()
+    with pytest.raises(Q.QuickstartError, match="--configs_dir"):
+        Q.run_quickstart(str(tmp_path / "w3"), configs_dir=str(tmp_path))
+    assert cli.main(["quickstart", "--stages=mine,nope"]) == 2
+    assert cli.main(["quickstart", "--set=grpo.train.steps=1"]) == 2
+    assert "STAGE:KEY=VALUE" in capsys.readouterr().err
+    assert Q.parse_override("grpo:optimizer.schedule.peak=1e-4") == ("grpo", "optimizer.schedule.peak", 1e-4)
+    assert Q.parse_override("sft:model.dtype=bfloat16") == ("sft", "model.dtype", "bfloat16")
+
+
+def test_steps_scale_shrinks_every_stage_config():
+    opts = Q.Options(steps_scale=0.1, eval_samples=3, eval_problems=5)
+    c = Q.pretrain_config("/nonexistent", opts)
+    base = load_config("configs/pretrain/table1_corpora.py:deepseekmath_corpus,tiny")
+    assert c.train.steps == Q.scaled(base.train.steps, 0.1)
+    assert 1 <= c.train.checkpoint_every <= c.train.steps and c.optimizer.schedule.warmup_steps <= c.train.steps // 4
+    assert c.model.to_dict() == load_config("configs/sft/arithmetic.py:tiny").model.to_dict()
+    g = Q.grpo_config("/nonexistent", opts)
+    rl = load_config("configs/rl/grpo_outcome.py:tiny")
+    assert g.train.steps_per_iteration == Q.scaled(rl.train.steps_per_iteration, 0.1)
+    assert 1 <= g.eval.every <= g.train.steps_per_iteration
+    assert (g.eval.samples, g.eval.n_problems, g.init.run_dir) == (3, 5, os.path.abspath("/nonexistent/sft"))
+    assert Q.scaled(40, 0.01) == 1
