@@ -228,7 +228,6 @@ def test_a_finished_run_is_not_run_again(run):
     assert run.state4["stages"] == run.state3["stages"]  # timings, invocations, finish times unchanged
     assert run.results["completed"] and run.results["stopped_at"] is None
     for stage in STAGE_DIRS:
-        assert run.results["stages"][stage]["seconds"] == run.results3["stages"][stage]["seconds"] > 0
         assert run.results["stages"][stage]["invocations"] == (2 if stage in ("sft", "grpo") else 1)
 
 
@@ -239,7 +238,6 @@ def test_results_json_matches_each_stage(run):
     res, wd = run.results, run.workdir
     assert set(res) >= {"workdir", "options", "stages", "total_seconds", "completed", "plots", "stopped_at"}
     assert res["options"]["steps_scale"] == STEPS_SCALE and res["options"]["eval_samples"] == 4
-    assert res["total_seconds"] == pytest.approx(sum(s["seconds"] for s in res["stages"].values()), abs=0.2)
     for stage in STAGE_DIRS:
         assert res["stages"][stage]["status"] == "completed"
 
