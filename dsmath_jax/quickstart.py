@@ -1,8 +1,11 @@
 r"""`dsmath quickstart`: the whole pipeline at tiny scale in one run directory, on a laptop CPU.
 
-    mine/       corpus mining (paper §2.1) on a synthetic crawl of GSM8K / MATH *train* pages and prose:
+    mine/       corpus mining (paper §2.1) on a synthetic crawl of math pages and prose:
                 configs/mining/deepseekmath_corpus.py:tiny, run by dsmath_jax.mining.driver.run_mining;
-                the corpus is the TFDS dataset `dsmath_corpus` in mine/tfds/
+                the corpus is the TFDS dataset `dsmath_corpus` in mine/tfds/. Offline by default: the
+                math pages are made by the arithmetic task's generator and the crawl is decontaminated
+                against the held-out problems GRPO is evaluated on; with `benchmarks_dir` they are GSM8K /
+                MATH *train* problems, decontaminated against GSM8K / MATH test
     pretrain/   a sentencepiece tokenizer trained on, and the tiny model pre-trained on, a mixture of the
                 mined corpus and the arithmetic task's text (configs/pretrain/table1_corpora.py:
                 deepseekmath_corpus,tiny with the model of configs/sft/arithmetic.py:tiny)
@@ -73,7 +76,7 @@ class QuickstartError(RuntimeError):
 class Options:
     """What `run_quickstart` runs; the CLI flags of `dsmath quickstart` have the same names."""
 
-    benchmarks_dir: str | None = None  # gsm8k/ and math/ train + test JSONL; None: $DSMATH_BENCHMARKS_DIR or download
+    benchmarks_dir: str | None = None  # gsm8k/ and math/ train + test JSONL for the crawl; None: offline arithmetic crawl
     stages: Sequence[str] = STAGES
     steps_scale: float = 1.0  # multiplies the step counts (and their log / eval / checkpoint intervals) of every stage
     eval_samples: int = 8  # k of maj@k / pass@k in the RL stage's held-out evaluation
@@ -158,62 +161,21 @@ def _interval(every: int, steps: int, old_steps: int) -> int:
 # ------------------------------------------------------------------------------------------- benchmarks
 
 
-def _download(url: str, path: str) -> None:
-    import tempfile
-    import urllib.request
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".download-")
-    try:
-        with urllib.request.urlopen(url, timeout=60) as response, os.fdopen(fd, "wb") as out:
-            out.write(response.read())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def check_benchmarks_dir(path: str, where: str) -> str:
     missing = [f for f in BENCHMARK_FILES if not os.path.isfile(os.path.join(path, f))]
     if missing:
         raise QuickstartError(f"{where}={path} lacks {', '.join(missing)}: the quickstart reads GSM8K and MATH "
                               "train and test files there, one JSON object per line (GSM8K as published; MATH with "
-                              "`problem`, `answer` or `solution`, and `subject` or `type`)")
+                              "`problem`, `answer` or `solution`, and `subject` or `type`). Leave --benchmarks_dir "
+                              "out to mine an offline crawl made by the arithmetic task's generator")
     return os.path.abspath(path)
 
 
-def resolve_benchmarks_dir(path: str | None = None) -> str:
-    """The benchmark directory: `path` (--benchmarks_dir), else $DSMATH_BENCHMARKS_DIR, else the download
-    cache (~/.cache/dsmath_jax/benchmarks, or $DSMATH_CACHE/benchmarks) with GSM8K train/test and MATH test
-    downloaded from their public sources. MATH train is published only as the MATH.tar archive of
-    per-problem JSON files, not as JSONL, so it must already be in the cache (math/train.jsonl)."""
-    if path:
-        return check_benchmarks_dir(path, "--benchmarks_dir")
-    if os.environ.get("DSMATH_BENCHMARKS_DIR"):
-        return check_benchmarks_dir(os.environ["DSMATH_BENCHMARKS_DIR"], "$DSMATH_BENCHMARKS_DIR")
-    from dsmath_jax.data.benchmarks_tfds import GSM8K_URLS, MATH_URL
-    from dsmath_jax.evals.benchmarks import _cache_dir, benchmark_file, get_benchmark
-    cache = os.path.join(_cache_dir(), "benchmarks")
-    math_train = os.path.join(cache, "math", "train.jsonl")
-    if not os.path.isfile(math_train):
-        raise QuickstartError(
-            "no benchmark directory: pass --benchmarks_dir=DIR (or set DSMATH_BENCHMARKS_DIR=DIR) with "
-            f"{', '.join(BENCHMARK_FILES)}. GSM8K and MATH test could be downloaded, but MATH train is published "
-            f"only as the archive {MATH_URL} (one JSON file per problem), not as the JSONL file the synthetic "
-            f"crawl reads; put it at {math_train} (fields `problem`, `answer` or `solution`, `subject`) to use the "
-            "download cache")
-    try:
-        gsm8k_train = os.path.join(cache, "gsm8k", "train.jsonl")
-        if not os.path.isfile(gsm8k_train):
-            log.info("downloading %s -> %s", GSM8K_URLS["train"], gsm8k_train)
-            _download(GSM8K_URLS["train"], gsm8k_train)
-        benchmark_file(get_benchmark("gsm8k"))
-        benchmark_file(get_benchmark("math"))
-    except OSError as e:
-        raise QuickstartError(f"cannot download the benchmark files into {cache} ({e}); pass "
-                              "--benchmarks_dir=DIR (or set DSMATH_BENCHMARKS_DIR) with "
-                              f"{', '.join(BENCHMARK_FILES)}") from e
-    return check_benchmarks_dir(cache, "the download cache")
+def resolve_benchmarks_dir(path: str | None = None) -> str | None:
+    """The benchmark directory the synthetic crawl is made from (`path`, --benchmarks_dir, checked), or None:
+    the offline crawl of the arithmetic task (`mining.synthetic_crawl.arithmetic_source`), which needs no
+    files or network."""
+    return check_benchmarks_dir(path, "--benchmarks_dir") if path else None
 
 
 # ------------------------------------------------------------------------------------------- state
@@ -291,29 +253,52 @@ def _arithmetic_spec(sft_config: ml_collections.ConfigDict) -> dict:
     return walk(sft_config.data.sources) or dict(ARITHMETIC_TINY)
 
 
-def mine_stage(workdir: str, opts: Options, benchmarks_dir: str) -> dict:
+def mine_config(workdir: str, opts: Options, benchmarks_dir: str | None) -> ml_collections.ConfigDict:
+    """configs/mining/deepseekmath_corpus.py:tiny on the synthetic crawl: of `benchmarks_dir` (GSM8K / MATH),
+    or, when None, of the arithmetic task of the GRPO stage, decontaminated against its held-out split."""
+    config = load_config(STAGE_CONFIGS["mine"], opts.configs_dir)
+    if benchmarks_dir:
+        config.synthetic.source = "benchmarks"
+        config.synthetic.benchmarks_dir = benchmarks_dir
+        config.decontamination.benchmarks_dir = benchmarks_dir
+    else:
+        problems = load_config(STAGE_CONFIGS["grpo"], opts.configs_dir).data.problems.to_dict()
+        if problems.get("kind") != "arithmetic":
+            raise QuickstartError(f"the offline crawl is made from the GRPO config's arithmetic task, but its "
+                                  f"data.problems is {problems}: pass --benchmarks_dir=DIR")
+        config.synthetic.source = "arithmetic"
+        config.synthetic.benchmarks_dir = ""
+        config.synthetic.arithmetic = ml_collections.ConfigDict(
+            {k: problems[k] for k in ("n_test", "seed", "knobs") if k in problems})
+        config.decontamination.benchmarks_dir = ""  # the driver uses the crawl's (the held-out split)
+    if opts.mining_iterations is not None:
+        config.iterations.max = int(opts.mining_iterations)
+    apply_overrides(config, opts.overrides.get("mine", {}), "mine")
+    return config
+
+
+def mine_stage(workdir: str, opts: Options, benchmarks_dir: str | None) -> dict:
     """Mines the corpus into <workdir>/mine (resumable); returns the driver's stats."""
     try:
         from dsmath_jax.mining.driver import AWAITING_ANNOTATION, run_mining
-        from dsmath_jax.mining.synthetic_crawl import build_crawl
+        from dsmath_jax.mining.synthetic_crawl import arithmetic_source, build_crawl
     except ImportError as e:
         raise QuickstartError(f"the mine stage needs the mining extra ({e}): pip install -e '.[beam]'") from e
 
     logging.getLogger("apache_beam.typehints.native_type_compatibility").setLevel(logging.WARNING)
     out = os.path.join(workdir, "mine")
-    config = load_config(STAGE_CONFIGS["mine"], opts.configs_dir)
-    config.synthetic.benchmarks_dir = benchmarks_dir
-    config.decontamination.benchmarks_dir = benchmarks_dir
-    if opts.mining_iterations is not None:
-        config.iterations.max = int(opts.mining_iterations)
-    apply_overrides(config, opts.overrides.get("mine", {}), "mine")
+    config = mine_config(workdir, opts, benchmarks_dir)
     synthetic = os.path.join(out, "synthetic")
     if opts.crawl_scale != 1 and not config.input.patterns and \
             not os.path.isfile(os.path.join(synthetic, "manifest.json")):
         # The driver builds the tiny config's crawl (build_crawl's default sizes); a scaled one is built here.
         defaults = inspect.signature(build_crawl).parameters
         sizes = {k: max(1, int(round(defaults[k].default * opts.crawl_scale))) for k in CRAWL_SIZE_KEYS}
-        build_crawl(benchmarks_dir, synthetic, seed=int(config.synthetic.seed), **sizes)
+        seed = int(config.synthetic.seed)
+        source = (config.synthetic.benchmarks_dir if config.synthetic.source == "benchmarks" else
+                  arithmetic_source(config.synthetic.arithmetic.to_dict(), os.path.join(synthetic, "benchmarks"),
+                                    seed=seed))
+        build_crawl(source, synthetic, seed=seed, **sizes)
     with contextlib.redirect_stdout(sys.stderr):
         stats = run_mining(config, out)
     if stats["status"] == AWAITING_ANNOTATION:
@@ -368,12 +353,16 @@ def pretrain_config(workdir: str, opts: Options) -> ml_collections.ConfigDict:
     return c
 
 
-def _scale_train(c: ml_collections.ConfigDict, scale: float) -> None:
-    old = int(c.train.steps)
+def _scale_train(c: ml_collections.ConfigDict, scale: float, steps_key: str = "train.steps",
+                 intervals: Sequence[str] = ("train.log_every", "train.eval_every", "train.checkpoint_every")) -> None:
+    """Multiplies the step count `steps_key` by `scale`, moving the `intervals` (and a shortened warm-up) with it."""
+    section, name = steps_key.split(".")
+    old = int(c[section][name])
     steps = scaled(old, scale)
-    c.train.steps = steps
-    for key in ("log_every", "eval_every", "checkpoint_every"):
-        c.train[key] = _interval(c.train[key], steps, old)
+    c[section][name] = steps
+    for key in intervals:
+        sec, k = key.split(".")
+        c[sec][k] = _interval(c[sec][k], steps, old)
     schedule = c.optimizer.schedule
     if "warmup_steps" in schedule and steps < old:  # a shrunk run still gets most of its steps at the peak
         schedule.warmup_steps = min(int(schedule.warmup_steps), steps // 4)
@@ -423,14 +412,8 @@ def grpo_config(workdir: str, opts: Options) -> ml_collections.ConfigDict:
     """configs/rl/grpo_outcome.py:tiny from the SFT run, with maj@k / pass@k (k = eval_samples)."""
     c = load_config(STAGE_CONFIGS["grpo"], opts.configs_dir)
     c.init.run_dir = os.path.abspath(os.path.join(workdir, "sft"))
-    old = int(c.train.steps_per_iteration)
-    steps = scaled(old, opts.steps_scale)
-    c.train.steps_per_iteration = steps
-    for section, key in (("train", "log_every"), ("train", "checkpoint_every"), ("eval", "every")):
-        c[section][key] = _interval(c[section][key], steps, old)
-    schedule = c.optimizer.schedule
-    if "warmup_steps" in schedule and steps < old:
-        schedule.warmup_steps = min(int(schedule.warmup_steps), steps // 4)
+    _scale_train(c, opts.steps_scale, "train.steps_per_iteration",
+                 ("train.log_every", "train.checkpoint_every", "eval.every"))
     c.eval.samples = int(opts.eval_samples)
     c.eval.at_start = True
     if opts.eval_problems is not None:
@@ -690,7 +673,11 @@ def render_report(results: Mapping[str, Any]) -> str:
 
     m = st["mine"]
     if m.get("iterations"):
-        lines += ["", "## Mining (paper §2.1)", "",
+        crawl = ("GSM8K / MATH train problems and prose, decontaminated against GSM8K / MATH test"
+                 if (results.get("options") or {}).get("benchmarks_dir") else
+                 "math pages made by the arithmetic task's generator, and prose, decontaminated against the "
+                 "held-out problems GRPO is evaluated on")
+        lines += ["", "## Mining (paper §2.1)", "", f"The synthetic crawl: {crawl}.",
                   f"Stage 0 read {m['stage0']['pages_read']} pages and kept {m['stage0']['pages_kept']} "
                   f"({m['stage0']['url_duplicates']} URL duplicates, {m['stage0']['near_duplicates']} near-duplicates "
                   "removed). Per iteration:", "",
@@ -750,8 +737,9 @@ def render_report(results: Mapping[str, Any]) -> str:
               "```", "", "Each stage is an ordinary run directory; continue or vary one with the stage's command:", "",
               "```bash",
               f"dsmath mine --config=configs/mining/deepseekmath_corpus.py:tiny --workdir={wd}/mine_more "
-              "--config.synthetic.benchmarks_dir=DIR --config.decontamination.benchmarks_dir=DIR "
-              "--config.iterations.max=4",
+              + ("--config.synthetic.benchmarks_dir=DIR --config.decontamination.benchmarks_dir=DIR "
+                 if (results.get("options") or {}).get("benchmarks_dir") else "--config.synthetic.source=arithmetic ")
+              + "--config.iterations.max=4",
               f"dsmath sft --config=configs/sft/arithmetic.py:tiny --workdir={wd}/sft_longer "
               f"--config.init.checkpoint={wd}/pretrain/checkpoints "
               f"--config.tokenizer.path={wd}/pretrain/tokenizer.model --config.train.steps=600",
@@ -812,13 +800,13 @@ def run_quickstart(workdir: str, options: Options | None = None, **kwargs: Any) 
         if before and before not in stages and not stage_completed(workdir, before):
             raise QuickstartError(f"stage {stage} starts from the {before} stage, which has not completed in "
                                   f"{workdir}: run it too (--stages={','.join([before] + stages)})")
-    benchmarks_dir = resolve_benchmarks_dir(opts.benchmarks_dir) if "mine" in todo else None
+    benchmarks_dir = resolve_benchmarks_dir(opts.benchmarks_dir) if "mine" in todo else opts.benchmarks_dir
     os.makedirs(workdir, exist_ok=True)
     state = _State(workdir)
     previous = state.data.get("options") or {}
     state.data["options"] = {**{k: v for k, v in dataclasses.asdict(opts).items() if k != "overrides"},
                              "stages": stages, "overrides": {k: dict(v) for k, v in opts.overrides.items()},
-                             "benchmarks_dir": benchmarks_dir or opts.benchmarks_dir or previous.get("benchmarks_dir")}
+                             "benchmarks_dir": benchmarks_dir if "mine" in todo else previous.get("benchmarks_dir")}
     state.data["stopped_at"] = None
     bar = tqdm(total=len(stages), desc="quickstart", unit="stage", dynamic_ncols=True)
     try:
@@ -862,4 +850,5 @@ def run_quickstart(workdir: str, options: Options | None = None, **kwargs: Any) 
 
 __all__ = ["Options", "QuickstartError", "STAGES", "STAGE_CONFIGS", "run_quickstart", "resolve_benchmarks_dir",
            "load_config", "configs_dir", "parse_override", "apply_overrides", "collect_results", "write_outputs",
-           "render_report", "make_plots", "stage_completed", "pretrain_config", "sft_config", "grpo_config"]
+           "render_report", "make_plots", "stage_completed", "mine_config", "pretrain_config", "sft_config",
+           "grpo_config"]

@@ -224,12 +224,18 @@ time.sleep(60)
 """
 
 
-def test_tpu_stop_sends_sigterm_to_the_run_on_every_worker(fake_cloud):
+def _worker_homes(fake_cloud, dsmath_script: str, workers: int = 2) -> list[str]:
+    """Home directories of fake TPU workers whose installed `dsmath` is `dsmath_script`."""
     homes = []
-    for worker in range(2):
+    for worker in range(workers):
         home = fake_cloud.tmp / f"worker{worker}"
-        _executable(home / "dsmath_jax" / ".venv" / "bin" / "dsmath", FAKE_DSMATH_UNTIL_SIGTERM)
+        _executable(home / "dsmath_jax" / ".venv" / "bin" / "dsmath", dsmath_script)
         homes.append(str(home))
+    return homes
+
+
+def test_tpu_stop_sends_sigterm_to_the_run_on_every_worker(fake_cloud):
+    homes = _worker_homes(fake_cloud, FAKE_DSMATH_UNTIL_SIGTERM)
     fake_cloud("run", *PRETRAIN, FAKE_TPU_HOMES=",".join(homes))
     for home in homes:
         for _ in range(100):
@@ -250,11 +256,7 @@ print("done on worker", os.environ["FAKE_WORKER"])
 
 
 def test_tpu_run_wait_returns_when_the_run_has_exited(fake_cloud):
-    homes = []
-    for worker in range(2):
-        home = fake_cloud.tmp / f"worker{worker}"
-        _executable(home / "dsmath_jax" / ".venv" / "bin" / "dsmath", FAKE_DSMATH_BRIEF)
-        homes.append(str(home))
+    homes = _worker_homes(fake_cloud, FAKE_DSMATH_BRIEF)
     start = time.monotonic()
     result = fake_cloud("--wait", "--interval=1", "run", *PRETRAIN, FAKE_TPU_HOMES=",".join(homes))
     assert time.monotonic() - start >= 1.5

@@ -14,6 +14,8 @@ import json
 import math
 import pathlib
 import random
+import re
+from fractions import Fraction
 from collections import Counter
 
 import numpy as np
@@ -204,7 +206,71 @@ def test_missing_benchmark_files_are_skipped(tmp_path, caplog):
     got = list(benchmark_texts(tmp_path))
     assert ("gsm8k", "How many apples are there?") in got
     assert ("gsm8k", "3 + 4 = 7\n#### 7") in got   # the calculator annotations removed
-    assert "benchmark files missing" in caplog.text
+    assert "benchmark files missing" in caplog.text and "math/test.jsonl" in caplog.text  # named, in one warning
+    assert list(benchmark_texts(tmp_path, benchmarks=["gsm8k"])) == got
+    with pytest.raises(ValueError, match=r"unknown benchmark\(s\) \['gsm9k'\]"):
+        list(benchmark_texts(tmp_path, benchmarks=["gsm9k"]))
+
+
+def _eval_tex(tex: str) -> Fraction:
+    """An independent evaluation of tex_expression's output: TeX -> Python with exact fractions."""
+    py = tex.replace("\\left(", "(").replace("\\right)", ")").replace("\\times", "*")
+    while "\\frac" in py:
+        py = re.sub(r"\\frac\{([^{}]*)\}\{([^{}]*)\}", r"((\1)/(\2))", py)
+    py = re.sub(r"(\d+)", r"Fraction(\1)", py)
+    return eval(py, {"Fraction": Fraction})  # noqa: S307 - digits, operators and brackets only
+
+
+def test_tex_expressions_of_the_arithmetic_generator():
+    from dsmath_jax.mining.synthetic_crawl import tex_expression
+    from dsmath_jax.rl.arithmetic import generate_problems
+
+    assert tex_expression(5, [("+", 4), ("/", 3)]) == r"\frac{5 + 4}{3}"
+    assert tex_expression(2, [("+", 3), ("*", 4)]) == r"\left(2 + 3\right) \times 4"
+    assert tex_expression(7, [("*", 2), ("-", 4), ("*", 3)]) == r"\left(7 \times 2 - 4\right) \times 3"
+    assert _eval_tex(r"\left(7 \times 2 - 4\right) \times 3") == 30  # the checker itself, by hand
+    for p in generate_problems(300, seed=5, max_steps=4, max_operand=20, max_value=99):
+        assert _eval_tex(tex_expression(p.start, p.operations)) == int(p.answer), p
+
+
+def test_arithmetic_crawl_needs_no_files_and_is_clean_of_the_held_out_split(tmp_path):
+    from dsmath_jax.mining.synthetic_crawl import arithmetic_source
+    from dsmath_jax.rl.arithmetic import train_test_split
+
+    spec = {"n_test": 64, "seed": 3, "knobs": {"max_operand": 9, "max_value": 30, "max_steps": 2}}
+    source = arithmetic_source(spec, tmp_path / "bench", seed=1)
+    _, test = train_test_split(0, 64, seed=3, **spec["knobs"])
+    rows = [json.loads(line) for line in (tmp_path / "bench" / "arithmetic" / "test.jsonl").open()]
+    assert [(r["question"], r["response"]) for r in rows] == [(p.question, p.response) for p in test]
+    manifest = build_crawl(source, tmp_path / "crawl", seed=1, n_questions=12, n_problems=8, n_notes=4,
+                           n_prose=40, n_seed=40, n_near_duplicates=3, n_url_duplicates=2, n_contaminated=4)
+    assert manifest["source"] == "arithmetic" and manifest["benchmarks"] == ["arithmetic"]
+    # The reference: every 10-gram of the held-out questions and responses, computed here.
+    grams = set()
+    for p in test:
+        for text in (p.question, p.response):
+            t = ngram_tokens(text)
+            grams.update(" ".join(t[i:i + 10]) for i in range(len(t) - 9))
+
+    def contaminated(text):
+        t = ngram_tokens(text)
+        return any(" ".join(t[i:i + 10]) in grams for i in range(len(t) - 9))
+
+    pages = manifest["pages"]
+    planted = set(manifest["contaminated"])
+    assert len(planted) == 5 and set(manifest["contaminated"].values()) == {"arithmetic"}
+    assert all(contaminated(pages[u]["text"]) for u in planted)
+    clean = [u for u in pages if u not in planted and u not in manifest["near_duplicates"]]
+    assert clean and not [u for u in clean if contaminated(pages[u]["text"])]
+    math_pages = [u for u in clean if pages[u]["kind"] == "math"]
+    assert len(math_pages) == 12 + 8 + 4 - 4
+    assert any("\\frac{" in pages[u]["text"] for u in math_pages)  # TeX problem sets besides word problems
+    # The decontamination index, built from the benchmark file decontamination reads, finds the same pages.
+    index = build_ngram_index(benchmark_texts(tmp_path / "bench", benchmarks=["arithmetic"]))
+    assert {u for u in pages if find_contamination(pages[u]["text"], index)} == \
+        planted | {c for c, o in manifest["near_duplicates"].items() if o in planted}
+    seed = [json.loads(line) for line in (tmp_path / "crawl" / "seed.jsonl").open()]
+    assert len(seed) == 40 and not [r for r in seed if contaminated(r["text"])]
 
 
 # ----------------------------------------------------------------------------------------------- reading

@@ -1,4 +1,4 @@
-"""`dsmath quickstart` (dsmath_jax/quickstart.py): the whole pipeline, shrunk, on the real benchmark files.
+"""`dsmath quickstart` (dsmath_jax/quickstart.py): the whole pipeline, shrunk, offline (the README's command).
 
 One run directory goes through four invocations, which together check what a user relies on:
 
@@ -30,6 +30,8 @@ pytest.importorskip("matplotlib")
 for _module in ("apache_beam", "fasttext", "warcio", "resiliparse"):
     pytest.importorskip(_module)
 from dsmath_jax.mining.driver import DONE  # noqa: E402
+
+pytestmark = pytest.mark.xdist_group("quickstart")  # one worker builds the module's run
 
 STEPS_SCALE = 0.05  # e.g. pretrain 120 -> 6 steps, SFT 450 -> 22, GRPO 40 -> 2 (the step counts of configs/)
 FLAGS = dict(steps_scale=STEPS_SCALE, eval_samples=4, eval_problems=8, mining_iterations=2, crawl_scale=0.5)
@@ -86,21 +88,20 @@ class LogLines(logging.Handler):
             logging.getLogger(name).setLevel(self.levels[name])
 
 
-def cli_args(workdir: pathlib.Path, benchmarks: pathlib.Path, overrides: dict[str, dict]) -> list[str]:
-    args = ["quickstart", f"--workdir={workdir}", f"--benchmarks_dir={benchmarks}"]
+def cli_args(workdir: pathlib.Path, overrides: dict[str, dict]) -> list[str]:
+    args = ["quickstart", f"--workdir={workdir}"]
     args += [f"--{k}={v}" for k, v in FLAGS.items()]
     args += [f"--set={stage}:{k}={v}" for stage, items in overrides.items() for k, v in items.items()]
     return args
 
 
 @pytest.fixture(scope="module")
-def run(shared_data, tmp_path_factory):
-    """The four invocations above, with what each left behind."""
+def run(tmp_path_factory):
+    """The four invocations above, with what each left behind. No benchmark directory: the offline crawl."""
     from dsmath_jax.train import loop
 
     workdir = tmp_path_factory.mktemp("quickstart") / "run"
-    benchmarks = shared_data / "benchmarks"
-    out = types.SimpleNamespace(workdir=workdir, benchmarks=benchmarks)
+    out = types.SimpleNamespace(workdir=workdir)
 
     # 1. SFT's train step raises one step after the first checkpoint (which is complete by then).
     sft = Q.sft_config(str(workdir), Q.Options(steps_scale=STEPS_SCALE))
@@ -131,7 +132,7 @@ def run(shared_data, tmp_path_factory):
     Q.STAGE_FUNCTIONS["sft"] = sft_with_crash
     try:
         with pytest.raises(SimulatedCrash):
-            Q.run_quickstart(str(workdir), benchmarks_dir=str(benchmarks), overrides={"grpo": GRPO_FAST}, **FLAGS)
+            Q.run_quickstart(str(workdir), overrides={"grpo": GRPO_FAST}, **FLAGS)
     finally:
         Q.STAGE_FUNCTIONS["sft"] = original_sft
     out.state1 = read_json(workdir / Q.STATE_FILE)
@@ -142,7 +143,7 @@ def run(shared_data, tmp_path_factory):
 
     # 2. SFT continues; GRPO stops after one step.
     with LogLines("dsmath_jax.train.loop", "dsmath_jax.rl.loop") as log2:
-        out.results2 = Q.run_quickstart(str(workdir), benchmarks_dir=str(benchmarks),
+        out.results2 = Q.run_quickstart(str(workdir),
                                         overrides={"grpo": {**GRPO_FAST, "train.stop_after_steps": 1}}, **FLAGS)
     out.log2 = log2.lines
     out.state2 = read_json(workdir / Q.STATE_FILE)
@@ -152,12 +153,12 @@ def run(shared_data, tmp_path_factory):
 
     # 3. and 4. through the command line.
     with LogLines("dsmath_jax.train.loop", "dsmath_jax.rl.loop") as log3:
-        out.code3 = cli.main(cli_args(workdir, benchmarks, {"grpo": GRPO_FAST}))
+        out.code3 = cli.main(cli_args(workdir, {"grpo": GRPO_FAST}))
     out.log3 = log3.lines
     out.state3 = read_json(workdir / Q.STATE_FILE)
     out.snap3 = snapshot(workdir)
     out.results3 = read_json(workdir / Q.RESULTS_FILE)
-    out.code4 = cli.main(cli_args(workdir, benchmarks, {"grpo": GRPO_FAST}))
+    out.code4 = cli.main(cli_args(workdir, {"grpo": GRPO_FAST}))
     out.state4 = read_json(workdir / Q.STATE_FILE)
     out.snap4 = snapshot(workdir)
     out.results = read_json(workdir / Q.RESULTS_FILE)
@@ -255,6 +256,23 @@ def test_results_json_matches_each_stage(run):
     assert mine["stage0"]["pages_kept"] == stats["prepare"]["pages"]
     assert (wd / "mine" / "tfds" / "dsmath_corpus").is_dir()
 
+    # The offline crawl: its benchmark is the held-out split GRPO is evaluated on, and the corpus is clean of it.
+    from dsmath_jax.mining import files
+    from dsmath_jax.rl.tasks import load_problems
+    manifest = read_json(wd / "mine" / "synthetic" / "manifest.json")
+    assert manifest["source"] == "arithmetic" and manifest["benchmarks"] == ["arithmetic"]
+    held_out = [p.question for p in load_problems(load_config("configs/rl/grpo_outcome.py:tiny").data.problems,
+                                                  "test")]
+    bench = [json.loads(line) for line in (wd / "mine/synthetic/benchmarks/arithmetic/test.jsonl").open()]
+    assert [r["question"] for r in bench] == held_out
+    planted = set(manifest["contaminated"])
+    assert len(planted) >= 4 and all(any(q in manifest["pages"][u]["text"] for q in held_out) for u in planted)
+    corpus = list(files.iter_jsonl_shards(str(wd / "mine" / f"iter_{stats['final']['iteration']}" / "corpus" / "*")))
+    assert len(corpus) == mine["corpus"]["pages"]
+    assert not planted & {p["url"] for p in corpus}
+    assert not [p["url"] for p in corpus if any(q in p["text"] for q in held_out)]
+    assert sum(p["url"].startswith("https://mathhelp.example.org/questions/") for p in corpus) >= 5
+
     # Pre-training on the mixture, with a tokenizer trained on both sources; SFT and GRPO use that tokenizer.
     for stage, spec in (("pretrain", "configs/pretrain/table1_corpora.py:deepseekmath_corpus,tiny"),
                         ("sft", "configs/sft/arithmetic.py:tiny")):
@@ -322,15 +340,21 @@ def test_report_has_the_numbers_and_figures(run):
 
 
 def test_errors_name_what_to_do(tmp_path, monkeypatch, shared_data, capsys):
-    # Benchmark files: a directory without them, and no directory at all (MATH train cannot be downloaded).
-    with pytest.raises(Q.QuickstartError, match=r"--benchmarks_dir=.* lacks gsm8k/train.jsonl"):
+    # Benchmark files: a directory without them fails; none means the offline crawl, whatever the environment.
+    with pytest.raises(Q.QuickstartError, match=r"--benchmarks_dir=.* lacks gsm8k/train.jsonl.*Leave --benchmarks_dir"):
         Q.resolve_benchmarks_dir(str(tmp_path))
+    assert os.path.realpath(Q.resolve_benchmarks_dir(str(shared_data / "benchmarks"))) == \
+        os.path.realpath(shared_data / "benchmarks")
     monkeypatch.setenv("DSMATH_BENCHMARKS_DIR", str(shared_data / "benchmarks"))
-    assert os.path.realpath(Q.resolve_benchmarks_dir()) == os.path.realpath(shared_data / "benchmarks")
-    monkeypatch.delenv("DSMATH_BENCHMARKS_DIR")
-    monkeypatch.setenv("DSMATH_CACHE", str(tmp_path / "cache"))
-    with pytest.raises(Q.QuickstartError, match=r"--benchmarks_dir=DIR.*MATH train is published only as"):
-        Q.resolve_benchmarks_dir()
+    assert Q.resolve_benchmarks_dir() is None
+    offline = Q.mine_config(str(tmp_path), Q.Options(), None)
+    assert (offline.synthetic.source, offline.synthetic.benchmarks_dir, offline.decontamination.benchmarks_dir) == \
+        ("arithmetic", "", "")
+    rl_task = load_config("configs/rl/grpo_outcome.py:tiny").data.problems
+    assert offline.synthetic.arithmetic.to_dict() == {k: rl_task.to_dict()[k] for k in ("n_test", "seed", "knobs")}
+    on_files = Q.mine_config(str(tmp_path), Q.Options(), str(shared_data / "benchmarks"))
+    assert on_files.synthetic.source == "benchmarks"
+    assert on_files.decontamination.benchmarks_dir == on_files.synthetic.benchmarks_dir == str(shared_data / "benchmarks")
     # A later stage without the earlier one, bad stages and overrides, a missing configs/.
     with pytest.raises(Q.QuickstartError, match=r"starts from the pretrain stage.*--stages=pretrain,sft"):
         Q.run_quickstart(str(tmp_path / "w"), stages=["sft"])
@@ -360,3 +384,21 @@ def test_steps_scale_shrinks_every_stage_config():
     assert 1 <= g.eval.every <= g.train.steps_per_iteration
     assert (g.eval.samples, g.eval.n_problems, g.init.run_dir) == (3, 5, os.path.abspath("/nonexistent/sft"))
     assert Q.scaled(40, 0.01) == 1
+
+
+@pytest.mark.slow
+def test_the_full_quickstart_raises_held_out_accuracy(tmp_path):
+    """The README's command at full size (about 12 minutes on 2 cores; run with -m slow): it completes, and
+    after GRPO held-out greedy accuracy and maj@8 are above their values before, as the report says."""
+    import subprocess
+    import sys
+    workdir = tmp_path / "quickstart"
+    proc = subprocess.run([sys.executable, "-m", "dsmath_jax.cli", "quickstart", f"--workdir={workdir}"],
+                          capture_output=True, text=True, timeout=3600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    g = read_json(workdir / Q.RESULTS_FILE)["stages"]["grpo"]
+    assert g["steps"] == load_config("configs/rl/grpo_outcome.py:tiny").train.steps_per_iteration
+    assert g["after"]["greedy"] >= g["before"]["greedy"] + 0.015, (g["before"], g["after"])
+    assert g["after"]["maj@8"] > g["before"]["maj@8"], (g["before"], g["after"])
+    report = (workdir / Q.REPORT_FILE).read_text()
+    assert f"| greedy accuracy | {g['before']['greedy']:.3f} | {g['after']['greedy']:.3f} |" in report

@@ -28,13 +28,19 @@ minutes per iteration (~$7K of Dataflow compute at list prices, plus shuffle, st
 
 List-valued fields are tuples: override them as `--config.input.patterns="('a/*.warc.gz', 'b/*.wet.gz')"`.
 
-Tiny variant: a synthetic crawl of real text (benchmark *train* files and installed packages'
-documentation), built by the pipeline itself; runs on a CPU in a few minutes, unattended (paths whose
+Tiny variant: a synthetic crawl of real text (benchmark *train* files and standard-library
+docstrings), built by the pipeline itself; runs on a CPU in a few minutes, unattended (paths whose
 pages were mostly collected are annotated automatically):
 
   dsmath mine --config=configs/mining/deepseekmath_corpus.py:tiny --workdir=runs/mine_tiny \
     --config.synthetic.benchmarks_dir=DIR --config.decontamination.benchmarks_dir=DIR
 (DIR holds gsm8k/ and math/ train and test files; or set DSMATH_BENCHMARKS_DIR=DIR.)
+
+Without files (what `dsmath quickstart` mines): math pages made by the arithmetic task's generator,
+decontaminated against the task's held-out split:
+
+  dsmath mine --config=configs/mining/deepseekmath_corpus.py:tiny --workdir=runs/mine_tiny \
+    --config.synthetic.source=arithmetic
 """
 
 from __future__ import annotations
@@ -68,7 +74,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     # A synthetic crawl built into <workdir>/synthetic when input.patterns is empty (tiny runs, quickstart).
     c.synthetic = ml_collections.ConfigDict()
+    c.synthetic.source = "benchmarks"  # "benchmarks": GSM8K / MATH train pages from benchmarks_dir; "arithmetic":
+    # pages made by the arithmetic task's generator (no files; decontaminated against the task's held-out split)
     c.synthetic.benchmarks_dir = ""  # directory with gsm8k/ and math/ train (and test) files
+    c.synthetic.arithmetic = ml_collections.ConfigDict(  # the arithmetic task (rl.tasks spec) of source=arithmetic
+        {"n_test": 256, "seed": 0, "knobs": {"max_operand": 9, "max_value": 30, "max_steps": 2}})
     c.synthetic.seed = 0
 
     # Dedup (stage 0).
@@ -126,6 +136,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.decontamination = ml_collections.ConfigDict()
     c.decontamination.enabled = True
     c.decontamination.benchmarks_dir = ""  # laid out like the project's benchmark data
+    c.decontamination.benchmarks = ()  # names of mining.benchmarks.BENCHMARK_FILES to read; empty: all
     c.decontamination.ngram = 10
     c.decontamination.min_ngram = 3
     c.decontamination.mode = "page"  # "page" removes the page; "segment" removes the matching lines

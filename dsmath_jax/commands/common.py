@@ -45,10 +45,36 @@ def parse_flags(argv: list[str], prog: str, *, workdir_required: bool = True,
         raise UsageError(f"{prog}: cannot load --config={values['config'].config_filename}: {error}")
     if workdir_required and not values.workdir:
         raise UsageError(f"{prog}: --workdir is required")
-    logging.basicConfig(level=getattr(logging, values.log_level.upper(), logging.INFO),
+    setup_logging(values.log_level)
+    return values
+
+
+def setup_logging(level: str) -> None:
+    """Logs to stderr at `level`; absl (through which Orbax and Grain log every file operation) at WARNING
+    unless `level` is DEBUG."""
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    if values.log_level.upper() != "DEBUG":  # Orbax and Grain log every file operation through absl at INFO
+    if level.upper() != "DEBUG":
         logging.getLogger("absl").setLevel(logging.WARNING)
+
+
+def parse_plain_flags(argv: list[str], prog: str, define: Callable[[flags.FlagValues], None], *, doc: str,
+                      module: str) -> flags.FlagValues | int:
+    """Flags of a command without --config (`define` adds them, `--log_level` included): the parsed
+    FlagValues with logging set up, or an exit status: 0 after printing `doc` and the flags of `module`
+    for --help, 2 after printing a bad flag's error."""
+    values = flags.FlagValues()
+    define(values)
+    if any(a in ("-h", "--help", "-help", "--helpfull") for a in argv):
+        print(doc)
+        print(values.module_help(module))
+        return 0
+    try:
+        values([prog] + list(argv))
+    except flags.Error as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 2
+    setup_logging(values.log_level)
     return values
 
 

@@ -279,6 +279,23 @@ def _log_comparison(c: dict, tolerance: float) -> None:
              "PASSED" if c["passed"] else "FAILED")
 
 
+def _transformers_logits_timed(hf_dir: str, ids: np.ndarray) -> np.ndarray:
+    t = time.perf_counter()
+    logits = transformers_logits(hf_dir, ids)
+    log.info("check: transformers logits in %.1fs", time.perf_counter() - t)
+    return logits
+
+
+def _check_report(head: dict, tol: dict, ids: np.ndarray, comparisons: list[tuple]) -> dict:
+    """The check report: `head` (direction, source, output, ...), the tolerance, the token ids, and a
+    `compare_logits` entry, logged, per (name, reference logits, candidate logits, (what each is))."""
+    report = {**head, **tol, "token_ids": ids.tolist(), "comparisons": []}
+    for name, reference, candidate, what in comparisons:
+        report["comparisons"].append(compare_logits(name, reference, candidate, tol["tolerance"], what))
+        _log_comparison(report["comparisons"][-1], tol["tolerance"])
+    return report
+
+
 def _finish_check(report: dict, staging: str, out: str) -> dict:
     """Writes convert_check.json into `staging`; publishes it as `out`, or moves it aside and raises."""
     report["passed"] = all(c["passed"] for c in report["comparisons"])
@@ -393,26 +410,19 @@ def hf_to_run(hf_dir: str, run_dir: str, *, dtype: str = "float32", rope_layout:
         converted_logits = model_logits(converted, ids)
         del converted
         log.info("check: read back the run directory and ran it in %.1fs", time.perf_counter() - t)
-        tol = _tolerance(dtype, atol, rtol, float(np.abs(source_logits).max()))
-        report = {"direction": "hf_to_run", "source": src, "output": out, "dtype": dtype, **tol,
-                  "token_ids": ids.tolist(), "comparisons": []}
-        report["comparisons"].append(compare_logits(
-            "ours", source_logits, converted_logits, tol["tolerance"],
-            ("source Hugging Face weights (dsmath_jax)", "converted run directory (dsmath_jax)")))
+        head = {"direction": "hf_to_run", "source": src, "output": out, "dtype": dtype}
+        comparisons = [("ours", source_logits, converted_logits,
+                        ("source Hugging Face weights (dsmath_jax)", "converted run directory (dsmath_jax)"))]
         if check_with == "transformers":
             if rope_layout != "half":
                 log.warning("check transformers: skipped, %s stores q/k in the interleaved rotary layout, which "
                             "transformers' Llama does not use", src)
-                report["transformers_skipped"] = "source is in the interleaved rotary layout"
+                head["transformers_skipped"] = "source is in the interleaved rotary layout"
             else:
-                t = time.perf_counter()
-                hf = transformers_logits(src, ids)
-                report["comparisons"].append(compare_logits(
-                    "transformers", hf, converted_logits, tol["tolerance"],
-                    ("source (transformers LlamaForCausalLM)", "converted run directory (dsmath_jax)")))
-                log.info("check: transformers logits in %.1fs", time.perf_counter() - t)
-        for c in report["comparisons"]:
-            _log_comparison(c, tol["tolerance"])
+                comparisons.append(("transformers", _transformers_logits_timed(src, ids), converted_logits,
+                                    ("source (transformers LlamaForCausalLM)", "converted run directory (dsmath_jax)")))
+        report = _check_report(head, _tolerance(dtype, atol, rtol, float(np.abs(source_logits).max())), ids,
+                               comparisons)
         _write_json(os.path.join(staging, "config.json"), run_config(out))
         report = _finish_check(report, staging, out)
         staging = None
@@ -477,21 +487,13 @@ def run_to_hf(run_dir: str, hf_dir: str, *, step: int | None = None, dtype: str 
         converted_logits = model_logits(converted, ids)
         del converted
         log.info("check: read back the Hugging Face directory and ran it in %.1fs", time.perf_counter() - t)
-        tol = _tolerance(dtype, atol, rtol, float(np.abs(source_logits).max()))
-        report = {"direction": "run_to_hf", "source": src, "step": step, "output": out, "dtype": dtype, **tol,
-                  "token_ids": ids.tolist(), "comparisons": []}
-        report["comparisons"].append(compare_logits(
-            "ours", source_logits, converted_logits, tol["tolerance"],
-            ("source run checkpoint (dsmath_jax)", "converted Hugging Face weights (dsmath_jax)")))
+        comparisons = [("ours", source_logits, converted_logits,
+                        ("source run checkpoint (dsmath_jax)", "converted Hugging Face weights (dsmath_jax)"))]
         if check_with == "transformers":
-            t = time.perf_counter()
-            hf = transformers_logits(staging, ids)
-            report["comparisons"].append(compare_logits(
-                "transformers", source_logits, hf, tol["tolerance"],
-                ("source run checkpoint (dsmath_jax)", "converted (transformers LlamaForCausalLM)")))
-            log.info("check: transformers logits in %.1fs", time.perf_counter() - t)
-        for c in report["comparisons"]:
-            _log_comparison(c, tol["tolerance"])
+            comparisons.append(("transformers", source_logits, _transformers_logits_timed(staging, ids),
+                                ("source run checkpoint (dsmath_jax)", "converted (transformers LlamaForCausalLM)")))
+        report = _check_report({"direction": "run_to_hf", "source": src, "step": step, "output": out, "dtype": dtype},
+                               _tolerance(dtype, atol, rtol, float(np.abs(source_logits).max())), ids, comparisons)
         report = _finish_check(report, staging, out)
         staging = None
         log.info("wrote Hugging Face directory %s", out)
@@ -588,22 +590,11 @@ def _parse_mesh(text: str) -> dict[str, int] | None:
 
 
 def main(argv: list[str]) -> int:
+    from dsmath_jax.commands.common import parse_plain_flags
     prog = "dsmath convert"
-    values = flags.FlagValues()
-    _define_flags(values)
-    if any(a in ("-h", "--help", "-help", "--helpfull") for a in argv):
-        print(__doc__)
-        print(values.module_help(__name__))
-        return 0
-    try:
-        values([prog] + list(argv))
-    except flags.Error as e:
-        print(f"{prog}: {e}", file=sys.stderr)
-        return 2
-    logging.basicConfig(level=getattr(logging, values.log_level.upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    if values.log_level.upper() != "DEBUG":  # Orbax logs every file operation through absl at INFO
-        logging.getLogger("absl").setLevel(logging.WARNING)
+    values = parse_plain_flags(argv, prog, _define_flags, doc=__doc__, module=__name__)
+    if isinstance(values, int):
+        return values
 
     def usage(message: str) -> int:
         print(f"{prog}: {message}\nusage: dsmath convert --from_hf=DIR --to_run=DIR | --from_run=DIR [--step=N] "

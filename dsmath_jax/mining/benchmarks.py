@@ -2,8 +2,8 @@
 the evaluation sets, as (benchmark, text) pairs.
 
 Reads a directory laid out like the project's benchmark data (`gsm8k/test.jsonl`, `math/test.jsonl`,
-`math500/`, `cmath/`, `mgsm_zh/`, `gaokao/`, `sat/`, `ocw/`, `mmlu_stem/`); a missing file is logged and
-counted, not an error. Final-answer labels (a number, an option letter) are not texts: as 1-2 grams
+`math500/`, `cmath/`, `mgsm_zh/`, `gaokao/`, `sat/`, `ocw/`, `mmlu_stem/`, and `arithmetic/` for the
+arithmetic task's held-out split); missing files are logged in one warning that names them, not an error. Final-answer labels (a number, an option letter) are not texts: as 1-2 grams
 they are below the 3-gram minimum and would match any page. `decontamination.build_ngram_index`
 takes any iterable of (benchmark, text), so an evaluation registry can replace this reader.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from dsmath_jax.data.text_files import iter_jsonl
@@ -34,6 +34,9 @@ BENCHMARK_FILES: dict[str, list[tuple[str, tuple[str, ...]]]] = {
     "sat": [("sat/test.jsonl", ("question+options",))],
     "ocw": [("ocw/test.jsonl", ("problem", "solution"))],
     "mmlu_stem": [("mmlu_stem/test.jsonl", ("question+options",))],
+    # The arithmetic task's held-out split (`synthetic_crawl.arithmetic_source` writes it): the quickstart's
+    # evaluation set, so its offline crawl is decontaminated against it.
+    "arithmetic": [("arithmetic/test.jsonl", ("question", "response"))],
 }
 
 _GSM8K_CALCULATOR = re.compile(r"<<[^>]*>>")
@@ -54,19 +57,22 @@ def _field_texts(record: dict, field: str) -> list[str]:
 
 
 def benchmark_texts(benchmarks_dir: str | os.PathLike, *,
-                    benchmarks: list[str] | None = None) -> Iterator[tuple[str, str]]:
-    """(benchmark, text) for every question and worked answer; GSM8K answers come twice, with and
-    without their `<<48/2=24>>` calculator annotations (web copies have either form)."""
+                    benchmarks: Sequence[str] | None = None) -> Iterator[tuple[str, str]]:
+    """(benchmark, text) for every question and worked answer of `benchmarks` (names of BENCHMARK_FILES;
+    None: all); GSM8K answers come twice, with and without their `<<48/2=24>>` calculator annotations (web
+    copies have either form)."""
+    unknown = sorted(set(benchmarks or ()) - set(BENCHMARK_FILES))
+    if unknown:
+        raise ValueError(f"unknown benchmark(s) {unknown}; known: {sorted(BENCHMARK_FILES)}")
     root = Path(benchmarks_dir)
-    missing = 0
+    missing: list[str] = []
     for name, files in BENCHMARK_FILES.items():
         if benchmarks is not None and name not in benchmarks:
             continue
         for rel, fields in files:
             path = root / rel
             if not path.is_file():
-                missing += 1
-                logger.warning("benchmark file %s not found: %s is not decontaminated against", path, name)
+                missing.append(rel)
                 continue
             for _, record in iter_jsonl(path):
                 for field in fields:
@@ -78,4 +84,5 @@ def benchmark_texts(benchmarks_dir: str | os.PathLike, *,
                         if name == "gsm8k" and "<<" in text:
                             yield name, _GSM8K_CALCULATOR.sub("", text)
     if missing:
-        logger.warning("%d benchmark files missing under %s", missing, root)
+        logger.warning("%d benchmark files missing under %s, not decontaminated against: %s", len(missing), root,
+                       ", ".join(missing))

@@ -1,16 +1,24 @@
 """A small crawl made of real text, for tests, the `tiny` config and the quickstart.
 
-Nothing here is random filler: math pages are GSM8K and MATH *train* problems and solutions
-(from a benchmarks directory laid out like the project's shared data: `gsm8k/train.jsonl`,
-`math/train.jsonl`), rendered into HTML with MathJax v2 scripts, KaTeX spans, MathML `alttext` and
-LaTeX images; other pages are documentation prose that Python itself and the installed packages
-ship (standard-library docstrings, package descriptions). Into it are planted, and listed in the
-manifest so tests can check the pipeline against what was planted:
+Nothing here is random filler. The math pages come from a `CrawlSource`, one of:
+
+* `benchmark_source(dir)`: GSM8K and MATH *train* problems and solutions (from a benchmarks directory
+  laid out like the project's shared data: `gsm8k/train.jsonl`, `math/train.jsonl`); the planted
+  contamination is GSM8K / MATH *test* problems (`gsm8k/test.jsonl`, `math/test.jsonl`);
+* `arithmetic_source(spec, dir)`: needs no files, so the quickstart runs offline. Word problems and
+  TeX expressions (`Evaluate $\\frac{9 + 9}{2} - 3$.`) made by the arithmetic task's generator
+  (`dsmath_jax.rl.arithmetic`) from the task's knobs and another seed. The benchmark is the task's
+  held-out test split, written to `<dir>/arithmetic/test.jsonl` for decontamination, and the planted
+  contamination is test questions.
+
+They are rendered into HTML with MathJax v2 scripts, KaTeX spans, MathML `alttext` and LaTeX images;
+other pages are documentation prose that Python itself ships (standard-library docstrings). Into it
+are planted, and listed in the manifest so tests can check the pipeline against what was planted:
 
 * exact URL duplicates (the same page again, under a cosmetically different URL, and in a WET file),
 * near-duplicates (a page copied to a mirror site with a few words changed),
-* copies of GSM8K / MATH *test* problems inside otherwise clean pages (`gsm8k/test.jsonl`,
-  `math/test.jsonl`), including one benchmark text shorter than 10 n-gram tokens,
+* copies of benchmark test problems inside otherwise clean pages, including (from MATH) one
+  benchmark text shorter than 10 n-gram tokens,
 * bad input: a truncated WARC, a corrupt record between good ones, a non-UTF-8 page, a binary page,
   a very large page, empty files, a bad JSONL line, an HTTP 404 and an image response.
 
@@ -20,6 +28,7 @@ Layout written under `out_dir`:
     seed.jsonl                                            OpenWebMath-style positives {url, text, style}
                                                           (style: word_problems (GSM8K) | competition (MATH))
     manifest.json                                         what was planted (see `build_crawl`)
+    benchmarks/arithmetic/test.jsonl                      arithmetic_source only: the decontamination benchmark
 
 Sites: `mathhelp.example.org` (a math Q&A site: `/questions/` GSM8K word problems, `/problems/`
 MATH problem sets in KaTeX, and prose under `/about/` and `/blog/`), `algebra-notes.example.net`
@@ -30,6 +39,7 @@ MATH problem sets in KaTeX, and prose under `/about/` and `/blog/`), `algebra-no
 from __future__ import annotations
 
 import ast
+import dataclasses
 import gzip
 import hashlib
 import html
@@ -40,6 +50,7 @@ import os
 import random
 import re
 import sysconfig
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -196,6 +207,16 @@ def _page_html(site: str, title: str, body: str, charset: str = "utf-8") -> str:
 # ----------------------------------------------------------------------------------------------- pages
 
 
+def _word_text(it: dict) -> str:
+    """The visible text of a word problem on a page (what decontamination sees, so what must be clean)."""
+    return f'{it["question"]}\n{it["solution"]}\nThe answer is {it["answer"]}'
+
+
+def _problem_text(it: dict) -> str:
+    return it["problem"] + (f'\nAnswer: ${it["answer"]}$' if it["answer"] else "")
+
+
+
 def _gsm8k_page(items: list[dict], test_item: dict | None) -> tuple[str, str, str]:
     """(title, html body, plain text) of a Q&A page of GSM8K items (and a planted test item)."""
     blocks, texts = [], []
@@ -207,7 +228,7 @@ def _gsm8k_page(items: list[dict], test_item: dict | None) -> tuple[str, str, st
                       '<div class="answer"><h3>Answer</h3>'
                       + "".join(f"<p>{_gsm8k_html(line)}</p>" for line in it["solution"].split("\n") if line.strip())
                       + f'<p>The answer is {_mathjax(it["answer"], True)}</p></div></section>')
-        texts.append(f'{it["question"]}\n{it["solution"]}\nThe answer is {it["answer"]}')
+        texts.append(_word_text(it))
     title = "Word problem help: " + " ".join(all_items[0]["question"].split()[:8])
     return title, "\n".join(blocks), "\n\n".join(texts)
 
@@ -221,7 +242,7 @@ def _math_page(items: list[dict], style: str, test_problem: str | None) -> tuple
         answer_html = f'<p class="answer">Answer: {render_math_text("$" + answer + "$", style)}</p>' if answer else ""
         blocks.append(f'<div class="problem"><h2>Problem {k}</h2><p>{render_math_text(problem, style)}</p>'
                       f"{answer_html}</div>")
-        texts.append(problem + (f"\nAnswer: ${answer}$" if answer else ""))
+        texts.append(_problem_text({"problem": problem, "answer": answer}))
     subject = items[0].get("subject") or "Mathematics"
     title = f"{subject} practice problems: " + " ".join(items[0]["problem"].split()[:6])
     return title, "\n".join(blocks), "\n\n".join(texts)
@@ -257,14 +278,15 @@ class BenchmarkOverlap:
     (MATH train and test problems share phrasing such as "express your answer as a common fraction",
     so many train problems hold a test 10-gram) and, in tests, as an independent check of the index."""
 
-    def __init__(self, benchmarks_dir: str | os.PathLike, n: int = 10, min_n: int = 3):
+    def __init__(self, benchmarks_dir: str | os.PathLike, n: int = 10, min_n: int = 3,
+                 benchmarks: tuple[str, ...] | None = None):
         from dsmath_jax.mining.benchmarks import benchmark_texts
         from dsmath_jax.mining.decontamination import ngram_tokens
 
         self.n, self.min_n, self._tokens = n, min_n, ngram_tokens
         self.ngrams: set[str] = set()
         self.short: set[str] = set()
-        for _, text in benchmark_texts(benchmarks_dir):
+        for _, text in benchmark_texts(benchmarks_dir, benchmarks=benchmarks):
             t = ngram_tokens(text)
             if len(t) >= n:
                 self.ngrams.update(" ".join(t[i:i + n]) for i in range(len(t) - n + 1))
@@ -300,6 +322,103 @@ def _clean(items: list, text_of, overlap: BenchmarkOverlap, need: int) -> list:
         if not overlap.overlaps(text_of(it)):
             out.append(it)
     return out
+
+
+# ----------------------------------------------------------------------------------------------- sources
+
+
+@dataclasses.dataclass
+class CrawlSource:
+    """What the math pages of a synthetic crawl are made of, and the benchmark they must be clean of.
+
+    word_problems: {question, solution, answer} for Q&A pages and word-problem seed pages;
+    problems: {problem (TeX in `$...$`), answer, subject} for problem sets, notes and competition seeds;
+    word_tests / problem_tests: benchmark test items planted into Q&A pages (and one forum page) and
+    problem texts planted into problem-set pages; short_tests: benchmark texts of 3-9 n-gram tokens;
+    labels: the benchmark names of (word_tests, problem_tests) in the manifest's `contaminated`;
+    benchmarks_dir, benchmarks: what decontamination reads (`mining.benchmarks.benchmark_texts`).
+    The item lists are in a stable order; `build_crawl` shuffles and cleans them.
+    """
+
+    name: str
+    word_problems: list[dict]
+    problems: list[dict]
+    word_tests: list[dict]
+    problem_tests: list[str]
+    short_tests: list[str]
+    labels: tuple[str, str]
+    benchmarks_dir: str
+    benchmarks: tuple[str, ...] | None = None  # the benchmarks of benchmarks_dir it is clean of; None: all
+
+    @property
+    def overlap(self) -> "BenchmarkOverlap":
+        if not hasattr(self, "_overlap"):
+            self._overlap = BenchmarkOverlap(self.benchmarks_dir, benchmarks=self.benchmarks)
+        return self._overlap
+
+
+def benchmark_source(benchmarks_dir: str | os.PathLike) -> CrawlSource:
+    """GSM8K and MATH train items, with GSM8K / MATH test items to plant (see the module docstring)."""
+    root = Path(benchmarks_dir)
+    gsm8k, math = math_items(root)
+    gsm8k_test = []
+    for _, rec in iter_jsonl(root / "gsm8k" / "test.jsonl"):
+        solution, final = _clean_gsm8k_answer(rec["answer"])
+        gsm8k_test.append({"question": rec["question"], "solution": solution, "answer": final})
+    math_test = [rec["problem"] for _, rec in iter_jsonl(root / "math" / "test.jsonl") if "[asy]" not in rec["problem"]]
+    return CrawlSource("benchmarks", gsm8k, math, gsm8k_test, math_test, _short_test_problems(root),
+                       ("gsm8k", "math"), str(root))
+
+
+_TEX_ASKS = ("Evaluate ${}$.", "Compute ${}$.", "What is the value of ${}$?", "Simplify ${}$.")
+
+
+def tex_expression(start: int, operations: list[tuple[str, int]]) -> str:
+    """The arithmetic problem `start`, then each (op, operand), as one TeX expression evaluated left to right:
+    (5, [('+', 4), ('/', 3)]) -> `\\frac{5 + 4}{3}`."""
+    expr, loose = str(start), False  # loose: a top-level + or - that a following \times must bracket
+    for op, b in operations:
+        if op in "+-":
+            expr, loose = f"{expr} {op} {b}", True
+        elif op == "*":
+            expr, loose = (f"\\left({expr}\\right) \\times {b}" if loose else f"{expr} \\times {b}"), False
+        elif op == "/":
+            expr, loose = f"\\frac{{{expr}}}{{{b}}}", False
+        else:
+            raise ValueError(f"unknown operation {op!r}")
+    return expr
+
+
+def arithmetic_source(spec: Mapping[str, Any], benchmarks_dir: str | os.PathLike, *, seed: int = 0,
+                      n_word: int = 4000, n_tex: int = 4000) -> CrawlSource:
+    """Word problems and TeX expressions from the arithmetic task's generator (the task's knobs, seeds
+    derived from `seed` and distinct from the task's), with the task's held-out test split (`spec`: the
+    arithmetic spec of `dsmath_jax.rl.tasks`, {n_test, seed, knobs}) as the benchmark: written to
+    `<benchmarks_dir>/arithmetic/test.jsonl` and planted. Items whose question is a test question are
+    left out; `build_crawl` also drops those sharing an n-gram with the test split."""
+    from dsmath_jax.rl.arithmetic import generate_problems, train_test_split
+
+    spec = dict(spec.to_dict() if hasattr(spec, "to_dict") else spec)
+    knobs = dict(spec.get("knobs") or {})
+    task_seed = int(spec.get("seed", 0))
+    _, test = train_test_split(0, int(spec.get("n_test", 256)), seed=task_seed, **knobs)
+    root = Path(benchmarks_dir)
+    (root / "arithmetic").mkdir(parents=True, exist_ok=True)
+    rows = [{"question": p.question, "response": p.response, "answer": p.answer, "id": p.id} for p in test]
+    _atomic_write(root / "arithmetic" / "test.jsonl",
+                  "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
+    test_questions = {p.question for p in test}
+    base = 1_000_003 * (seed + 1) + task_seed
+    word = [{"question": p.question, "solution": "\n".join(p.steps), "answer": p.answer}
+            for p in generate_problems(n_word, seed=base, **knobs) if p.question not in test_questions]
+    tex = []
+    for k, p in enumerate(generate_problems(n_tex, seed=base + 1, **knobs)):
+        subject = "Prealgebra" if p.num_steps == 1 else "Algebra"
+        tex.append({"problem": _TEX_ASKS[k % len(_TEX_ASKS)].format(tex_expression(p.start, p.operations)),
+                    "answer": p.answer, "subject": subject})
+    word_tests = [{"question": p.question, "solution": "\n".join(p.steps), "answer": p.answer} for p in test]
+    return CrawlSource("arithmetic", word, tex, word_tests, [p.question for p in test], [],
+                       ("arithmetic", "arithmetic"), str(root), ("arithmetic",))
 
 
 # ----------------------------------------------------------------------------------------------- writing
@@ -339,42 +458,44 @@ def _warc_bytes(records: list[tuple[str, bytes, str, str]]) -> bytes:
     return buf.getvalue()
 
 
-def build_crawl(benchmarks_dir: str | os.PathLike, out_dir: str | os.PathLike, *, seed: int = 0,
+def build_crawl(source: str | os.PathLike | CrawlSource, out_dir: str | os.PathLike, *, seed: int = 0,
                 n_questions: int = 60, n_problems: int = 40, n_notes: int = 24, n_prose: int = 200,
                 n_seed: int = 300, n_near_duplicates: int = 12, n_url_duplicates: int = 10,
                 n_contaminated: int = 8, with_bad_input: bool = True, warc_files: int = 4) -> dict[str, Any]:
-    """Writes the crawl, seed and manifest under `out_dir` (see the module docstring); returns the manifest:
+    """Writes the crawl, seed and manifest under `out_dir` (see the module docstring); returns the manifest.
+    `source` is a CrawlSource or a benchmarks directory (`benchmark_source(dir)`). The manifest:
 
         pages:            {url: {kind: math|other, site, path, style, split: train|test, text}}
                           one entry per distinct page (normalised URL), near-duplicates included
         url_duplicates:   [url, ...]  extra fetches of pages already in `pages` (other spellings, WET copies)
         near_duplicates:  {copy url: original url}
-        contaminated:     {url: benchmark}   pages holding a GSM8K / MATH test problem
+        contaminated:     {url: benchmark}   pages holding a benchmark test problem (gsm8k, math, arithmetic)
         short_contaminated: [url]           the subset planted with a benchmark text of 3-9 tokens
         bad_input:        {counter: expected minimum}
         seed:             number of seed pages; files: crawl file names
+        source:           the CrawlSource's name; benchmarks_dir, benchmarks: what decontamination reads
     """
-    benchmarks_dir = Path(benchmarks_dir)
+    if not isinstance(source, CrawlSource):
+        source = benchmark_source(source)
     out = Path(out_dir)
     (out / "crawl").mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
-    overlap = BenchmarkOverlap(benchmarks_dir)
-    gsm8k, math = math_items(benchmarks_dir)
+    overlap = source.overlap
+    gsm8k, math = list(source.word_problems), list(source.problems)
     rng.shuffle(gsm8k)
     rng.shuffle(math)
     n_gsm8k = 3 * n_questions + 2 * n_seed
     n_math = 5 * (n_problems + n_notes) + 4 * n_seed
-    gsm8k = _clean(gsm8k, lambda it: f'{it["question"]} {it["solution"]} {it["answer"]}', overlap, n_gsm8k)
-    math = _clean(math, lambda it: f'{it["problem"]} {it["answer"]}', overlap, n_math)
+    gsm8k = _clean(gsm8k, _word_text, overlap, n_gsm8k)
+    math = _clean(math, _problem_text, overlap, n_math)
     if len(gsm8k) < n_gsm8k or len(math) < n_math:
-        raise ValueError(f"{benchmarks_dir}: {len(gsm8k)} clean GSM8K and {len(math)} clean MATH train items, "
-                         f"need {n_gsm8k} and {n_math}: ask for fewer pages")
+        raise ValueError(f"{source.name} source ({source.benchmarks_dir}): {len(gsm8k)} clean word problems and "
+                         f"{len(math)} clean problems, need {n_gsm8k} and {n_math}: ask for fewer pages")
     prose = prose_paragraphs()
     rng.shuffle(prose)
     prose = _clean(prose, lambda p: p, overlap, len(prose))
-    gsm8k_test = [rec for _, rec in iter_jsonl(benchmarks_dir / "gsm8k" / "test.jsonl")]
-    math_test = [rec for _, rec in iter_jsonl(benchmarks_dir / "math" / "test.jsonl") if "[asy]" not in rec["problem"]]
-    short_tests = _short_test_problems(benchmarks_dir)
+    gsm8k_test, math_test, short_tests = list(source.word_tests), list(source.problem_tests), list(source.short_tests)
+    word_label, problem_label = source.labels
     rng.shuffle(gsm8k_test)
     rng.shuffle(math_test)
 
@@ -398,24 +519,23 @@ def build_crawl(benchmarks_dir: str | os.PathLike, out_dir: str | os.PathLike, *
         items, gi = gsm8k[gi:gi + 3], gi + 3
         test_item = None
         if k < n_contam_gsm:
-            solution, final = _clean_gsm8k_answer(gsm8k_test[k]["answer"])
-            test_item = {"question": gsm8k_test[k]["question"], "solution": solution, "answer": final}
+            test_item = gsm8k_test[k]
         title, body, text = _gsm8k_page(items, test_item)
         url = f"https://{MATH_SITE}/questions/{1000 + k}/{_slug(items[0]['question'])}"
         add(url, "math", "/questions/", MATH_SITE, "mathjax", title, body, text)
         if test_item is not None:
-            contaminated[normalize_url(url)] = "gsm8k"
+            contaminated[normalize_url(url)] = word_label
     n_contam_math = n_contaminated - n_contam_gsm
     for k in range(n_problems):
         items, mi = math[mi:mi + 5], mi + 5
         test_problem = None
         if k < n_contam_math:
-            test_problem = short_tests[k] if (k == 0 and short_tests) else math_test[k]["problem"]
+            test_problem = short_tests[k] if (k == 0 and short_tests) else math_test[k]
         title, body, text = _math_page(items, "katex", test_problem)
         url = f"https://{MATH_SITE}/problems/{2000 + k}"
         add(url, "math", "/problems/", MATH_SITE, "katex", title, body, text)
         if test_problem is not None:
-            contaminated[normalize_url(url)] = "math"
+            contaminated[normalize_url(url)] = problem_label
             if k == 0 and short_tests:
                 short_contaminated.append(normalize_url(url))
     for k in range(n_notes):
@@ -437,13 +557,13 @@ def build_crawl(benchmarks_dir: str | os.PathLike, out_dir: str | os.PathLike, *
         else:  # pool used up (large crawls): pages of paragraphs drawn at random, near-duplicates are unlikely
             paras = rng.sample(prose, n_par)
         quote = None
-        if site == "forum.example.com" and sum(1 for b in contaminated.values() if b == "gsm8k/forum") < 1:
+        if site == "forum.example.com" and sum(1 for b in contaminated.values() if b.endswith("/forum")) < 1:
             quote = gsm8k_test[n_contam_gsm]["question"]
         title, body, text = _prose_page(paras, quote)
         url = f"https://{'www.' if k % 3 == 0 else ''}{site}{path}{_slug(title)}-{k}"
         add(url, "other", path, site, "plain", title, body, text)
         if quote is not None:
-            contaminated[normalize_url(url)] = "gsm8k/forum"
+            contaminated[normalize_url(url)] = word_label + "/forum"
     contaminated = {u: b.split("/")[0] for u, b in contaminated.items()}
 
     # Near-duplicates: clean pages copied to a mirror with a few words changed.
@@ -496,18 +616,20 @@ def build_crawl(benchmarks_dir: str | os.PathLike, out_dir: str | os.PathLike, *
     for k in range(n_seed):
         if k % 3 < 2 and gi + 2 <= len(gsm8k):
             items, gi = gsm8k[gi:gi + 2], gi + 2
-            text = "\n\n".join(f'{it["question"]}\n{it["solution"]}\nThe answer is {it["answer"]}' for it in items)
+            text = "\n\n".join(_word_text(it) for it in items)
             style = "word_problems"
         else:
             items, mi = math[mi:mi + 4], mi + 4
-            text = "\n\n".join(f'{it["problem"]}\nAnswer: ${it["answer"]}$' for it in items)
+            text = "\n\n".join(_problem_text(it) for it in items)
             style = "competition"
         seed_pages.append({"url": f"https://seed.example.org/{style}/{k}", "text": text, "style": style})
     _atomic_write(out / "seed.jsonl", "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in seed_pages).encode())
 
     manifest = {"pages": pages, "url_duplicates": url_dups, "near_duplicates": near,
                 "contaminated": contaminated, "short_contaminated": short_contaminated, "bad_input": bad,
-                "seed": len(seed_pages), "files": files}
+                "seed": len(seed_pages), "files": files, "source": source.name,
+                "benchmarks_dir": os.path.abspath(source.benchmarks_dir),
+                "benchmarks": list(source.benchmarks) if source.benchmarks is not None else None}
     _atomic_write(out / "manifest.json", json.dumps(manifest, ensure_ascii=False, indent=1).encode())
     logger.info("synthetic crawl in %s: %d pages (%d math), %d URL duplicates, %d near-duplicates, "
                 "%d contaminated, %d seed pages", out, len(pages),
