@@ -280,8 +280,8 @@ def mine_config(workdir: str, opts: Options, benchmarks_dir: str | None) -> ml_c
 def mine_stage(workdir: str, opts: Options, benchmarks_dir: str | None) -> dict:
     """Mines the corpus into <workdir>/mine (resumable); returns the driver's stats."""
     try:
-        from dsmath_jax.mining.driver import AWAITING_ANNOTATION, run_mining
-        from dsmath_jax.mining.synthetic_crawl import arithmetic_source, build_crawl
+        from dsmath_jax.mining.driver import AWAITING_ANNOTATION, run_mining, synthetic_crawl_source
+        from dsmath_jax.mining.synthetic_crawl import build_crawl
     except ImportError as e:
         raise QuickstartError(f"the mine stage needs the mining extra ({e}): pip install -e '.[beam]'") from e
 
@@ -294,11 +294,7 @@ def mine_stage(workdir: str, opts: Options, benchmarks_dir: str | None) -> dict:
         # The driver builds the tiny config's crawl (build_crawl's default sizes); a scaled one is built here.
         defaults = inspect.signature(build_crawl).parameters
         sizes = {k: max(1, int(round(defaults[k].default * opts.crawl_scale))) for k in CRAWL_SIZE_KEYS}
-        seed = int(config.synthetic.seed)
-        source = (config.synthetic.benchmarks_dir if config.synthetic.source == "benchmarks" else
-                  arithmetic_source(config.synthetic.arithmetic.to_dict(), os.path.join(synthetic, "benchmarks"),
-                                    seed=seed))
-        build_crawl(source, synthetic, seed=seed, **sizes)
+        build_crawl(synthetic_crawl_source(config, out), synthetic, seed=int(config.synthetic.seed), **sizes)
     with contextlib.redirect_stdout(sys.stderr):
         stats = run_mining(config, out)
     if stats["status"] == AWAITING_ANNOTATION:

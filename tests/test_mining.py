@@ -580,6 +580,8 @@ def test_bad_annotation_csv_names_the_file_and_line(tmp_path):
 def test_mine_command_rejects_a_config_without_input(tmp_path, capsys):
     assert cli.main(["mine", f"--config={CONFIG}", f"--workdir={tmp_path}"]) == 2
     assert "input.patterns is empty" in capsys.readouterr().err
+    assert cli.main(["mine", f"--config={CONFIG}", f"--workdir={tmp_path}", "--config.synthetic.source=nope"]) == 2
+    assert "synthetic.source='nope'" in capsys.readouterr().err
 
 
 def test_gzip_jsonl_pages_are_read(tmp_path):

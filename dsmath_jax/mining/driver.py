@@ -89,26 +89,12 @@ def resolve_inputs(config: ml_collections.ConfigDict, workdir: str) -> tuple[lis
         if not seeds:
             raise MiningConfigError("seed.paths is empty: the first classifier needs seed pages (JSONL with `text`)")
         return patterns, seeds
-    source = config.synthetic.get("source", "benchmarks")
-    if source not in ("benchmarks", "arithmetic"):
-        raise MiningConfigError(f"synthetic.source={source!r}: expected 'benchmarks' or 'arithmetic'")
-    if source == "benchmarks" and not config.synthetic.benchmarks_dir:
-        raise MiningConfigError("input.patterns is empty and synthetic.benchmarks_dir is not set: "
-                                "give crawl files (--config.input.patterns=\"('crawl/*.warc.gz',)\"), a benchmarks "
-                                "directory to build a synthetic crawl from, or --config.synthetic.source=arithmetic "
-                                "(a crawl made by the arithmetic task's generator, no files needed)")
-    from dsmath_jax.mining.synthetic_crawl import arithmetic_source, build_crawl
-
     out = synthetic_dir(workdir)
     if not files.exists(files.join(out, "manifest.json")):
         if not files.is_local(out):
             raise MiningConfigError("the synthetic crawl is built on local disk only: use a local --workdir")
-        if source == "arithmetic":
-            crawl_source = arithmetic_source(config.synthetic.arithmetic.to_dict(), files.join(out, "benchmarks"),
-                                             seed=config.synthetic.seed)
-        else:
-            crawl_source = config.synthetic.benchmarks_dir
-        build_crawl(crawl_source, out, seed=config.synthetic.seed)
+        from dsmath_jax.mining.synthetic_crawl import build_crawl
+        build_crawl(synthetic_crawl_source(config, workdir), out, seed=config.synthetic.seed)
     return [files.join(out, "crawl", "*")], seeds or [files.join(out, "seed.jsonl")]
 
 
@@ -117,14 +103,34 @@ def synthetic_dir(workdir: str) -> str:
     return files.join(workdir, "synthetic")
 
 
-def decontamination_benchmarks_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
-    """decontamination.benchmarks_dir, or, when it is empty and the run builds an arithmetic synthetic crawl,
-    the benchmark directory that crawl wrote (the arithmetic task's held-out split)."""
+def synthetic_crawl_source(config: ml_collections.ConfigDict, workdir: str):
+    """What the synthetic crawl is made of (`synthetic.source`): a benchmarks directory, or the arithmetic
+    task's CrawlSource, whose benchmark file is written under <workdir>/synthetic/benchmarks."""
+    source = config.synthetic.get("source", "benchmarks")
+    if source not in ("benchmarks", "arithmetic"):
+        raise MiningConfigError(f"synthetic.source={source!r}: expected 'benchmarks' or 'arithmetic'")
+    if source == "arithmetic":
+        from dsmath_jax.mining.synthetic_crawl import arithmetic_source
+        return arithmetic_source(config.synthetic.arithmetic.to_dict(), files.join(synthetic_dir(workdir),
+                                 "benchmarks"), seed=config.synthetic.seed)
+    if not config.synthetic.benchmarks_dir:
+        raise MiningConfigError("input.patterns is empty and synthetic.benchmarks_dir is not set: "
+                                "give crawl files (--config.input.patterns=\"('crawl/*.warc.gz',)\"), a benchmarks "
+                                "directory to build a synthetic crawl from, or --config.synthetic.source=arithmetic "
+                                "(a crawl made by the arithmetic task's generator, no files needed)")
+    return config.synthetic.benchmarks_dir
+
+
+def decontamination_benchmarks(config: ml_collections.ConfigDict, workdir: str) -> tuple[str, tuple[str, ...] | None]:
+    """(benchmarks dir, benchmark names or None for all) that decontamination reads: the config's, or, when
+    decontamination.benchmarks_dir is empty and the run builds an arithmetic synthetic crawl, that crawl's
+    own benchmark (the arithmetic task's held-out split)."""
+    names = tuple(config.decontamination.get("benchmarks", ()) or ()) or None
     if config.decontamination.benchmarks_dir:
-        return config.decontamination.benchmarks_dir
+        return config.decontamination.benchmarks_dir, names
     if not config.input.patterns and config.synthetic.get("source", "benchmarks") == "arithmetic":
-        return files.join(synthetic_dir(workdir), "benchmarks")
-    return ""
+        return files.join(synthetic_dir(workdir), "benchmarks"), names or ("arithmetic",)
+    return "", names
 
 
 def seed_texts(patterns: list[str], max_pages: int) -> Iterator[str]:
@@ -184,13 +190,10 @@ def decontamination_index(config: ml_collections.ConfigDict, workdir: str) -> st
     path = files.join(workdir, "decontamination_index.npz")
     if files.exists(path):
         return path
-    benchmarks_dir = decontamination_benchmarks_dir(config, workdir)
+    benchmarks_dir, names = decontamination_benchmarks(config, workdir)
     if not benchmarks_dir:
         raise MiningConfigError("decontamination.benchmarks_dir is not set (or set decontamination.enabled=False)")
-    names = tuple(config.decontamination.get("benchmarks", ()) or ())
-    if not names and not config.decontamination.benchmarks_dir and benchmarks_dir:  # an arithmetic crawl's own
-        names = ("arithmetic",)
-    index = build_ngram_index(benchmark_texts(benchmarks_dir, benchmarks=names or None),
+    index = build_ngram_index(benchmark_texts(benchmarks_dir, benchmarks=names),
                               n=config.decontamination.ngram, min_n=config.decontamination.min_ngram)
     if len(index) == 0:
         raise MiningConfigError(f"no benchmark texts found under decontamination.benchmarks_dir={benchmarks_dir!r}")

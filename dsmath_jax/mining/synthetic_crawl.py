@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import gzip
 import hashlib
 import html
@@ -350,11 +351,9 @@ class CrawlSource:
     benchmarks_dir: str
     benchmarks: tuple[str, ...] | None = None  # the benchmarks of benchmarks_dir it is clean of; None: all
 
-    @property
+    @functools.cached_property
     def overlap(self) -> "BenchmarkOverlap":
-        if not hasattr(self, "_overlap"):
-            self._overlap = BenchmarkOverlap(self.benchmarks_dir, benchmarks=self.benchmarks)
-        return self._overlap
+        return BenchmarkOverlap(self.benchmarks_dir, benchmarks=self.benchmarks)
 
 
 def benchmark_source(benchmarks_dir: str | os.PathLike) -> CrawlSource:
