@@ -59,6 +59,9 @@ EXTRAS_REQUIRE = {
         "transformers>=4.46,<6",
         "scipy>=1.11",
         "psutil>=5.9",
+        # libtpu: compile-only plans for TPU topologies (tests/test_plan.py, the splash-attention lowering);
+        # on a machine without a TPU it only provides the compiler.
+        "jax[tpu]>=0.8,<0.11",
     ] + BEAM + NOTEBOOKS,  # the mining tests run the real Beam pipeline; the notebooks are executed
     "beam": BEAM,
     "notebooks": ["jupyter>=1.0"] + NOTEBOOKS,

@@ -13,16 +13,29 @@ from typing import Any
 import ml_collections
 from ml_collections.config_dict import placeholder
 
+from dsmath_jax.model.config import COMPUTE_FIELDS
+
 
 def source(kind: str, *, weight: float = 1.0, **fields: Any) -> dict[str, Any]:
     """A data-source spec (see `dsmath_jax.data.sources`)."""
     return dict(kind=kind, weight=weight, **fields)
 
 
+def model_section(**values: Any) -> ml_collections.ConfigDict:
+    """A config's `model` section: a preset and overrides (`ModelConfig` fields), with the compute settings
+    present as unset placeholders so that the command line can set them (`--config.model.attention_impl=xla`)."""
+    c = ml_collections.ConfigDict(dict(preset=placeholder(str)))
+    for name in COMPUTE_FIELDS:
+        kind = {"scan_layers": bool, "logits_chunk": int}.get(name, str)
+        c[name] = placeholder(kind)
+    c.update(values)
+    return c
+
+
 def base_train_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.model = ml_collections.ConfigDict(dict(preset="tiny"))
+    c.model = model_section(preset="tiny")
     c.init = ml_collections.ConfigDict(dict(hf_dir=placeholder(str), checkpoint=placeholder(str),
                                             step=placeholder(int)))
     c.tokenizer = ml_collections.ConfigDict(dict(path=placeholder(str), train_vocab_size=placeholder(int),
@@ -66,7 +79,7 @@ def deepseekmath_7b(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 def tiny_overrides(c: ml_collections.ConfigDict, *, steps: int = 120, seq_len: int = 128, batch_size: int = 16,
                    lr: float = 3e-3) -> ml_collections.ConfigDict:
     """Shrinks a config to the `tiny` model, a trained 512-piece sentencepiece tokenizer and a CPU-sized run."""
-    c.model = ml_collections.ConfigDict(dict(preset="tiny", vocab_size=512, max_seq_len=seq_len))
+    c.model = model_section(preset="tiny", vocab_size=512, max_seq_len=seq_len)
     c.tokenizer.train_vocab_size = 512
     c.tokenizer.train_docs = 4000
     c.data.seq_len = seq_len

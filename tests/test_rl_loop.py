@@ -181,7 +181,7 @@ def test_rl_config_errors():
     from dsmath_jax.rl.loop import RLRun
     c = load_config("configs/rl/grpo_outcome.py:tiny")
     with pytest.raises(ValueError, match="init.run_dir"):
-        RLRun(c, "unused")
+        RLRun(c, "unused").run()  # checked when the run starts (a compile-only plan needs no policy)
     c.init.run_dir = "x"
     c.method = "rft"
     c.reward.kind = "step_rule"

@@ -20,6 +20,7 @@ def get_config(arg=None):
     args = parse_arg(arg, {"mode": ("cot", "pot")})
     pot = args.get("mode") == "pot"
     c = base_eval_config(("gsm8k", "math") if pot else COT, "few_shot_pot" if pot else "few_shot_cot")
+    c.plan.preset = "deepseekmath_7b"  # what --compile_only assumes when --model cannot be read
     if args["tiny"]:
         c.eval.benchmarks = ["gsm8k", "math"]
         tiny(c)

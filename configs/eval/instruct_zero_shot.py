@@ -18,6 +18,7 @@ def get_config(arg=None):
     args = parse_arg(arg, {"mode": ("cot", "tool")})
     mode = "tool" if args.get("mode") == "tool" else "zero_shot_cot"
     c = base_eval_config(("gsm8k", "math", "mgsm_zh", "cmath"), mode)
+    c.plan.preset = "deepseekmath_7b"  # what --compile_only assumes when --model cannot be read
     if args["tiny"]:
         c.eval.benchmarks = ["gsm8k", "math"]
         tiny(c)

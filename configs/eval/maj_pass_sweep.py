@@ -16,6 +16,7 @@ def get_config(arg=None):
     args = parse_arg(arg, {})
     c = base_eval_config(("gsm8k", "math"), "zero_shot_cot", n=64, temperature=0.7, top_p=1.0,
                          ks=[1, 2, 4, 8, 16, 32, 64], seed=0)
+    c.plan.preset = "deepseekmath_7b"  # what --compile_only assumes when --model cannot be read
     if args["tiny"]:
         tiny(c)
         c.eval.n = 8

@@ -28,7 +28,7 @@ def get_config(arg=None):
         raise ValueError(f"configs/rl/paradigm.py needs a method argument, one of {ARMS} (e.g. :grpo_outcome,tiny)")
     arm = args["arm"]
     c = paper_grpo(base_rl_config())
-    c.model.update(dtype="bfloat16", remat_policy="dots_no_batch", scan_layers=True)
+    c.model.update(preset="deepseek_1_3b", dtype="bfloat16", remat_policy="dots_no_batch", scan_layers=True)
     c.train.update(steps_per_iteration=1200, accum_steps=4)
     c.method = {"grpo_outcome": "grpo", "grpo_process": "grpo"}.get(arm, arm)
     if arm == "grpo_process":

@@ -33,12 +33,12 @@ def get_config(arg=None):
     c.kind = "orm"
     c.labels.mode = "outcome"
     c.init.rm_init_dir = "deepseek-math-7b-base"  # a local or gs:// Hugging Face directory: override it
-    c.model.update(dtype="bfloat16", remat_policy="save_qkv", scan_layers=True)
+    c.model.update(preset="deepseekmath_7b", dtype="bfloat16", remat_policy="save_qkv", scan_layers=True)
     c.data.update(problems=[dict(kind="gsm8k"), dict(kind="math")], template=COT_TEMPLATE)
     c.sampling.update(samples_per_problem=15, temperature=0.7, max_new_tokens=1024)
     if args["tiny"]:
         tiny_rm_overrides(c)
         c.init.rm_init_dir = None
-        c.model.update(dtype=None, remat_policy=None, scan_layers=None)
+        c.model.update(preset=None, dtype=None, remat_policy=None, scan_layers=None)
         c.data.template = "{question}"
     return c

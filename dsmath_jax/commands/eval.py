@@ -38,6 +38,7 @@ def _main(values) -> int:
     rules = rules_from_config(cfg.mesh.get("rules"))
     model, tokenizer = load_run(path, mesh=mesh, rules=rules, step=values.step, **cfg.model_overrides.to_dict())
     sampler = Sampler(model, tokenizer, batch_size=cfg.batch_size, mesh=mesh, rules=rules)
+    del model  # the sampler holds its own copy of the weights, in the compute dtype and its decode layout
     spec = EvalSpec(**cfg.eval.to_dict())
     summary = run_eval(sampler, spec, values.workdir, data_dir=cfg.get("benchmarks_dir"), extra={"model": path})
     print(json.dumps([{k: v for k, v in r.items() if k != "breakdown"} for r in summary["results"]], indent=2))
@@ -45,4 +46,4 @@ def _main(values) -> int:
 
 
 def main(argv: list[str]) -> int:
-    return run_command(_main, argv, "dsmath eval", define_extra=_flags)
+    return run_command(_main, argv, "dsmath eval", define_extra=_flags, plannable=True)

@@ -22,4 +22,4 @@ def _main(flags) -> int:
 
 
 def main(argv: list[str]) -> int:
-    return run_command(_main, argv, "dsmath rl")
+    return run_command(_main, argv, "dsmath rl", plannable=True)

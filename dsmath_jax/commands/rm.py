@@ -50,7 +50,9 @@ def base_rm_config():
     seed; kind ("orm" | "prm");
     init: run_dir (the generator policy: a `dsmath sft` run or a Hugging Face dir; required), rm_init_dir (the
       model the RM's trunk starts from, same tokenizer; None = the policy), step (checkpoint step of run_dir);
-    model: compute overrides when loading (dtype, remat_policy, scan_layers, attention_impl; None = as saved);
+    model: preset (the architecture a `--compile_only` plan assumes where init.run_dir cannot be read; a run
+      checks it against the loaded policy), then compute overrides when loading (dtype, remat_policy,
+      scan_layers, attention_impl, logits_chunk; None = as saved);
     data: problems (list of problem specs, dsmath_jax.rl.tasks), split, limit_per_source, template (the
       question inside the chat prompt), data_dir / benchmarks_dir (GSM8K / MATH copies), seq_len (RM rows:
       prompt + completion, longer ones cut and counted), max_steps (PRM steps per row), validation_fraction
@@ -62,7 +64,8 @@ def base_rm_config():
     optimizer: schedule {name, peak, warmup_steps, ...}, b1, b2, weight_decay, clip_norm (AdamW);
     train: steps, batch_size, accum_steps, seed (batch order), log_every, eval_every, eval_batch_size,
       checkpoint_every, keep_checkpoints, async_checkpoint, tensorboard;
-    mesh: shape, rules; distributed: multi-host start-up (as the training configs).
+    mesh: shape, rules; distributed: multi-host start-up (as the training configs);
+    plan: prompt_tokens (the longest prompt a `--compile_only` plan assumes).
     """
     import ml_collections
     from ml_collections.config_dict import placeholder
@@ -71,8 +74,9 @@ def base_rm_config():
     c.kind = "orm"
     c.init = ml_collections.ConfigDict(dict(run_dir=placeholder(str), rm_init_dir=placeholder(str),
                                             step=placeholder(int)))
-    c.model = ml_collections.ConfigDict(dict(dtype=placeholder(str), remat_policy=placeholder(str),
-                                             scan_layers=placeholder(bool), attention_impl=placeholder(str)))
+    c.model = ml_collections.ConfigDict(dict(preset=placeholder(str), dtype=placeholder(str), remat_policy=placeholder(str),
+                                             scan_layers=placeholder(bool), attention_impl=placeholder(str),
+                                             logits_chunk=placeholder(int)))
     c.data = ml_collections.ConfigDict(dict(
         problems=[], split="train", limit_per_source=placeholder(int), template="{question}",
         data_dir=placeholder(str), benchmarks_dir=placeholder(str), seq_len=1536, max_steps=64,
@@ -81,6 +85,8 @@ def base_rm_config():
                                                 max_new_tokens=1024, batch_size=64, seed=0))
     c.labels = ml_collections.ConfigDict(dict(mode="outcome", n=8, temperature=0.7, max_new_tokens=1024, seed=1))
     c.grader = ml_collections.ConfigDict(dict(workers=8, timeout=5.0))
+    # What `--compile_only` plans assume where the data are not read: the longest prompt (question + template).
+    c.plan = ml_collections.ConfigDict(dict(prompt_tokens=512))
     c.optimizer = ml_collections.ConfigDict(dict(
         schedule=dict(name="constant", peak=2e-5, warmup_steps=50), b1=0.9, b2=0.95, weight_decay=0.0,
         clip_norm=1.0))
@@ -112,7 +118,7 @@ def tiny_rm_overrides(c, *, steps: int = 60):
 
 
 def main(argv: list[str]) -> int:
-    return run_command(_main, argv, "dsmath rm")
+    return run_command(_main, argv, "dsmath rm", plannable=True)
 
 
 def _main(flags) -> int:
@@ -270,7 +276,7 @@ def _optimizer(config):
 
 def _load_model(path: str, config, mesh, rules):
     from dsmath_jax.train.restore import load_run
-    overrides = {k: v for k, v in _as_dict(config.model).items() if v is not None}
+    overrides = {k: v for k, v in _as_dict(config.model).items() if v is not None and k != "preset"}
     return load_run(path, mesh=mesh, rules=rules, step=config.init.get("step"), **overrides)
 
 
@@ -307,6 +313,8 @@ def run(config, workdir: str) -> dict[str, Any]:
     policy = tokenizer = None
     if not have_labels or start is None:
         policy, tokenizer = _load_model(config.init.run_dir, config, mesh, rules)
+        from dsmath_jax.rl.loop import check_architecture
+        check_architecture(policy.config, config.model.get("preset"), config.init.run_dir)
         if jax.process_index() == 0:
             _copy_tokenizer(tokenizer, workdir)
         _sync("rm_tokenizer")

@@ -23,8 +23,8 @@ def _run(task: str):
 
 
 def pretrain_main(argv: list[str]) -> int:
-    return run_command(_run("pretrain"), argv, "dsmath pretrain")
+    return run_command(_run("pretrain"), argv, "dsmath pretrain", plannable=True)
 
 
 def sft_main(argv: list[str]) -> int:
-    return run_command(_run("sft"), argv, "dsmath sft")
+    return run_command(_run("sft"), argv, "dsmath sft", plannable=True)

@@ -17,6 +17,10 @@ def base_eval_config(benchmarks, mode: str, **eval_fields) -> ml_collections.Con
     c.model_overrides = ml_collections.ConfigDict(dict(dtype="bfloat16"))
     c.mesh = ml_collections.ConfigDict(dict(shape=dict(data=1, fsdp=-1, tensor=1), rules=placeholder(tuple)))
     c.distributed = ml_collections.ConfigDict(dict(enabled="auto", timeout_s=300))
+    # What a `--compile_only` plan assumes: the longest prompt (few-shot exemplars + question) and, where the
+    # model directory cannot be read, its architecture.
+    few_shot = mode.startswith("few_shot")
+    c.plan = ml_collections.ConfigDict(dict(prompt_tokens=2048 if few_shot else 512, preset=placeholder(str)))
     return c
 
 
@@ -26,4 +30,5 @@ def tiny(c: ml_collections.ConfigDict, *, limit: int = 20, max_new_tokens: int =
     c.eval.max_new_tokens = max_new_tokens
     c.batch_size = 16  # a multiple of the 8 test devices, so rows shard instead of replicating
     c.model_overrides = ml_collections.ConfigDict(dict(dtype="float32"))
+    c.plan.update(preset="tiny", prompt_tokens=256)
     return c

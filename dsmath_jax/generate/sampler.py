@@ -27,8 +27,10 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
 from dsmath_jax.data.tokenizers import Tokenizer
+from dsmath_jax.model.loops import scan_unroll
 from dsmath_jax.model.transformer import CausalLM, KVCache, init_cache
-from dsmath_jax.parallel.mesh import DEFAULT_RULES, Rules, activation_sharding, get_params, logical_to_spec
+from dsmath_jax.parallel.mesh import (DEFAULT_RULES, Rules, activation_sharding, get_params, logical_to_spec,
+                                      make_mesh, param_shardings)
 
 log = logging.getLogger(__name__)
 
@@ -101,12 +103,39 @@ def sample_tokens(key: jax.Array, logits: jax.Array, temperature: float, top_k: 
     return tokens.astype(jnp.int32), logprobs
 
 
+def decode_mesh(mesh: Mesh, tensor_parallel: int | None = None) -> Mesh:
+    """The mesh the sampler decodes on: the training mesh's devices as (data = rest, fsdp = 1, tensor = tp).
+
+    Training shards parameters over `fsdp` (ZeRO-3), which a forward pass undoes by all-gathering every
+    weight where it is used; in a decode loop that would move the whole model over the interconnect for
+    every generated token. The sampler instead keeps its own copy of the weights in the compute dtype,
+    laid out as a serving mesh would: split over `tensor` (heads, MLP, vocabulary: tp-way tensor parallelism,
+    whose per-token traffic is activations only) and replicated over the data-parallel replicas that each
+    decode their own rows. `tensor_parallel` defaults to the training mesh's `tensor` size.
+    """
+    tp = int(tensor_parallel or mesh.shape.get("tensor", 1))
+    n = mesh.devices.size
+    if tp < 1 or n % tp:
+        raise ValueError(f"rollout tensor_parallel={tp} must be a positive divisor of the {n} devices of the mesh")
+    return make_mesh({"data": n // tp, "fsdp": 1, "tensor": tp}, devices=list(mesh.devices.flat))
+
+
+def _is_abstract(tree) -> bool:
+    return any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(tree))
+
+
 class Sampler:
-    """Generates completions for batches of prompts with a `CausalLM` (optionally sharded on a mesh)."""
+    """Generates completions for batches of prompts with a `CausalLM` (optionally sharded on a mesh).
+
+    With a mesh, the sampler holds its own copy of the weights in the compute dtype on `decode_mesh(mesh,
+    tensor_parallel)` (made by `update_params`, once per set of weights, not per token); `release_params`
+    frees it between rollouts. `model` may be abstract (`nnx.eval_shape`): the jitted prefill and decode can
+    then be lowered for planning (`executables`) but not run.
+    """
 
     def __init__(self, model: CausalLM, tokenizer: Tokenizer, *, batch_size: int = 8, chunk_size: int = 32,
                  prefill_chunk: int = 256, mesh: Mesh | None = None, rules: Rules = DEFAULT_RULES,
-                 add_bos: bool = True):
+                 add_bos: bool = True, tensor_parallel: int | None = None):
         self.tokenizer = tokenizer
         self.config = model.config
         self.batch_size = batch_size
@@ -116,29 +145,63 @@ class Sampler:
         if prefill_chunk < 16 or prefill_chunk & (prefill_chunk - 1):
             raise ValueError(f"prefill_chunk must be a power of two >= 16 (prompt buckets are), got {prefill_chunk}")
         self.prefill_chunk = prefill_chunk
-        self.mesh, self.rules = mesh, rules
-        self.add_bos = add_bos and tokenizer.bos_id is not None
+        self.rules = rules
+        self.mesh = decode_mesh(mesh, tensor_parallel) if mesh is not None else None
+        self.add_bos = add_bos and tokenizer is not None and tokenizer.bos_id is not None
         self.graphdef, _ = nnx.split(model)
-        self.params = get_params(model)
-        self.pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else 0
+        self.pad_id = tokenizer.pad_id if tokenizer is not None and tokenizer.pad_id is not None else 0
         self._compiled: dict[Any, Any] = {}
+        shapes = jax.eval_shape(lambda: get_params(model))
+        dt = self.config.compute_dtype
+        self.params_shape = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, dt if jnp.issubdtype(x.dtype, jnp.floating) else x.dtype), shapes)
+        if self.mesh is not None:
+            self.params_sharding = param_shardings(model, self.mesh, rules)
+            self.params_shape = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
+                                             self.params_shape, self.params_sharding)
+        else:
+            self.params_sharding = None
+        cast = lambda p: jax.tree.map(  # noqa: E731
+            lambda x: x.astype(dt) if jnp.issubdtype(x.dtype, jnp.floating) else x, p)
+        self._to_layout = jax.jit(cast, out_shardings=self.params_sharding)
+        params = get_params(model)
+        self.params = None if _is_abstract(params) else self._to_layout(params)
 
     def update_params(self, params) -> None:
-        """Samples from new parameters (same structure) without recompiling: RL calls this every step."""
-        self.params = params
+        """Samples from new parameters (same structure) without recompiling: RL calls this every step. The
+        weights are cast to the compute dtype and laid out on the decode mesh once, here."""
+        self.params = None
+        self.params = self._to_layout(params)
+
+    def release_params(self) -> None:
+        """Frees the sampler's copy of the weights (until the next `update_params`)."""
+        self.params = None
 
     # ---------------------------------------------------------------------------------- jitted parts
     def _context(self):
         return activation_sharding(self.mesh, self.rules) if self.mesh is not None else contextlib.nullcontext()
 
-    def _cache_sharding(self, cache: KVCache):
+    def _sharding(self, logical, shape):
         if self.mesh is None:
             return None
-        spec = lambda axes, x: NamedSharding(self.mesh, logical_to_spec(axes, self.rules, shape=x.shape,  # noqa: E731
-                                                                        mesh=self.mesh))
+        return NamedSharding(self.mesh, logical_to_spec(logical, self.rules, shape=shape, mesh=self.mesh))
+
+    def _cache_sharding(self, batch: int, max_len: int):
+        if self.mesh is None:
+            return None
+        cache = jax.eval_shape(lambda: init_cache(self.config, batch, max_len))
         kv_axes = ("layers", "batch", "act_kv_heads", "length", None)
-        return KVCache(k=spec(kv_axes, cache.k), v=spec(kv_axes, cache.v), mask=spec(("batch", None), cache.mask),
-                       index=spec((), cache.index), next_positions=spec(("batch",), cache.next_positions))
+        return KVCache(k=self._sharding(kv_axes, cache.k.shape), v=self._sharding(kv_axes, cache.v.shape),
+                       mask=self._sharding(("batch", None), cache.mask.shape), index=self._sharding((), ()),
+                       next_positions=self._sharding(("batch",), cache.next_positions.shape))
+
+    def _put(self, x, logical=None):
+        """A host array on the decode mesh (every process holds the whole batch: each takes its shards)."""
+        x = np.asarray(x)
+        if self.mesh is None:
+            return jnp.asarray(x)
+        sharding = self._sharding(logical or (None,) * x.ndim, x.shape)
+        return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
     def _fns(self, prompt_len: int, max_new: int, params: SamplingParams):
         key = (prompt_len, max_new, params.temperature, params.top_k, params.top_p)
@@ -147,27 +210,38 @@ class Sampler:
         graphdef, cfg = self.graphdef, self.config
         temperature, top_k, top_p = params.temperature, params.top_k, params.top_p
         chunk = self.chunk_size
+        b = self.batch_size
 
         step = min(self.prefill_chunk, prompt_len)  # prompt buckets are powers of two, as are chunks
 
         def prefill(model_params, tokens, segment_ids, rng):
+            """Fills the cache with the prompts, `step` tokens at a time; samples the first new token from the
+            last position's logits (the only logits computed)."""
             with self._context():
                 cache = init_cache(cfg, tokens.shape[0], prompt_len + max_new)
-                model = nnx.merge(graphdef, model_params)
                 chunks = (tokens.reshape(tokens.shape[0], -1, step).swapaxes(0, 1),
                           segment_ids.reshape(tokens.shape[0], -1, step).swapaxes(0, 1))
 
                 def body(cache, chunk):
-                    logits, cache = model(chunk[0], segment_ids=chunk[1], cache=cache)
-                    return cache, logits[:, -1]
+                    model = nnx.merge(graphdef, model_params)  # inside the loop body: scanned layers need it
+                    h, cache = model.decoder(chunk[0], None, chunk[1], cache)
+                    return cache, h[:, -1]
 
-                cache, last = jax.lax.scan(body, cache, chunks)
-            token, logprob = sample_tokens(rng, last[-1], temperature, top_k, top_p)
+                cache, last = jax.lax.scan(body, cache, chunks, unroll=scan_unroll())
+                logits = nnx.merge(graphdef, model_params).logits(last[-1][:, None])[:, 0]
+            token, logprob = sample_tokens(rng, logits, temperature, top_k, top_p)
             return cache, token, logprob
+
+        def decode_one(model_params, cache, token, rng):
+            """One decoding step for every row: (logits' sample, its log-prob, the new cache)."""
+            model = nnx.merge(graphdef, model_params)
+            with self._context():
+                logits, cache = model(token[:, None], cache=cache)
+            nxt, logprob = sample_tokens(rng, logits[:, 0], temperature, top_k, top_p)
+            return nxt, logprob, cache
 
         def decode(model_params, cache, token, done, rng, stop_ids, out_tokens, out_logprobs, step):
             """Runs up to `chunk` steps (fewer if every row is done or the budget ends)."""
-            model = nnx.merge(graphdef, model_params)
 
             def cond(carry):
                 _, _, done, _, _, _, i, s = carry
@@ -176,9 +250,7 @@ class Sampler:
             def body(carry):
                 cache, token, done, rng, out_tokens, out_logprobs, i, s = carry
                 rng, sub = jax.random.split(rng)
-                with self._context():
-                    logits, cache = model(token[:, None], cache=cache)
-                nxt, logprob = sample_tokens(sub, logits[:, 0], temperature, top_k, top_p)
+                nxt, logprob, cache = decode_one(model_params, cache, token, sub)
                 nxt = jnp.where(done, self.pad_id, nxt)
                 logprob = jnp.where(done, 0.0, logprob)
                 out_tokens = out_tokens.at[:, s].set(nxt)
@@ -190,9 +262,46 @@ class Sampler:
             cache, token, done, rng, out_tokens, out_logprobs, _, step = jax.lax.while_loop(cond, body, carry)
             return cache, token, done, rng, out_tokens, out_logprobs, step
 
-        fns = (jax.jit(prefill), jax.jit(decode, donate_argnums=(1, 6, 7)))
+        if self.mesh is None:
+            fns = (jax.jit(prefill), jax.jit(decode, donate_argnums=(1, 6, 7)), jax.jit(decode_one))
+        else:
+            rows = self._sharding(("batch", None), (b, prompt_len))
+            rep = self._sharding((), ())
+            cache_sh = self._cache_sharding(b, prompt_len + max_new)
+            ps = self.params_sharding
+            fns = (jax.jit(prefill, in_shardings=(ps, rows, rows, rep), out_shardings=(cache_sh, rep, rep)),
+                   # Per-row state (tokens, done, outputs) is small and replicated; the cache stays sharded.
+                   jax.jit(decode, in_shardings=(ps, cache_sh, rep, rep, rep, rep, rep, rep, rep),
+                           out_shardings=(cache_sh, rep, rep, rep, rep, rep, rep), donate_argnums=(1, 6, 7)),
+                   jax.jit(decode_one, in_shardings=(ps, cache_sh, rep, rep), out_shardings=(rep, rep, cache_sh)))
         self._compiled[key] = fns
         return fns
+
+    def executables(self, prompt_len: int, params: SamplingParams) -> list[tuple[str, Any, tuple]]:
+        """(name, jitted function, abstract arguments) of what `generate` compiles for one batch of
+        `batch_size` rows with prompts in the `prompt_len` bucket: `prefill`, `decode` (one call decodes up
+        to `chunk_size` tokens in a loop) and `decode_step` (the loop's body alone: what one generated token
+        costs, for FLOP and byte counts that a loop would hide). For compile-only planning."""
+        prompt_len = _bucket(prompt_len)
+        max_new, b = params.max_new_tokens, self.batch_size
+        prefill, decode, decode_one = self._fns(prompt_len, max_new, params)
+        rows = self._sharding(("batch", None), (b, prompt_len))
+        rep = self._sharding((), ())
+        spec = lambda shape, dtype, sh=None: jax.ShapeDtypeStruct(shape, dtype, sharding=sh if sh else rep)  # noqa: E731
+        key = jax.eval_shape(lambda: jax.random.key(0))
+        key = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=rep)
+        cache = jax.eval_shape(lambda: init_cache(self.config, b, prompt_len + max_new))
+        cache_sh = self._cache_sharding(b, prompt_len + max_new)
+        if cache_sh is not None:
+            cache = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), cache, cache_sh)
+        tokens = spec((b, prompt_len), jnp.int32, rows)
+        row_i, row_b = spec((b,), jnp.int32), spec((b,), jnp.bool_)
+        out_t, out_l = spec((b, max_new), jnp.int32), spec((b, max_new), jnp.float32)
+        step = spec((), jnp.int32)
+        stop = spec((1,), jnp.int32)
+        return [("prefill", prefill, (self.params_shape, tokens, tokens, key)),
+                ("decode", decode, (self.params_shape, cache, row_i, row_b, key, stop, out_t, out_l, step)),
+                ("decode_step", decode_one, (self.params_shape, cache, row_i, key))]
 
     # ---------------------------------------------------------------------------------- host side
     def encode_prompts(self, prompts: Sequence[str | Sequence[int]]) -> list[list[int]]:
@@ -239,18 +348,26 @@ class Sampler:
         for r in range(len(batch_rows), b):  # dummy rows keep the batch shape static
             tokens[r, -1] = self.pad_id
             segments[r, -1] = 1
-        prefill, decode = self._fns(prompt_len, max_new, params)
+        if self.params is None:
+            raise RuntimeError("the sampler holds no weights: call update_params(params) first")
+        prefill, decode, _ = self._fns(prompt_len, max_new, params)
         rng = jax.random.fold_in(jax.random.key(params.seed), batch_start)
         rng, first_key = jax.random.split(rng)
-        cache, token, logprob = prefill(self.params, jnp.asarray(tokens), jnp.asarray(segments), first_key)
-        stop_arr = jnp.asarray(np.asarray(stop_ids or (-1,), np.int32))
-        out_tokens = jnp.full((b, max_new), self.pad_id, jnp.int32).at[:, 0].set(token)
-        out_logprobs = jnp.zeros((b, max_new), jnp.float32).at[:, 0].set(logprob)
-        done = jnp.isin(token, stop_arr) | (jnp.arange(b) >= len(batch_rows))
-        step = jnp.int32(1)
+        cache, token, logprob = prefill(self.params, self._put(tokens, ("batch", None)),
+                                        self._put(segments, ("batch", None)), first_key)
+        token, logprob = np.asarray(token), np.asarray(logprob)
+        stop_np = np.asarray(stop_ids or (-1,), np.int32)
+        out_tokens = np.full((b, max_new), self.pad_id, np.int32)
+        out_tokens[:, 0] = token
+        out_logprobs = np.zeros((b, max_new), np.float32)
+        out_logprobs[:, 0] = logprob
+        done = np.isin(token, stop_np) | (np.arange(b) >= len(batch_rows))
+        stop_arr, out_tokens, out_logprobs, done, token = map(self._put, (stop_np, out_tokens, out_logprobs, done,
+                                                                          token))
+        step = self._put(np.int32(1))
         finished_string: dict[int, tuple[str, int]] = {}
         while True:
-            if int(step) >= max_new or bool(jnp.all(done)):
+            if int(step) >= max_new or bool(np.asarray(done).all()):
                 break
             cache, token, done, rng, out_tokens, out_logprobs, step = decode(
                 self.params, cache, token, done, rng, stop_arr, out_tokens, out_logprobs, step)
@@ -265,7 +382,9 @@ class Sampler:
                         finished_string[r] = hit
                         newly.append(r)
                 if newly:
-                    done = done.at[jnp.asarray(newly)].set(True)
+                    host_done = host_done.copy()
+                    host_done[newly] = True
+                    done = self._put(host_done)
         host_tokens, host_logprobs = np.asarray(out_tokens), np.asarray(out_logprobs)
         steps = int(step)
         out = []
@@ -310,4 +429,4 @@ class Sampler:
                           finish_reason=reason, stop=stop)
 
 
-__all__ = ["Sampler", "SamplingParams", "Completion", "sample_tokens", "filter_logits"]
+__all__ = ["Sampler", "SamplingParams", "Completion", "sample_tokens", "filter_logits", "decode_mesh"]

@@ -17,10 +17,17 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from dsmath_jax.model.attention import IMPLEMENTATIONS
+
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 # Named rematerialisation policies (see `dsmath_jax.model.layers.remat_policy`).
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "save_attention", "save_qkv")
+# Fields that say how the model computes, not what it is: a run may change them when it loads a checkpoint or a
+# Hugging Face model (e.g. bf16 compute and scanned layers for training a model that was saved in fp32).
+COMPUTE_FIELDS = ("dtype", "param_dtype", "remat_policy", "scan_layers", "attention_impl", "logits_chunk")
+# Attention implementations (`dsmath_jax.model.attention`); "auto" picks by the platform.
+ATTENTION_IMPLS = IMPLEMENTATIONS
 
 
 class ConfigError(ValueError):
@@ -47,7 +54,11 @@ class ModelConfig:
       param_dtype: storage dtype of the parameters (float32 master weights by default).
       remat_policy: one of REMAT_POLICIES; "none" keeps every activation.
       scan_layers: stack the blocks and run them with `nnx.scan` (one compiled block).
-      attention_impl: passed to `jax.nn.dot_product_attention` (None lets JAX choose, "xla", "cudnn").
+      attention_impl: how training/scoring forwards compute attention (`dsmath_jax.model.attention`):
+        "auto" (splash on TPU, cuDNN flash on GPU, XLA on CPU: by the platform of the mesh), "xla",
+        "cudnn" or "splash". None means "auto".
+      logits_chunk: positions per block when log-probs, the loss and entropies are computed from the LM
+        head (`dsmath_jax.model.logprobs`): [rows, seq, vocab] logits never exist at once. 0 = unchunked.
       bos_token_id, eos_token_id, pad_token_id: recorded for export to Hugging Face format.
     """
 
@@ -67,6 +78,7 @@ class ModelConfig:
     remat_policy: str = "none"
     scan_layers: bool = False
     attention_impl: str | None = None
+    logits_chunk: int = 512
     bos_token_id: int | None = None
     eos_token_id: int | None = None
     pad_token_id: int | None = None
@@ -103,8 +115,11 @@ class ModelConfig:
                 raise ConfigError(f"ModelConfig.{name}={getattr(self, name)!r} is not one of {sorted(DTYPES)}")
         if self.remat_policy not in REMAT_POLICIES:
             raise ConfigError(f"ModelConfig.remat_policy={self.remat_policy!r} is not one of {REMAT_POLICIES}")
-        if self.attention_impl not in (None, "xla", "cudnn"):
-            raise ConfigError(f"ModelConfig.attention_impl={self.attention_impl!r} must be None, 'xla' or 'cudnn'")
+        if self.attention_impl not in (None,) + ATTENTION_IMPLS:
+            raise ConfigError(f"ModelConfig.attention_impl={self.attention_impl!r} must be None or one of "
+                              f"{ATTENTION_IMPLS}")
+        if not isinstance(self.logits_chunk, int) or isinstance(self.logits_chunk, bool) or self.logits_chunk < 0:
+            raise ConfigError(f"ModelConfig.logits_chunk must be an int >= 0 (0 = unchunked), got {self.logits_chunk!r}")
         if self.rope_theta <= 0 or self.rms_norm_eps <= 0 or self.initializer_range <= 0:
             raise ConfigError("ModelConfig.rope_theta, rms_norm_eps and initializer_range must be > 0")
         for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
@@ -147,9 +162,11 @@ class ModelConfig:
     def from_dict(cls, values: Mapping[str, Any]) -> ModelConfig:
         """Builds a config from a mapping (e.g. an ml-collections ConfigDict); unknown keys are errors.
 
-        A `preset` key starts from that preset and applies the other keys on top of it.
+        A `preset` key starts from that preset and applies the other keys on top of it. A None value means
+        "not set" (the preset's or the default value), as config placeholders are.
         """
-        values = dict(values.to_dict() if hasattr(values, "to_dict") else values)
+        values = {k: v for k, v in (values.to_dict() if hasattr(values, "to_dict") else values).items()
+                  if v is not None}
         preset = values.pop("preset", None)
         _check_keys(values, "model config")
         if preset is not None:

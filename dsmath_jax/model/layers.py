@@ -13,8 +13,9 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
+from dsmath_jax.model.attention import SPLASH_RESIDUAL_NAME, packed_attention
 from dsmath_jax.model.config import ModelConfig
-from dsmath_jax.parallel.mesh import constrain
+from dsmath_jax.parallel.mesh import activation_context, constrain
 
 Array = jax.Array
 
@@ -78,7 +79,9 @@ class Attention(nnx.Module):
 
     def __call__(self, x: Array, positions: Array, mask: Array, kv: tuple[Array, Array, Array] | None = None,
                  index: Array | None = None):
-        """x: [batch, seq, d]; positions: [batch, seq]; mask: [batch, 1, seq, keys] bool.
+        """x: [batch, seq, d]; positions: [batch, seq]; mask: without a cache, the segment ids [batch, seq]
+        (0 = padding; `dsmath_jax.model.attention.packed_attention` by `ModelConfig.attention_impl`); with
+        a cache, [batch, 1, seq, keys] bool (which cache slots each query sees).
 
         With `kv` = (k_all, v_all, layer) (the whole cache, each [layers, batch, kv_heads, max_len, head_dim],
         and this block's layer index), the new keys/values are written at slots `index .. index+seq` of
@@ -93,8 +96,10 @@ class Attention(nnx.Module):
         q = constrain(apply_rope(q, positions, self.rope_theta), ("batch", "length", "act_heads", None))
         k = constrain(apply_rope(k, positions, self.rope_theta), ("batch", "length", "act_kv_heads", None))
         v = constrain(v, ("batch", "length", "act_kv_heads", None))
-        if kv is None:
-            out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=self.implementation)
+        if kv is None:  # `mask` is the [batch, seq] segment ids: packed causal attention by platform
+            context = activation_context()
+            mesh, rules = context if context is not None else (None, None)
+            out = packed_attention(q, k, v, mask, implementation=self.implementation, mesh=mesh, rules=rules)
         else:
             k_all, v_all, layer = kv
             start = (layer, 0, 0, index, 0)
@@ -170,5 +175,5 @@ def remat_policy(name: str):
         "dots_no_batch": policies.dots_with_no_batch_dims_saveable,
         "save_qkv": policies.save_only_these_names("query_proj", "key_proj", "value_proj"),
         "save_attention": policies.save_only_these_names("query_proj", "key_proj", "value_proj",
-                                                         "attention_out"),
+                                                         "attention_out", SPLASH_RESIDUAL_NAME),
     }[name]

@@ -18,8 +18,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from dsmath_jax.model.attention import segment_mask
 from dsmath_jax.model.config import ModelConfig
 from dsmath_jax.model.layers import Block, RMSNorm, param, remat_policy
+from dsmath_jax.model.logprobs import token_logprobs
 from dsmath_jax.parallel.mesh import constrain
 
 Array = jax.Array
@@ -62,12 +64,7 @@ def segment_positions(segment_ids: Array) -> Array:
     return idx - starts
 
 
-def packed_attention_mask(segment_ids: Array) -> Array:
-    """Causal mask restricted to the query's own segment: [batch, seq] -> [batch, 1, seq, seq] bool."""
-    seq = segment_ids.shape[1]
-    causal = jnp.tril(jnp.ones((seq, seq), bool))
-    same = segment_ids[:, :, None] == segment_ids[:, None, :]
-    return (causal[None] & same)[:, None]
+packed_attention_mask = segment_mask  # [batch, seq] segment ids -> [batch, 1, seq, seq] bool (the XLA path's)
 
 
 class Decoder(nnx.Module):
@@ -99,7 +96,7 @@ class Decoder(nnx.Module):
         if cache is None:
             if positions is None:
                 positions = segment_positions(segment_ids)
-            mask = packed_attention_mask(segment_ids)
+            mask = segment_ids  # the attention builds what it needs from them (no seq x seq mask for kernels)
             kv = None
         else:
             valid = segment_ids != 0
@@ -177,6 +174,17 @@ class CausalLM(nnx.Module):
         h, new_cache = self.decoder(input_ids, positions, segment_ids, cache)
         logits = self.logits(h)
         return logits if cache is None else (logits, new_cache)
+
+    def token_logprobs(self, input_ids: Array, targets: Array, positions: Array | None = None,
+                       segment_ids: Array | None = None, *, entropy: bool = False) -> tuple[Array, Array | None]:
+        """log pi(targets[t] | inputs[:t+1]) per position, [batch, seq] float32, and the entropy of the
+        next-token distribution when asked (else None), computed from the LM head in blocks of
+        `config.logits_chunk` positions so that the [batch, seq, vocab] logits never exist at once
+        (`dsmath_jax.model.logprobs`). What every loss and log-prob of training and RL uses."""
+        h, _ = self.decoder(input_ids, positions, segment_ids)
+        dt = self.config.compute_dtype
+        return token_logprobs(h.astype(dt), self.lm_head[...].astype(dt), targets, chunk=self.config.logits_chunk,
+                              entropy=entropy)
 
     def logits(self, hidden: Array) -> Array:
         """[batch, seq, d_model] hidden states -> [batch, seq, vocab] float32 logits."""

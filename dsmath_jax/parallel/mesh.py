@@ -77,8 +77,16 @@ def make_mesh(shape: Mapping[str, int] | None = None, *, devices: Sequence[jax.D
     """
     devices = list(devices if devices is not None else jax.devices())
     sizes = list(mesh_shape(shape, len(devices)).values())
+    slices = len({getattr(d, "slice_index", 0) for d in devices})
+    from jax.experimental import mesh_utils
+    if slices > 1:  # multi-slice: the data axis spans the slices (data-centre network), the rest stays in one
+        if sizes[0] % slices:
+            raise ValueError(f"mesh shape {dict(zip(MESH_AXES, sizes))} on {slices} slices: the data axis must be "
+                             f"a multiple of the number of slices (it is the axis that crosses them)")
+        ici = [sizes[0] // slices] + sizes[1:]
+        grid = mesh_utils.create_hybrid_device_mesh(ici, [slices, 1, 1], devices=devices)
+        return Mesh(grid, MESH_AXES)
     try:  # topology-aware device order on TPU/GPU; plain order where the helper cannot place them
-        from jax.experimental import mesh_utils
         grid = mesh_utils.create_device_mesh(sizes, devices=devices)
     except (ValueError, NotImplementedError, AssertionError):
         grid = np.asarray(devices).reshape(sizes)
@@ -230,6 +238,11 @@ def activation_sharding(mesh: Mesh, rules: Rules = DEFAULT_RULES):
         yield
     finally:
         _ACTIVATION_CONTEXT.reset(token)
+
+
+def activation_context() -> tuple[Mesh, Rules] | None:
+    """(mesh, rules) of the enclosing `activation_sharding` context, or None outside one."""
+    return _ACTIVATION_CONTEXT.get()
 
 
 def constrain(x: jax.Array, logical: Sequence[str | None]) -> jax.Array:

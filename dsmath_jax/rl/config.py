@@ -40,8 +40,11 @@ def base_rl_config() -> ml_collections.ConfigDict:
     c.method = "grpo"
     # The policy: a run directory of `dsmath sft` (or pretrain) or a Hugging Face directory.
     c.init = ml_collections.ConfigDict(dict(run_dir=placeholder(str), step=placeholder(int)))
-    c.model = ml_collections.ConfigDict(dict(dtype=placeholder(str), param_dtype=placeholder(str),
-                                             remat_policy=placeholder(str), scan_layers=placeholder(bool)))
+    # The policy's architecture comes from init.run_dir; `preset` names it for `--compile_only` plans made where
+    # that directory cannot be read (a run checks that they agree). The rest are compute settings.
+    c.model = ml_collections.ConfigDict(dict(preset=placeholder(str), dtype=placeholder(str), param_dtype=placeholder(str),
+                                             remat_policy=placeholder(str), scan_layers=placeholder(bool),
+                                             attention_impl=placeholder(str), logits_chunk=placeholder(int)))
     c.data = ml_collections.ConfigDict(dict(
         problems=dict(kind="arithmetic", n_train=20000, n_test=256, seed=0),
         template="{question}",  # the question inside the chat prompt, e.g. with the zero-shot instruction
@@ -49,6 +52,10 @@ def base_rl_config() -> ml_collections.ConfigDict:
     c.rollout = ml_collections.ConfigDict(dict(
         group_size=64, questions_per_step=16, max_new_tokens=1024, temperature=1.0, top_p=1.0, top_k=0,
         sampler_batch_size=64, chunk_size=32, stop_strings=(),
+        # The sampler decodes with its own bf16 copy of the weights split this many ways over heads/MLP
+        # (tensor parallelism) and replicated over the rest of the devices (generate.sampler.decode_mesh);
+        # None = the mesh's `tensor` size.
+        tensor_parallel=placeholder(int),
         # DAPO dynamic sampling: drop groups whose rewards are all equal and draw more questions, up to
         # `max_sampling_rounds` generate calls per step; groups still missing are filled with inert rows.
         dynamic_sampling=False, max_sampling_rounds=3))
@@ -90,7 +97,7 @@ def paper_grpo(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     beta 0.04 (k3), mu 1; bf16 compute with q/k/v saved under remat."""
     from dsmath_jax.evals.prompts import COT_SUFFIX
     c.method = "grpo"
-    c.model.update(dtype="bfloat16", remat_policy="save_qkv", scan_layers=True)
+    c.model.update(preset="deepseekmath_7b", dtype="bfloat16", remat_policy="save_qkv", scan_layers=True)
     c.data.problems = dict(kind="gsm8k")
     c.data.template = "{question}\n" + COT_SUFFIX["en"]
     c.rollout.update(group_size=64, questions_per_step=16, max_new_tokens=1024, temperature=1.0,
@@ -117,7 +124,7 @@ def tiny_rl_overrides(c: ml_collections.ConfigDict, *, steps: int = 40) -> ml_co
     c.eval.update(every=max(1, steps // 2), n_problems=256)
     c.rm_update.update(steps=20, batch_size=16, lr=1e-4)
     c.ppo.critic_lr = 1e-4
-    c.model.update(dtype=None, remat_policy=None, scan_layers=None)
+    c.model.update(preset=None, dtype=None, remat_policy=None, scan_layers=None)
     c.data.template = "{question}"
     c.train.accum_steps = 1
     return c

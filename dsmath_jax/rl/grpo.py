@@ -12,15 +12,19 @@ the model that sampled it), so no extra forward pass is needed for pi_old.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
 
 from dsmath_jax.generate.sampler import Completion
-from dsmath_jax.rl.losses import PolicyLossConfig, policy_loss, token_logprobs
+from dsmath_jax.parallel.mesh import DEFAULT_RULES, Rules
+from dsmath_jax.rl.losses import PolicyLossConfig, policy_loss
+from dsmath_jax.train.step import make_forward
 
 Batch = Mapping[str, jax.Array]
 
@@ -58,9 +62,33 @@ def rollout_batch(prompt_ids: Sequence[Sequence[int]], completions: Sequence[Seq
 
 
 def sequence_logprobs(model: nnx.Module, batch: Batch) -> jax.Array:
-    """Per-token log-probs [rows, seq] of `batch["targets"]` under `model` (float32)."""
-    logits = model(batch["inputs"], None, batch.get("segment_ids"))
-    return token_logprobs(logits, batch["targets"])
+    """Per-token log-probs [rows, seq] of `batch["targets"]` under `model` (float32), from the LM head in
+    blocks of positions (`CausalLM.token_logprobs`), so the full logits never exist."""
+    return model.token_logprobs(batch["inputs"], batch["targets"], None, batch.get("segment_ids"))[0]
+
+
+def make_reference_forward(model: nnx.Module, mesh: Mesh, rules: Rules = DEFAULT_RULES, *,
+                           micro_batches: int = 1) -> Callable[[Any, Batch], jax.Array]:
+    """`forward(ref_params, batch) -> [rows, seq]` log-probs of the batch's targets under frozen params with
+    `model`'s structure: jitted, sharded like the train step's activations, one micro-batch at a time
+    (`dsmath_jax.train.step.make_forward`). Only the entries a forward pass reads go to the device."""
+    jitted = make_forward(model, sequence_logprobs, mesh, rules, micro_batches=micro_batches)
+    return on_forward_inputs(jitted)
+
+
+FORWARD_KEYS = ("inputs", "targets", "weights", "segment_ids", "positions")
+
+
+def on_forward_inputs(jitted):
+    """`jitted(params, batch)` fed only the batch entries a forward pass reads (a rollout batch's other
+    entries, e.g. the scalar `truncated`, would not fit the row sharding); `.lower` is kept for AOT use."""
+    select = lambda batch: {k: batch[k] for k in FORWARD_KEYS if k in batch}  # noqa: E731
+
+    def call(params, batch):
+        return jitted(params, select(batch))
+
+    call.lower = lambda params, batch: jitted.lower(params, select(batch))
+    return call
 
 
 def reference_logprobs(graphdef: nnx.GraphDef, ref_params: Any, batch: Batch) -> jax.Array:
@@ -68,16 +96,25 @@ def reference_logprobs(graphdef: nnx.GraphDef, ref_params: Any, batch: Batch) ->
     return sequence_logprobs(nnx.merge(graphdef, ref_params), batch)
 
 
-def grpo_loss_fn(config: PolicyLossConfig = PolicyLossConfig()):
-    """A loss for `dsmath_jax.train.step.make_train_step`: the GRPO objective on a rollout batch with
-    `old_logp`, `ref_logp`, `advantages` ([rows, seq] or [rows]) and `weights` as the completion mask."""
+def grpo_loss_fn(config: PolicyLossConfig = PolicyLossConfig(), entropy: bool = True):
+    """The GRPO objective (PAPER.md §4.1, Eq. 3) on a rollout batch with `old_logp`, `ref_logp`,
+    `advantages` ([rows, seq] or [rows]) and `weights` as the completion mask: the loss `dsmath rl` trains
+    with (and, with beta 0 and GAE advantages, PPO's policy loss), for `make_train_step`. With `entropy`, the
+    policy's mean entropy over the response tokens is a metric (no gradient)."""
 
     def loss(model: nnx.Module, batch: Batch):
-        logp = sequence_logprobs(model, batch)
-        return policy_loss(logp, batch["old_logp"], batch.get("ref_logp"), batch["advantages"], batch["weights"],
-                           config=config)
+        logp, ent = model.token_logprobs(batch["inputs"], batch["targets"], None, batch.get("segment_ids"),
+                                         entropy=entropy)
+        total, weight, metrics = policy_loss(logp, batch["old_logp"], batch.get("ref_logp"), batch["advantages"],
+                                             batch["weights"], config=config)
+        if entropy:
+            m = batch["weights"].astype(jnp.float32)
+            ent = jax.lax.stop_gradient(ent)
+            metrics = dict(metrics, entropy=(ent * m).sum() / jnp.maximum(m.sum(), 1.0))
+        return total, weight, metrics
 
     return loss
 
 
-__all__ = ["rollout_batch", "sequence_logprobs", "reference_logprobs", "grpo_loss_fn"]
+__all__ = ["rollout_batch", "sequence_logprobs", "reference_logprobs", "make_reference_forward", "on_forward_inputs",
+           "grpo_loss_fn"]

@@ -41,11 +41,12 @@ from dsmath_jax.evals.grader import Grader
 from dsmath_jax.evals.metrics import maj_at_k
 from dsmath_jax.generate.sampler import Completion, Sampler, SamplingParams
 from dsmath_jax.parallel import global_batch
+from dsmath_jax.model import ModelConfig, ScalarHeadModel, get_preset
 from dsmath_jax.parallel.mesh import get_params, param_shardings
 from dsmath_jax.rl import losses
 from dsmath_jax.rl.advantages import group_advantages, process_advantages, token_advantages
 from dsmath_jax.rl.config import METHODS, REWARDS
-from dsmath_jax.rl.grpo import rollout_batch
+from dsmath_jax.rl.grpo import grpo_loss_fn, make_reference_forward, rollout_batch
 from dsmath_jax.rl.math_shepherd import step_end_tokens
 from dsmath_jax.rl.rewards import combine_rewards, format_rewards, overlong_penalty
 from dsmath_jax.rl.tasks import Problem, load_problems, prompt_text
@@ -74,30 +75,16 @@ def _seed(*parts: int) -> int:
 
 
 # ------------------------------------------------------------------------------------------ losses
-def policy_loss_fn(config: losses.PolicyLossConfig, entropy: bool = True):
-    """GRPO / PPO policy loss on a rollout batch (`old_logp`, `ref_logp`, `advantages`, `weights`), with the
-    policy's entropy on the response tokens as a metric."""
-
-    def loss(model, batch):
-        logits = model(batch["inputs"], None, batch.get("segment_ids"))
-        logp = losses.token_logprobs(logits, batch["targets"])
-        total, weight, metrics = losses.policy_loss(logp, batch["old_logp"], batch.get("ref_logp"),
-                                                    batch["advantages"], batch["weights"], config=config)
-        if entropy:
-            m = batch["weights"].astype(jnp.float32)
-            ent = jax.lax.stop_gradient(losses.token_entropy(logits))
-            metrics = dict(metrics, entropy=(ent * m).sum() / jnp.maximum(m.sum(), 1.0))
-        return total, weight, metrics
-
-    return loss
+def _logprobs(model, batch):
+    """[rows, seq] log-probs of a rollout batch's targets (chunked over positions: no full logits)."""
+    return model.token_logprobs(batch["inputs"], batch["targets"], None, batch.get("segment_ids"))[0]
 
 
 def rft_loss_fn(aggregation: str = "sequence_mean", max_len: int | None = None):
     """RFT / online RFT: SFT on the correct samples (`correct` [rows, 1])."""
 
     def loss(model, batch):
-        logits = model(batch["inputs"], None, batch.get("segment_ids"))
-        logp = losses.token_logprobs(logits, batch["targets"])
+        logp = _logprobs(model, batch)
         return losses.rft_loss(logp, batch["weights"], batch["correct"][:, 0], aggregation=aggregation,
                                max_len=max_len)
 
@@ -106,8 +93,7 @@ def rft_loss_fn(aggregation: str = "sequence_mean", max_len: int | None = None):
 
 def sft_loss_fn(aggregation: str = "sequence_mean", max_len: int | None = None):
     def loss(model, batch):
-        logits = model(batch["inputs"], None, batch.get("segment_ids"))
-        return losses.sft_loss(losses.token_logprobs(logits, batch["targets"]), batch["weights"],
+        return losses.sft_loss(_logprobs(model, batch), batch["weights"],
                                aggregation=aggregation, max_len=max_len)
 
     return loss
@@ -118,14 +104,27 @@ def dpo_loss_fn(beta: float):
     (set on both rows; [rows, 1]). Micro-batches must hold whole pairs (an even number of rows each)."""
 
     def loss(model, batch):
-        logits = model(batch["inputs"], None, batch.get("segment_ids"))
-        logp = losses.token_logprobs(logits, batch["targets"])
+        logp = _logprobs(model, batch)
         seq = losses.sequence_logprob(logp, batch["weights"])
         ref = losses.sequence_logprob(batch["ref_logp"], batch["weights"])
         return losses.dpo_loss(seq[0::2], seq[1::2], ref[0::2], ref[1::2], beta=beta,
                                valid=batch["pair_valid"][0::2, 0])
 
     return loss
+
+
+def check_architecture(cfg: ModelConfig, preset: str | None, source: str) -> None:
+    """Raises ValueError when a config's `model.preset` (the architecture its compile-only plan assumed)
+    differs from the model actually loaded from `source`."""
+    if not preset:
+        return
+    want = get_preset(preset)
+    fields = ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads", "head_dim", "mlp_dim")
+    diff = {f: (getattr(want, f), getattr(cfg, f)) for f in fields if getattr(want, f) != getattr(cfg, f)}
+    if diff:
+        raise ValueError(f"config.model.preset={preset!r} (the architecture the config plans for) does not match "
+                         f"the model in {source}: " + ", ".join(f"{k} {a} vs {b}" for k, (a, b) in diff.items())
+                         + "; set --config.model.preset to the loaded model's preset, or to None")
 
 
 # ------------------------------------------------------------------------------------------ rollouts
@@ -163,9 +162,6 @@ class RLRun:
             raise ValueError(f"reward.kind={c.reward.kind!r} needs reward.rm_dir (a `dsmath rm` run directory)")
         if c.rm_update.enabled and c.reward.kind not in ("orm", "prm"):
             raise ValueError("rm_update.enabled needs a reward model (reward.kind 'orm' or 'prm')")
-        if not c.init.run_dir:
-            raise ValueError("config.init.run_dir is required: the policy to start from (a `dsmath sft` run "
-                             "directory or a Hugging Face directory)")
         self.G = int(c.rollout.group_size)
         self.Q = int(c.rollout.questions_per_step)
         if c.method == "dpo" and self.G % 2:
@@ -181,11 +177,15 @@ class RLRun:
     # -------------------------------------------------------------------------------------- set-up
     def _setup(self):
         c = self.config
+        if not c.init.run_dir:
+            raise ValueError("config.init.run_dir is required: the policy to start from (a `dsmath sft` run "
+                             "directory or a Hugging Face directory)")
         self.mesh, self.rules = start_run(c, self.workdir)
-        overrides = {k: v for k, v in _d(c.model).items() if v is not None}
+        overrides = {k: v for k, v in _d(c.model).items() if v is not None and k != "preset"}
         model, self.tokenizer = load_run(c.init.run_dir, mesh=self.mesh, rules=self.rules, step=c.init.step,
                                          **overrides)
         self.model_cfg = model.config
+        check_architecture(model.config, c.model.get("preset"), c.init.run_dir)
         self._copy_tokenizer()
         data = c.data
         data_dir = data.data_dir or os.path.join(self.workdir, "tfds")
@@ -210,7 +210,26 @@ class RLRun:
             self.sft_ids = [self.tokenizer.encode(" " + self._response(p), add_eos=True)
                             for p in self.train_problems]
 
-        # Steps.
+        self._build(model)
+        self.state = self.fns.init_state(get_params(model))
+        if self.critic_fns is not None:
+            from dsmath_jax.rl import ppo
+            critic = ppo.critic_from_policy(model, self.mesh, self.rules, int(c.seed))
+            self.critic_state = self.critic_fns.init_state(get_params(critic))
+            del critic
+        self.initial_params = self._frozen(self.state.params) if self.sample_from == "initial" else None
+        self.ref_params = None
+        self.reward_model = self.rm_trainer = self.replay = None
+        if c.reward.kind in ("orm", "prm"):
+            self._setup_reward_model()
+        del model
+
+    def _build(self, model) -> None:
+        """The run's jitted functions for `model` (concrete or abstract: `dsmath rl --compile_only` builds
+        them on an abstract model and compiles them for a TPU topology): the policy's train step with the
+        method's loss, PPO's critic step and value forward, the reference forward, the frozen copies
+        (reference, initial policy) and the sampler. Needs self.mesh, self.rules, self.max_new, self.tokenizer."""
+        c = self.config
         opt = _d(c.optimizer)
         self.schedule = schedules.from_config(opt.pop("schedule"), self.total_steps * self.mu)
         optimizer = adamw(self.schedule, **opt)
@@ -220,21 +239,20 @@ class RLRun:
             kl_estimator=L.kl_estimator, aggregation=L.aggregation, ratio=L.ratio,
             max_len=L.max_len or (self.max_new if L.aggregation == "sum_constant" else None))
         accum = int(c.train.accum_steps)
+        self.critic_fns = self.critic_state = None
         if c.method == "ppo":
             from dsmath_jax.rl import ppo
             if self.loss_config.beta != 0:
                 self.loss_config = dataclasses.replace(self.loss_config, beta=0.0)  # PPO's KL is in the reward
-            critic = ppo.critic_from_policy(model, self.mesh, self.rules, int(c.seed))
+            critic = nnx.eval_shape(lambda: ScalarHeadModel(model.config, rngs=nnx.Rngs(0)))
             critic_opt = adamw(float(c.ppo.critic_lr), weight_decay=0.0, clip_norm=opt.get("clip_norm", 1.0))
             steps = ppo.make_ppo_steps(model, critic, optimizer, critic_opt, self.mesh, self.rules,
                                        loss_config=self.loss_config, value_clip=float(c.ppo.value_clip),
                                        accum_steps=accum)
             self.fns, self.critic_fns, self._values = steps.policy, steps.critic, steps.values
-            self.critic_state = self.critic_fns.init_state(get_params(critic))
-            del critic
         else:
             loss_fn = {
-                "grpo": lambda: policy_loss_fn(self.loss_config, bool(L.entropy_metric)),
+                "grpo": lambda: grpo_loss_fn(self.loss_config, bool(L.entropy_metric)),
                 "rft": lambda: rft_loss_fn(L.aggregation, self.loss_config.max_len),
                 "online_rft": lambda: rft_loss_fn(L.aggregation, self.loss_config.max_len),
                 "sft": lambda: sft_loss_fn(L.aggregation, self.loss_config.max_len),
@@ -242,25 +260,24 @@ class RLRun:
             }[c.method]()
             self.fns = make_train_step(model, optimizer, self.mesh, self.rules, loss_fn=loss_fn, accum_steps=accum,
                                        schedule=self.schedule)
-            self.critic_fns = self.critic_state = None
         self.graphdef = nnx.split(model)[0]
         self.params_sharding = param_shardings(model, self.mesh, self.rules)
         self.needs_ref = c.method in ("dpo", "ppo") or (c.method == "grpo" and self.loss_config.beta != 0)
-        self._ref_logp = jax.jit(
-            lambda p, b: losses.token_logprobs(nnx.merge(self.graphdef, p)(b["inputs"], None, b["segment_ids"]),
-                                               b["targets"]),
-            in_shardings=(self.params_sharding, self.fns.batch_sharding))
-        self._copy = jax.jit(lambda p: jax.tree.map(lambda x: x * 1, p), out_shardings=self.params_sharding)
+        self._ref_logp = make_reference_forward(model, self.mesh, self.rules, micro_batches=accum)
+        # Frozen copies (the reference, RFT/DPO's initial policy) are only ever read by forward passes, which
+        # cast every weight to the compute dtype: stored in it (half the memory of fp32 master weights under
+        # bf16 compute), they give the same log-probs.
+        dt = model.config.compute_dtype
+        # (`* 1`: a fresh buffer even where the cast is a no-op; a forwarded input would be deleted when the
+        # train step donates the policy's state.)
+        self._frozen = jax.jit(lambda p: jax.tree.map(
+            lambda x: (x.astype(dt) if jnp.issubdtype(x.dtype, jnp.floating) else x) * 1, p),
+            out_shardings=self.params_sharding)
         rc = c.rollout
         self.sampler = Sampler(model, self.tokenizer, batch_size=int(rc.sampler_batch_size),
-                               chunk_size=int(rc.chunk_size), mesh=self.mesh, rules=self.rules)
-        self.state = self.fns.init_state(get_params(model))
-        self.initial_params = self._copy(self.state.params) if self.sample_from == "initial" else None
-        self.ref_params = None
-        self.reward_model = self.rm_trainer = self.replay = None
-        if c.reward.kind in ("orm", "prm"):
-            self._setup_reward_model()
-        del model
+                               chunk_size=int(rc.chunk_size), mesh=self.mesh, rules=self.rules,
+                               tensor_parallel=rc.get("tensor_parallel"))
+        self.sampler.release_params()  # the sampler gets the policy's weights before each rollout
 
     def _copy_tokenizer(self):
         """Copies the init run's tokenizer (tokenizer.model, or tokenizer.json and its configs) into the workdir."""
@@ -427,6 +444,7 @@ class RLRun:
                     inert.append(item)
                 else:
                     kept.append(item)
+        self.sampler.release_params()  # not needed again before the next rollout
         while len(kept) < self.Q:  # dynamic sampling ran out of rounds: fill with groups that do not train
             problem, ids, comps, part, _ = inert.pop(0)
             kept.append((problem, ids, comps, part, False))
@@ -624,6 +642,7 @@ class RLRun:
             out[f"eval_maj@{k}"] = float(np.mean([maj_at_k([(v.extracted, v.correct) for v in vs], k, same)
                                                   for vs in per]))
             out["eval_sample_accuracy"] = float(np.mean([v.correct for v in flat]))
+        self.sampler.release_params()
         return out
 
     # -------------------------------------------------------------------------------------- checkpoints
@@ -645,7 +664,7 @@ class RLRun:
                    "opt_state": abstract_like(tmpl.opt_state, ss.opt_state)}
         saved = ckpt.item_names(step)
         if "ref_params" in saved:
-            targets["ref_params"] = abstract_like(tmpl.params, ss.params)
+            targets["ref_params"] = abstract_like(jax.eval_shape(self._frozen, tmpl.params), ss.params)
         if self.critic_state is not None:
             ct = jax.eval_shape(lambda s: s, self.critic_state)
             cs = self.critic_fns.state_sharding
@@ -710,7 +729,7 @@ class RLRun:
                     writer.write(0, evals[0])
                 while step < self.total_steps:
                     if self.needs_ref and (step % self.M == 0 or self.ref_params is None):
-                        self.ref_params = self._copy(self.state.params)  # the reference <- the policy
+                        self.ref_params = self._frozen(self.state.params)  # the reference <- the policy
                         if tc.reference_on_host:
                             self.ref_params = jax.device_get(self.ref_params)
                     record, position = self.step(step + 1, position)
@@ -778,5 +797,5 @@ def run_rl(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     return RLRun(config, workdir).run()
 
 
-__all__ = ["run_rl", "RLRun", "Rollout", "policy_loss_fn", "rft_loss_fn", "sft_loss_fn",
+__all__ = ["run_rl", "RLRun", "Rollout", "rft_loss_fn", "sft_loss_fn",
            "dpo_loss_fn", "OFFLINE_METHODS"]

@@ -44,12 +44,11 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from dsmath_jax.model.transformer import CausalLM, ScalarHeadModel
-from dsmath_jax.parallel.mesh import (DEFAULT_RULES, Rules, activation_sharding, batch_sharding, get_params,
-                                      param_shardings, set_params)
+from dsmath_jax.parallel.mesh import DEFAULT_RULES, Rules, get_params, param_shardings, set_params
 from dsmath_jax.rl.advantages import gae, outcome_token_rewards
-from dsmath_jax.rl.grpo import grpo_loss_fn, reference_logprobs
+from dsmath_jax.rl.grpo import grpo_loss_fn, make_reference_forward, on_forward_inputs
 from dsmath_jax.rl.losses import PolicyLossConfig, value_loss
-from dsmath_jax.train.step import StepFns, make_train_step
+from dsmath_jax.train.step import StepFns, make_forward, make_train_step
 
 Batch = Mapping[str, jax.Array]
 
@@ -243,36 +242,7 @@ def make_ppo_steps(policy: CausalLM, critic: ScalarHeadModel, optimizer: optax.G
                                  accum_steps=accum_steps)
     critic_fns = make_train_step(critic, critic_optimizer, mesh, rules, loss_fn=critic_loss_fn(value_clip),
                                  accum_steps=accum_steps)
-    policy_graph, _ = nnx.split(policy)
-    critic_graph, _ = nnx.split(critic)
-    rows = batch_sharding(mesh, rules)
-
-    def ref_forward(params, batch):
-        with activation_sharding(mesh, rules):
-            return reference_logprobs(policy_graph, params, batch)
-
-    def value_forward(params, batch):
-        with activation_sharding(mesh, rules):
-            return values_for_batch(critic_graph, params, batch)
-
     return PPOStepFns(
         policy=policy_fns, critic=critic_fns,
-        reference_logprobs=_on_forward_inputs(jax.jit(
-            ref_forward, in_shardings=(policy_fns.state_sharding.params, rows), out_shardings=rows)),
-        values=_on_forward_inputs(jax.jit(
-            value_forward, in_shardings=(critic_fns.state_sharding.params, rows), out_shardings=rows)))
-
-
-_FORWARD_KEYS = ("inputs", "targets", "weights", "segment_ids", "positions")
-
-
-def _on_forward_inputs(jitted):
-    """`jitted(params, batch)` fed only the batch entries a forward pass reads (a rollout batch's other
-    entries, e.g. the scalar `truncated`, would not fit the row sharding); `.lower` is kept for AOT use."""
-    select = lambda batch: {k: batch[k] for k in _FORWARD_KEYS if k in batch}  # noqa: E731
-
-    def call(params, batch):
-        return jitted(params, select(batch))
-
-    call.lower = lambda params, batch: jitted.lower(params, select(batch))
-    return call
+        reference_logprobs=make_reference_forward(policy, mesh, rules, micro_batches=accum_steps),
+        values=on_forward_inputs(make_forward(critic, _values, mesh, rules, micro_batches=accum_steps)))

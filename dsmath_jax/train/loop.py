@@ -31,6 +31,7 @@ from dsmath_jax.data.pipeline import PipelineStats, build_dataset, pretrain_exam
 from dsmath_jax.data.sources import resolve_source, source_name
 from dsmath_jax.data.tokenizers import Tokenizer, check_tokenizer_fits, load_tokenizer, train_sentencepiece
 from dsmath_jax.model import CausalLM, ModelConfig, load_hf
+from dsmath_jax.model.config import COMPUTE_FIELDS
 from dsmath_jax.parallel import (create_sharded, global_batch, initialize_from_config, make_mesh,
                                  rules_from_config)
 from dsmath_jax.parallel.mesh import get_params, param_shardings, set_params
@@ -115,8 +116,7 @@ def _model(config, mesh, rules, tokenizer: Tokenizer):
     model_cfg = _as_dict(config.model)
     init = _as_dict(config.get("init"))
     if init.get("hf_dir"):
-        overrides = {k: v for k, v in model_cfg.items() if k in ("dtype", "param_dtype", "remat_policy",
-                                                                 "scan_layers", "attention_impl")}
+        overrides = {k: v for k, v in model_cfg.items() if k in COMPUTE_FIELDS and v is not None}
         model = load_hf(init["hf_dir"], mesh=mesh, rules=rules, **overrides)
         cfg = model.config
     else:

@@ -10,6 +10,7 @@ from flax import nnx
 
 from dsmath_jax.data.tokenizers import Tokenizer, check_tokenizer_fits, load_tokenizer
 from dsmath_jax.model import CausalLM, ModelConfig, load_hf
+from dsmath_jax.model.config import COMPUTE_FIELDS
 from dsmath_jax.parallel import create_sharded
 from dsmath_jax.parallel.mesh import DEFAULT_RULES, get_params, param_shardings, set_params
 from dsmath_jax.train.checkpoint import abstract_like, restore_params
@@ -44,8 +45,7 @@ def load_run(path: str, *, mesh=None, rules=DEFAULT_RULES, step: int | None = No
         init = run.get("init") or {}
         if init.get("hf_dir"):
             base = ModelConfig.from_hf_config(init["hf_dir"])
-            cfg = base.replace(**{k: v for k, v in run["model"].items() if k in ModelConfig.__dataclass_fields__
-                                  and k in ("dtype", "param_dtype", "remat_policy", "scan_layers", "attention_impl")})
+            cfg = base.replace(**{k: v for k, v in run["model"].items() if k in COMPUTE_FIELDS and v is not None})
         else:
             cfg = ModelConfig.from_dict(run["model"])
         cfg = cfg.replace(**model_overrides) if model_overrides else cfg

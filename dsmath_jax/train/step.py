@@ -46,10 +46,12 @@ def token_cross_entropy(logits: jax.Array, targets: jax.Array, weights: jax.Arra
 
 def lm_loss(model: nnx.Module, batch: Batch) -> tuple[jax.Array, jax.Array, dict]:
     """Language-model loss on a batch with `inputs`, `targets`, `weights` and optional `positions` and
-    `segment_ids` (all [batch, seq]); `weights` is 0 on padding and, for SFT, on prompt tokens."""
-    logits = model(batch["inputs"], batch.get("positions"), batch.get("segment_ids"))
-    total, weight = token_cross_entropy(logits, batch["targets"], batch["weights"])
-    return total, weight, {}
+    `segment_ids` (all [batch, seq]); `weights` is 0 on padding and, for SFT, on prompt tokens. The
+    log-probs come from the model in blocks of positions (`CausalLM.token_logprobs`): no full logits."""
+    logp, _ = model.token_logprobs(batch["inputs"], batch["targets"], batch.get("positions"),
+                                   batch.get("segment_ids"))
+    weights = batch["weights"].astype(jnp.float32)
+    return -(jnp.where(weights != 0, logp, 0.0) * weights).sum(), weights.sum(), {}
 
 
 def adamw(learning_rate: float | optax.Schedule, *, b1: float = 0.9, b2: float = 0.95, weight_decay: float = 0.1,
@@ -79,6 +81,40 @@ def _split_micro(batch: Batch, accum_steps: int) -> Batch:
         x = x.reshape((accum_steps, x.shape[0] // accum_steps) + x.shape[1:])
         return constrain(x, (None, "batch") + (None,) * (x.ndim - 2))
     return jax.tree.map(split, dict(batch))
+
+
+def make_forward(model: nnx.Module, fn: Callable[[nnx.Module, Batch], jax.Array], mesh: Mesh,
+                 rules: Rules = DEFAULT_RULES, *, micro_batches: int = 1) -> Callable[[Any, Batch], jax.Array]:
+    """A jitted, sharded forward pass `forward(params, batch) -> [rows, ...]` of `fn(model, batch)` (e.g. the
+    frozen reference's log-probs, a critic's values): traced inside the activation-sharding context, so
+    activations are split over the mesh like the train step's, and run over `micro_batches` slices of the
+    rows one after the other (`lax.map`), so it holds one micro-batch's activations at a time, as the train
+    step with `accum_steps` does. Slice i takes rows i, i + k, i + 2k, ... (each device keeps its own rows);
+    the output is in the batch's row order. `model` may be abstract (`nnx.eval_shape`)."""
+    if micro_batches < 1:
+        raise ValueError(f"micro_batches must be >= 1, got {micro_batches}")
+    graphdef, _ = nnx.split(model)
+    params_sharding = param_shardings(model, mesh, rules)
+    rows_sharding = batch_sharding(mesh, rules)
+
+    def forward(params, batch):
+        with activation_sharding(mesh, rules):
+            run = lambda b: fn(nnx.merge(graphdef, params), b)  # noqa: E731
+            if micro_batches == 1:
+                return run(batch)
+            k = micro_batches
+
+            def split(x):
+                if x.shape[0] % k:
+                    raise ValueError(f"batch of {x.shape[0]} rows does not split into {k} micro-batches")
+                x = x.reshape((x.shape[0] // k, k) + x.shape[1:]).swapaxes(0, 1)
+                return constrain(x, (None, "batch") + (None,) * (x.ndim - 2))
+
+            out = jax.lax.map(run, jax.tree.map(split, dict(batch)))  # [k, rows / k, ...]
+            out = out.swapaxes(0, 1)
+            return constrain(out.reshape((-1,) + out.shape[2:]), ("batch",) + (None,) * (out.ndim - 2))
+
+    return jax.jit(forward, in_shardings=(params_sharding, rows_sharding), out_shardings=rows_sharding)
 
 
 class StepFns(NamedTuple):
