@@ -282,7 +282,7 @@ def check_rl(c, tiny: bool, where: str) -> None:
     ready = c.copy_and_resolve_references()
     ready.init.run_dir = ready.init.run_dir or "policy"
     ready.reward.rm_dir = ready.reward.rm_dir or "reward_model"
-    RLRun(ready, "unused")
+    RLRun(ready, "unused").require_paths()
     if tiny:  # minutes on a CPU: the arithmetic task, small groups, tens of steps
         assert c.data.problems["kind"] == "arithmetic" and c.rollout.group_size <= 16, where
         assert c.train.iterations * c.train.steps_per_iteration <= 100 and c.rollout.max_new_tokens <= 128, where
@@ -409,7 +409,7 @@ def _ready_to_launch(path: str, c, where: str) -> None:
             pytest.fail(f"{where}: TFDS sources but no --config.data.data_dir")
     elif kind == "rl":
         from dsmath_jax.rl.loop import RLRun
-        RLRun(c, "unused")  # init.run_dir, and reward.rm_dir for a reward model
+        RLRun(c, "unused").require_paths()  # init.run_dir, and reward.rm_dir for a reward model
     elif kind == "rm" and not c.init.run_dir:
         pytest.fail(f"{where}: no --config.init.run_dir (the policy that generates)")
 
@@ -546,9 +546,11 @@ RM_CAPS = ["--config.data.limit_per_source=6", "--config.sampling.samples_per_pr
            "--config.train.tensorboard=False", "--config.train.async_checkpoint=False", "--config.data.seq_len=128"]
 
 
+@pytest.mark.slow
 def test_tiny_iterative_grpo_with_an_orm_runs(arithmetic_sft_run, run_cli, tmp_path):
     """`iterative_grpo.py:outcome,tiny`: the ORM of `rm/orm.py:tiny` scores the samples and continues
-    training (with replay) after each of the 2 iterations (of one step each here)."""
+    training (with replay) after each of the 2 iterations (of one step each here). In CI,
+    tests/test_full_scale_flags.py runs `iterative_grpo.py:outcome` with its full-scale flags the same way."""
     orm = run_cli("rm", "rm/orm.py:tiny", tmp_path / "orm", f"--config.init.run_dir={arithmetic_sft_run}", *RM_CAPS)
     assert orm["status"] == "completed" and orm["kind"] == "orm"
     summary = run_cli("rl", "rl/iterative_grpo.py:outcome,tiny", tmp_path / "rl",

@@ -11,8 +11,8 @@ from scipy import stats
 
 from dsmath_jax.data.tokenizers import train_sentencepiece
 from dsmath_jax.generate import Sampler, SamplingParams, filter_logits, sample_tokens
-from dsmath_jax.model import CausalLM, get_params, get_preset
-from dsmath_jax.parallel import make_mesh, shard_model
+from dsmath_jax.model import CausalLM, get_params, get_preset, set_params
+from dsmath_jax.parallel import create_sharded, make_mesh, param_shardings, shard_model
 
 
 @pytest.fixture(scope="module")
@@ -165,3 +165,54 @@ def test_bad_sampling_params_fail():
         SamplingParams(top_p=0.0)
     with pytest.raises(ValueError, match="max_new_tokens"):
         SamplingParams(max_new_tokens=0)
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_scanned_layers_sample_what_the_unscanned_model_samples(model, tokenizer, scan):
+    """The same weights with the blocks stacked for `nnx.scan` (what the full-scale configs train with), on an
+    FSDP x tensor mesh, in bf16 compute: the tokens and (within bf16 summation order) log-probs of the unscanned
+    bf16 model sampled on one device."""
+    from dsmath_jax.train.restore import relayout_layers
+    cfg = model.config.replace(dtype="bfloat16")
+    plain = CausalLM(cfg, rngs=nnx.Rngs(1))
+    set_params(plain, get_params(model))
+    mesh = make_mesh({"fsdp": 4, "tensor": 2})
+    other = create_sharded(lambda: CausalLM(cfg.replace(scan_layers=scan), rngs=nnx.Rngs(1)), mesh)
+    params = get_params(model)
+    params = relayout_layers(params, scan=True) if scan else params
+    set_params(other, jax.device_put(params, param_shardings(other, mesh)))
+    params = SamplingParams(max_new_tokens=6, stop_token_ids=())
+    want = Sampler(plain, tokenizer, batch_size=8).generate(PROMPTS, params)
+    got = Sampler(other, tokenizer, batch_size=8, mesh=mesh, tensor_parallel=2).generate(PROMPTS, params)
+    for w, g in zip(want, got):
+        assert g[0].tokens == w[0].tokens
+        np.testing.assert_allclose(g[0].logprobs, w[0].logprobs, atol=0.03)
+
+
+def test_decoding_moves_activations_not_weights(model, tokenizer):
+    """The decode step runs on the sampler's own weight layout (split over `tensor`, replicated over the rest):
+    its collectives move activations only, not the FSDP weight gathers a training layout would repeat for every
+    token (the decode loop's body is this step)."""
+    from dsmath_jax.generate.sampler import decode_mesh
+    from dsmath_jax.parallel.mesh import DEFAULT_RULES, activation_sharding
+    from dsmath_jax.plan.compile import collective_bytes
+    mesh = make_mesh({"fsdp": 4, "tensor": 2})
+    sharded = create_sharded(lambda: CausalLM(model.config, rngs=nnx.Rngs(0)), mesh)
+    weights = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(get_params(sharded)))
+    sampler = Sampler(sharded, tokenizer, batch_size=8, mesh=mesh)
+    assert dict(sampler.mesh.shape) == {"data": 4, "fsdp": 1, "tensor": 2} == dict(decode_mesh(mesh).shape)
+    (_, _, _), (_, _, _), (_, step, args) = sampler.executables(16, SamplingParams(max_new_tokens=8))
+    moved = collective_bytes(step.lower(*args).compile().as_text())
+    assert moved < 0.05 * weights, (moved, weights)
+    # The same step on the training layout gathers the weights (the regression this guards against).
+    graphdef = nnx.split(sharded)[0]
+
+    def train_layout_step(params, tokens, cache):
+        with activation_sharding(mesh, DEFAULT_RULES):
+            return nnx.merge(graphdef, params)(tokens, cache=cache)[0]
+
+    from dsmath_jax.model import init_cache
+    cache = init_cache(model.config, 8, 32)
+    train_moved = collective_bytes(jax.jit(train_layout_step).lower(
+        get_params(sharded), jnp.zeros((8, 1), jnp.int32), cache).compile().as_text())
+    assert train_moved > 0.2 * weights, (train_moved, weights)

@@ -321,3 +321,12 @@ def test_tpu_metadata_asks_the_gce_metadata_server(monkeypatch):
         server.server_close()
         thread.join()
     assert distributed._tpu_metadata("worker-network-endpoints", timeout_s=1.0) is None  # nothing listens now
+
+
+def test_rules_with_moves_one_logical_axis():
+    from dsmath_jax.parallel.mesh import DEFAULT_RULES, rules_with
+    rules = dict(rules_with(act_embed="tensor"))
+    assert rules["act_embed"] == "tensor"
+    assert {k: v for k, v in rules.items() if k != "act_embed"} == {k: v for k, v in DEFAULT_RULES if k != "act_embed"}
+    with pytest.raises(KeyError, match="unknown logical axes"):
+        rules_with(embedding="fsdp")

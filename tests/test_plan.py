@@ -125,6 +125,8 @@ def test_tiny_pretrain_plan_reports_per_chip_memory_and_flops(run_cli, tmp_path)
     assert step["model_flops"] == pytest.approx(model)
     assert 0.9 * model < step["flops"] * plan["chips"] < 2.5 * model
     assert plan["predicted_step_seconds"] > 0 and 0 < plan["predicted_mfu"] < 1
+    # The time estimate is never below the roofline: every FLOP at the chip's peak, every byte at its bandwidth.
+    assert step["seconds"] >= max(step["compute_bound_seconds"], step["memory_bound_seconds"]) * (1 - 1e-9)
     assert "train_step" in text and "fits" in text
 
 
@@ -165,3 +167,19 @@ def test_compile_only_needs_a_topology(run_cli):
                          "--topology=v9x-8")
     assert code == 2 and "unknown chip" in text
 
+
+
+def test_the_readme_plan_column_is_generated_from_the_plans(tmp_path):
+    """The paper map's "planned per chip, step" column is what experiments/benchmarks/plan_all.py writes from
+    experiments/results/plans.json, not typed by hand: regenerating it changes nothing."""
+    import importlib.util
+    import shutil
+    spec = importlib.util.spec_from_file_location("plan_all", REPO / "experiments" / "benchmarks" / "plan_all.py")
+    plan_all = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plan_all)
+    rows = json.loads((REPO / "experiments" / "results" / "plans.json").read_text())
+    assert {r["config"].split(":")[0] for r in rows} >= {f"configs/{p}" for p, _ in plan_all.CONFIGS}
+    copy = tmp_path / "README.md"
+    shutil.copy(REPO / "README.md", copy)
+    assert not plan_all.update_readme(rows, copy), "README's plan column differs from plans.json: rerun plan_all.py"
+    assert plan_all.markdown(rows) == (REPO / "experiments" / "results" / "plans.md").read_text()

@@ -61,20 +61,21 @@ def _params_equal(a, b):
 def test_resume_mid_iteration_is_bitwise(arithmetic_sft_run, tmp_path):
     """2 iterations of 3 steps (the reference resets at step 3, mu 2); one run straight through, one stopped
     after step 4 (mid-iteration 2) and resumed: same metrics at every step, same final params, reference
-    and optimiser state."""
-    def config():
+    and optimiser state. The second keeps its reference in host memory (`train.reference_on_host`): the
+    same numbers."""
+    def config(on_host=False):
         c = _config("configs/rl/grpo_outcome.py:tiny", arithmetic_sft_run, iterations=2, steps_per_iteration=3,
-                    mu=2, checkpoint_every=2, log_every=1)
+                    mu=2, checkpoint_every=2, log_every=1, reference_on_host=on_host)
         c.eval.update(every=0, at_start=False)
         c.rollout.update(questions_per_step=4, max_new_tokens=48)
         return c
 
     straight = run_rl(config(), str(tmp_path / "a"))
-    c = config()
+    c = config(on_host=True)
     c.train.stop_after_steps = 4
     first = run_rl(c, str(tmp_path / "b"))
     assert first["status"] == "stopped" and first["step"] == 4
-    resumed = run_rl(config(), str(tmp_path / "b"))
+    resumed = run_rl(config(on_host=True), str(tmp_path / "b"))
     assert straight["step"] == resumed["step"] == 6
     rows = {d: [json.loads(x) for x in open(tmp_path / d / "metrics.jsonl")] for d in "ab"}
     drop = ("time_s", "tokens_per_s")
@@ -90,6 +91,9 @@ def test_resume_mid_iteration_is_bitwise(arithmetic_sft_run, tmp_path):
     assert not _params_equal(ra["ref_params"], ra["params"])
 
 
+# The paradigm's arms at the tiny scale. In CI, tests/test_full_scale_flags.py runs every arm with the paper
+# config's flags (and checks more of each run); these stay for `-m slow`.
+@pytest.mark.slow
 @pytest.mark.parametrize("arm", ["rft", "online_rft", "dpo", "grpo_process", "sft"])
 def test_paradigm_arms_run(arm, arithmetic_sft_run, tmp_path):
     c = _config(f"configs/rl/paradigm.py:{arm},tiny", arithmetic_sft_run, steps_per_iteration=2, checkpoint_every=2)
@@ -105,6 +109,7 @@ def test_paradigm_arms_run(arm, arithmetic_sft_run, tmp_path):
         assert all(0 <= r["step_reward_mean"] <= 1 and r["steps_per_response"] >= 1 for r in rows)
 
 
+@pytest.mark.slow
 def test_ppo_arm_runs(arithmetic_sft_run, tmp_path):
     c = _config("configs/rl/paradigm.py:ppo,tiny", arithmetic_sft_run, steps_per_iteration=2, checkpoint_every=2)
     c.eval.update(every=0, at_start=False)
@@ -181,7 +186,7 @@ def test_rl_config_errors():
     from dsmath_jax.rl.loop import RLRun
     c = load_config("configs/rl/grpo_outcome.py:tiny")
     with pytest.raises(ValueError, match="init.run_dir"):
-        RLRun(c, "unused").run()  # checked when the run starts (a compile-only plan needs no policy)
+        RLRun(c, "unused").require_paths()  # checked when the run starts (a compile-only plan needs no policy)
     c.init.run_dir = "x"
     c.method = "rft"
     c.reward.kind = "step_rule"

@@ -9,7 +9,7 @@ Model: 1.3B (24 layers, d 2048, 16 heads); AdamW (0.9, 0.95, wd 0.1), multi-step
 The tokenizer is DeepSeek's 100K BPE (the `deepseek_1_3b` preset's vocabulary of 102,400): pass its
 `tokenizer.json` or a directory holding it, e.g. a DeepSeekMath 7B download, as `--config.tokenizer.path`.
 
-Launch (TPU v5p-128, about 2.5 days each):
+Launch (TPU v5p-128, about 1.5 days each at 45% MFU):
   dsmath pretrain --config=configs/pretrain/arxiv_only.py:arxiv_redpajama --workdir=gs://BUCKET/runs/arxiv_rp \
     --config.data.data_dir=gs://BUCKET/tfds --config.tokenizer.path=gs://BUCKET/models/deepseek-math-7b-base
 

@@ -14,7 +14,7 @@ Data: TFDS datasets `github_code` and `deepseekmath_corpus` in `--config.data.da
 DeepSeek's 100K BPE (the `deepseek_1_3b` preset's vocabulary of 102,400): pass its `tokenizer.json` or a
 directory holding it, e.g. a DeepSeekMath 7B download, as `--config.tokenizer.path`; both stages use the same.
 
-Launch (TPU v5p-128; about 7 days for stage 1, 2.5 days for stage 2, 9 days one-stage):
+Launch (TPU v5p-128; at 45% MFU about 4 days for stage 1, 1.5 days for stage 2, 5.5 days one-stage):
   dsmath pretrain --config=configs/pretrain/code_then_math.py:two_stage_code --workdir=gs://BUCKET/runs/code_stage1 \
     --config.data.data_dir=gs://BUCKET/tfds --config.tokenizer.path=gs://BUCKET/models/deepseek-math-7b-base
   dsmath pretrain --config=configs/pretrain/code_then_math.py:two_stage_math --workdir=gs://BUCKET/runs/code_stage2 \

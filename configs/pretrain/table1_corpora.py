@@ -14,7 +14,8 @@ Data: the corpus is a TFDS dataset named like the argument in `data.data_dir` (m
 The tokenizer is DeepSeek's 100K BPE (the `deepseek_1_3b` preset's vocabulary of 102,400): pass its
 `tokenizer.json` or a directory holding it, e.g. a DeepSeekMath 7B download, as `--config.tokenizer.path`.
 
-Launch (TPU v5p-128 = 64 chips; about 2.5 days per corpus at 45% MFU):
+Launch (TPU v5p-128 = 64 chips; about 1.5 days per corpus at 45% MFU; the compile-only
+plan predicts 2.1 s per step of 1,024 x 4K tokens, 74% MFU, a roofline estimate):
   # on every host of the slice: gcloud compute tpus tpu-vm ssh NAME --zone=ZONE --worker=all --command='...'
   dsmath pretrain --config=configs/pretrain/table1_corpora.py:openwebmath \
       --workdir=gs://BUCKET/runs/table1_openwebmath --config.data.data_dir=gs://BUCKET/tfds \

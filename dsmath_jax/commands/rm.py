@@ -266,14 +266,6 @@ def _copy_tokenizer(tokenizer, workdir: str) -> None:
             copy_atomic(path, dest)
 
 
-def _optimizer(config):
-    from dsmath_jax.train import schedules
-    from dsmath_jax.train.step import adamw
-    opt = _as_dict(config.optimizer)
-    schedule = schedules.from_config(opt.pop("schedule"), int(config.train.steps))
-    return adamw(schedule, **opt), schedule
-
-
 def _load_model(path: str, config, mesh, rules):
     from dsmath_jax.train.restore import load_run
     overrides = {k: v for k, v in _as_dict(config.model).items() if v is not None and k != "preset"}
@@ -350,7 +342,8 @@ def run(config, workdir: str) -> dict[str, Any]:
                              f"{config.kind!r}: use another workdir")
         rm = RewardModel.abstract(ModelConfig.from_dict(meta["model"]), config.kind, mesh, rules, **layout)
     del policy
-    optimizer, schedule = _optimizer(config)
+    from dsmath_jax.train.loop import optimizer_from_config
+    optimizer, schedule = optimizer_from_config(config)
     trainer = rm.make_trainer(optimizer, int(tcfg.accum_steps), schedule=schedule)
     if start is not None:
         target = trainer.abstract_state()

@@ -353,6 +353,8 @@ class Sampler:
         prefill, decode, _ = self._fns(prompt_len, max_new, params)
         rng = jax.random.fold_in(jax.random.key(params.seed), batch_start)
         rng, first_key = jax.random.split(rng)
+        if self.mesh is not None:  # as decode returns it: otherwise its first call compiles a second executable
+            rng = jax.device_put(rng, self._sharding((), ()))
         cache, token, logprob = prefill(self.params, self._put(tokens, ("batch", None)),
                                         self._put(segments, ("batch", None)), first_key)
         token, logprob = np.asarray(token), np.asarray(logprob)

@@ -49,6 +49,17 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
 Rules = Sequence[tuple[str, Any]]
 
 
+def rules_with(**changes: Any) -> tuple[tuple[str, Any], ...]:
+    """DEFAULT_RULES with some logical axes mapped elsewhere, e.g. `rules_with(act_embed="tensor")`: the
+    residual stream between blocks split over `tensor` along its width as well (Megatron's sequence-parallel
+    layout, by features: the blocks' all-reduces become reduce-scatter + all-gather, and the activations a
+    scanned, rematerialised stack keeps for its backward pass shrink by the tensor size)."""
+    unknown = set(changes) - {name for name, _ in DEFAULT_RULES}
+    if unknown:
+        raise KeyError(f"rules_with: unknown logical axes {sorted(unknown)}")
+    return tuple((name, changes.get(name, target)) for name, target in DEFAULT_RULES)
+
+
 def mesh_shape(shape: Mapping[str, int] | None, num_devices: int) -> dict[str, int]:
     """Resolves a mesh shape over `num_devices` devices: fills the one -1 and checks the product."""
     shape = dict(shape or {"fsdp": -1})

@@ -27,14 +27,23 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+from etils import epath
 from flax import nnx
 
+from dsmath_jax.generate.sampler import Sampler, SamplingParams
 from dsmath_jax.model import CausalLM, ModelConfig, ScalarHeadModel, get_params
+from dsmath_jax.model.attention import mesh_platform, resolve_implementation, splash_block_size
 from dsmath_jax.model.config import COMPUTE_FIELDS
 from dsmath_jax.parallel import make_mesh, rules_from_config
 from dsmath_jax.parallel.mesh import batch_sharding, param_shardings
 from dsmath_jax.plan.core import Build, Executable, Plan, device_bytes, make_plan, shaped
 from dsmath_jax.plan.topology import Topology
+from dsmath_jax.rl.loop import RLRun
+from dsmath_jax.rl.reward_model import RewardModel
+from dsmath_jax.train.checkpoint import Checkpointer
+from dsmath_jax.train.loop import optimizer_from_config
+from dsmath_jax.train.rundir import read_json
+from dsmath_jax.train.step import adamw, make_train_step
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +57,6 @@ def _readable_json(path: str | None, name: str = "config.json") -> dict | None:
     if not path:
         return None
     try:
-        from etils import epath
-        from dsmath_jax.train.rundir import read_json
         p = epath.Path(path) / name
         return read_json(p) if p.exists() else None
     except Exception as e:  # noqa: BLE001 - an unreachable bucket: plan from the config instead
@@ -131,7 +138,6 @@ def attention_kernel_flops(cfg: ModelConfig, mesh, rows: int, seq: int, *, train
     adds the backward kernels (dq: 3 matmuls, dk/dv: 4; 3.5 forwards) and, unless the remat policy keeps the
     kernel's residuals ("none", "save_attention"), a rerun of the forward kernel.
     """
-    from dsmath_jax.model.attention import mesh_platform, resolve_implementation, splash_block_size
     if resolve_implementation(cfg.attention_impl, mesh_platform(mesh)) != "splash":
         return 0.0
     block, padded = splash_block_size(seq)
@@ -175,7 +181,7 @@ def _sampler_executables(sampler, prompt_tokens: int, sampling, batches: float, 
                                        note=f"{sampler.chunk_size} tokens per call"))
         else:
             exes.append(Executable(f"{prefix}decode_step", fn, args, calls=batches * sampling.max_new_tokens,
-                                   resident=resident, model_flops=_forward_flops(cfg, rows, context),
+                                   resident=resident, model_flops=_forward_flops(cfg, rows, context), cost_only=True,
                                    note="one token for every row: what the decode loop repeats"))
     return exes
 
@@ -187,9 +193,6 @@ def _dims(cfg: ModelConfig, seq: int, cache: int | None = None) -> dict[str, int
 # ------------------------------------------------------------------------------------------- pretrain / sft
 def plan_train(config: ml_collections.ConfigDict, topology: Topology, *, command: str, config_name: str,
                probes: bool = True, raise_if_not_fit: bool = True) -> Plan:
-    from dsmath_jax.train.loop import _optimizer
-    from dsmath_jax.train.step import make_train_step
-
     mesh, rules = _mesh(config, topology)
     init = _d(config.get("init"))
     cfg = model_from_hf_or_config(init.get("hf_dir"), _d(config.model))
@@ -197,7 +200,7 @@ def plan_train(config: ml_collections.ConfigDict, topology: Topology, *, command
     accum = int(config.train.get("accum_steps", 1))
     if batch % accum:
         raise ValueError(f"train.batch_size={batch} does not split into train.accum_steps={accum} micro-batches")
-    optimizer, schedule = _optimizer(config)
+    optimizer, schedule = optimizer_from_config(config)
     rows_sharding = batch_sharding(mesh, rules)
     eval_every = int(config.train.get("eval_every", 0) or 0)
     has_eval = bool(config.data.get("eval_split")) and eval_every > 0
@@ -252,10 +255,6 @@ def _train_knobs(accum: int, batch: int, mesh, cfg: ModelConfig, prefix: str = "
 # ------------------------------------------------------------------------------------------- rl
 def plan_rl(config: ml_collections.ConfigDict, topology: Topology, *, config_name: str, probes: bool = True,
             raise_if_not_fit: bool = True) -> Plan:
-    from dsmath_jax.generate.sampler import SamplingParams
-    from dsmath_jax.rl.loop import RLRun
-    from dsmath_jax.rl.reward_model import RewardModel
-
     c = config
     mesh, rules = _mesh(c, topology)
     cfg = model_from_run_or_preset(c.init.get("run_dir"), _d(c.model), "the RL policy")
@@ -324,13 +323,14 @@ def plan_rl(config: ml_collections.ConfigDict, topology: Topology, *, config_nam
                                                layers), c.reward.kind, mesh, rules, seq_len=seq)
             resident["reward_model"] = device_bytes(rm.params)
             if c.rm_update.enabled:
-                from dsmath_jax.train.step import adamw
                 rm_trainer = rm.make_trainer(adamw(float(c.rm_update.lr), weight_decay=0.0), accum_steps=1)
                 resident["reward_model_optimizer"] = device_bytes(shaped(rm_trainer.state.opt_state,
                                                                          rm_trainer.fns.state_sharding.opt_state))
         fwd_kernel = attention_kernel_flops(cfg, mesh, rows, seq, training=False)
         train_kernel = attention_kernel_flops(cfg, mesh, rows, seq, training=True)
         everything = tuple(resident)
+        if c.train.reference_on_host and "reference" in resident:  # in HBM only while its forward runs
+            everything = tuple(r for r in everything if r != "reference")
         others = lambda *mine: tuple(r for r in everything if r not in mine)  # noqa: E731
         exes: list[Executable] = []
         if method != "sft":
@@ -400,8 +400,6 @@ def _rm_meta(rm_dir: str | None) -> dict | None:
     if not rm_dir:
         return None
     try:
-        from dsmath_jax.train.checkpoint import Checkpointer
-        from etils import epath
         if not epath.Path(rm_dir, "checkpoints").is_dir():
             return None
         with Checkpointer(os.path.join(rm_dir, "checkpoints"), read_only=True, async_save=False,
@@ -415,10 +413,6 @@ def _rm_meta(rm_dir: str | None) -> dict | None:
 # ------------------------------------------------------------------------------------------- rm
 def plan_rm(config: ml_collections.ConfigDict, topology: Topology, *, config_name: str, probes: bool = True,
             raise_if_not_fit: bool = True) -> Plan:
-    from dsmath_jax.generate.sampler import Sampler, SamplingParams
-    from dsmath_jax.rl.reward_model import RewardModel
-    from dsmath_jax.commands.rm import _optimizer
-
     c = config
     mesh, rules = _mesh(c, topology)
     model = _d(c.model)
@@ -427,7 +421,7 @@ def plan_rm(config: ml_collections.ConfigDict, topology: Topology, *, config_nam
     rm_cfg = model_from_run_or_preset(rm_init, model, "the reward model") if rm_init else policy_cfg
     seq, prompt = int(c.data.seq_len), int(c.plan.prompt_tokens)
     bs, accum = int(c.train.batch_size), int(c.train.accum_steps)
-    optimizer, schedule = _optimizer(c)
+    optimizer, schedule = optimizer_from_config(c)
     solutions = SamplingParams(max_new_tokens=int(c.sampling.max_new_tokens), n=int(c.sampling.samples_per_problem),
                                temperature=float(c.sampling.temperature) or 1.0)
     continuation = SamplingParams(max_new_tokens=int(c.labels.max_new_tokens),
@@ -478,8 +472,6 @@ def plan_rm(config: ml_collections.ConfigDict, topology: Topology, *, config_nam
 # ------------------------------------------------------------------------------------------- eval
 def plan_eval(config: ml_collections.ConfigDict, topology: Topology, *, config_name: str, model_path: str | None,
               probes: bool = True, raise_if_not_fit: bool = True) -> Plan:
-    from dsmath_jax.generate.sampler import Sampler, SamplingParams
-
     c = config
     mesh, rules = _mesh(c, topology)
     overrides = _d(c.model_overrides)

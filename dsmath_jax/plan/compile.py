@@ -60,6 +60,7 @@ class CompiledInfo:
     top_buffers: list[Buffer] = dataclasses.field(default_factory=list)
     compile_seconds: float = 0.0
     error: str | None = None
+    loops: int = 0  # while loops left in the optimised program (their bodies count once in the cost analysis)
     source: str = "report"  # where total_bytes came from: "report", "error" or "memory_analysis"
 
     def to_json(self) -> dict[str, Any]:
@@ -129,7 +130,8 @@ def _oom_bytes(message: str) -> int | None:
     return None
 
 
-def compile_executable(fn: Any, args: tuple, *, dump: bool = True, cost: bool = True) -> CompiledInfo:
+def compile_executable(fn: Any, args: tuple, *, dump: bool = True, cost: bool = True,
+                       options: dict[str, str] | None = None) -> CompiledInfo:
     """Lowers `fn` (a `jax.jit` function) on `args` and compiles it; see the module docstring.
 
     With `dump` the compiler writes its memory report to a temporary directory (TPU); without, or where
@@ -141,7 +143,7 @@ def compile_executable(fn: Any, args: tuple, *, dump: bool = True, cost: bool = 
     t0 = time.perf_counter()
     lowered = fn.lower(*args)
     with tempfile.TemporaryDirectory(prefix="dsmath_plan_") as tmp:
-        options = {"xla_dump_to": tmp} if dump else None
+        options = dict(options or {}, **({"xla_dump_to": tmp} if dump else {}))
         try:
             compiled = lowered.compile(compiler_options=options) if options else lowered.compile()
         except Exception as e:  # noqa: BLE001 - the compiler's errors are JaxRuntimeError/XlaRuntimeError
@@ -178,7 +180,9 @@ def compile_executable(fn: Any, args: tuple, *, dump: bool = True, cost: bool = 
         info.bytes_accessed = float(analysis["bytes accessed"]) if "bytes accessed" in analysis else None
         info.xla_seconds = float(analysis["optimal_seconds"]) if "optimal_seconds" in analysis else None
         try:
-            info.collective_bytes = collective_bytes(compiled.as_text())
+            text = compiled.as_text()
+            info.collective_bytes = collective_bytes(text)
+            info.loops = len(re.findall(r"\swhile\(", text))
         except Exception as e:  # noqa: BLE001 - the text is a convenience; the plan goes on without it
             log.debug("no HLO text for collective bytes: %s", e)
     return info

@@ -16,8 +16,9 @@ arguments. `make_plan` compiles each for the topology and reads, per chip:
   added analytically (`Executable.kernel_flops`).
 * time: an estimate, not a measurement. Each call takes XLA's own cost-model time of the compiled program
   (the TPU compiler's "optimal_seconds": per operation, the larger of its compute and memory time at
-  peak) plus the Pallas kernels' FLOPs at peak, or its collective bytes over the chip's ICI bandwidth if
-  that is larger (communication overlapped with compute). MFU is the model FLOPs (6N + attention per
+  peak; never less than the roofline, all FLOPs at peak or all bytes at HBM bandwidth) plus the Pallas
+  kernels' FLOPs at peak, or its collective bytes over the chip's ICI bandwidth if that is larger
+  (communication overlapped with compute). MFU is the model FLOPs (6N + attention per
   token) over that time. The plain roofline bounds (all FLOPs at peak; all bytes at HBM bandwidth) are
   reported beside it.
 """
@@ -39,6 +40,7 @@ import numpy as np
 from dsmath_jax.model.loops import unrolled_scans
 from dsmath_jax.plan.compile import CompiledInfo, compile_executable
 from dsmath_jax.plan.topology import GIB, Topology
+from dsmath_jax.train.rundir import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,7 @@ class Executable:
     units: float = 1.0
     model_flops: float = 0.0
     kernel_flops: float = 0.0  # per call and chip: FLOPs inside Pallas kernels, which XLA does not count
+    cost_only: bool = False  # a unit the run repeats inside another program (a decode step): costs, no memory
     note: str = ""
 
 
@@ -96,6 +99,7 @@ class ExecutablePlan:
     seconds: float | None = None  # the estimate, per call (module docstring)
     compute_bound_seconds: float | None = None  # every FLOP at peak
     memory_bound_seconds: float | None = None  # every byte at HBM bandwidth
+    cost_only: bool = False
     note: str = ""
 
     def to_json(self) -> dict[str, Any]:
@@ -125,11 +129,12 @@ class Plan:
 
     @property
     def peak(self) -> ExecutablePlan:
-        return max(self.executables, key=lambda e: e.peak_bytes)
+        return max((e for e in self.executables if not e.cost_only), key=lambda e: e.peak_bytes)
 
     @property
     def fits(self) -> bool:
-        return all(e.compiled.fits for e in self.executables) and self.peak.peak_bytes <= self.hbm_bytes
+        return (all(e.compiled.fits for e in self.executables if not e.cost_only)
+                and self.peak.peak_bytes <= self.hbm_bytes)
 
     @property
     def headroom(self) -> float:
@@ -171,14 +176,13 @@ class Plan:
             "predicted_step_seconds": self.step_seconds, "predicted_mfu": self.mfu,
             "tokens_per_step": self.tokens_per_step,
             "time_model": "estimate, not a measurement: per call, XLA's cost-model time of the compiled program "
-                          "(per operation, compute or memory at peak) + Pallas kernel FLOPs at peak, or the "
-                          "collective bytes over ICI bandwidth if larger",
+                          "(per operation, compute or memory at peak; at least the roofline) + Pallas kernel FLOPs at "
+                          "peak, or the collective bytes over ICI bandwidth if larger",
             "executables": [e.to_json() for e in self.executables], "knobs": self.knobs,
             "compile_seconds": self.compile_seconds,
         }
 
     def write(self, path: str) -> None:
-        from dsmath_jax.train.rundir import write_atomic
         write_atomic(path, json.dumps(self.to_json(), indent=2))
 
     def table(self) -> str:
@@ -192,6 +196,12 @@ class Plan:
         lines += [head, "  " + "-" * (len(head) - 2)]
         for e in self.executables:
             fits = "yes" if e.compiled.fits and e.peak_bytes <= self.hbm_bytes else "NO"
+            if e.cost_only:
+                tf = f"{e.flops * t.num_chips / 1e12:.2f}" if e.flops is not None else "-"
+                sec = f"{e.seconds:.4f}" if e.seconds is not None else "-"
+                lines.append(f"  {e.name:<22}{e.calls:>8g}{'(repeated inside another program: costs only)':>47}"
+                             f"{tf:>12}{e.model_flops / 1e12:>10.2f}{sec:>10}")
+                continue
             tf = f"{e.flops * t.num_chips / 1e12:.2f}" if e.flops is not None else "-"
             mf = f"{e.model_flops / 1e12:.2f}" if e.model_flops else "-"
             sec = f"{e.seconds:.4f}" if e.seconds is not None else "-"
@@ -245,7 +255,7 @@ def describe_buffer(shapes: str, dims: dict[str, int]) -> str:
 
 
 def not_fit_message(plan: Plan, dims: dict[str, int]) -> str:
-    bad = [e for e in plan.executables if not e.compiled.fits or e.peak_bytes > plan.hbm_bytes]
+    bad = [e for e in plan.executables if not e.cost_only and (not e.compiled.fits or e.peak_bytes > plan.hbm_bytes)]
     t = plan.topology
     lines = [f"dsmath {plan.command} {plan.config} does not fit {t.name} ({t.chip.hbm_bytes / GIB:.2f} GiB HBM per "
              f"chip, {t.num_chips} chips, mesh {plan.mesh}):"]
@@ -260,6 +270,12 @@ def not_fit_message(plan: Plan, dims: dict[str, int]) -> str:
 
 
 # ------------------------------------------------------------------------------------------- planning
+# The TPU compiler turns an FSDP matmul into a "windowed einsum" (a loop that passes weight shards around the
+# ring while multiplying): a loop the cost analysis would count once. Probes are compiled without it.
+PROBE_OPTIONS = {"xla_tpu_enable_windowed_einsum_for_all_gather": "false",
+                 "xla_tpu_enable_windowed_einsum_for_reduce_scatter": "false"}
+
+
 def _probe_costs(build: Callable[[int, bool], Build], num_layers: int) -> dict[str, tuple[CompiledInfo, ...]]:
     """name -> (cost at 1 layer, cost at 2 layers) of every executable, built as probes (no loops)."""
     out: dict[str, list[CompiledInfo]] = {}
@@ -267,7 +283,10 @@ def _probe_costs(build: Callable[[int, bool], Build], num_layers: int) -> dict[s
         with unrolled_scans():
             probe = build(layers, True)
             for exe in probe.executables:
-                info = compile_executable(exe.fn, exe.args, dump=False)
+                info = compile_executable(exe.fn, exe.args, dump=False, options=PROBE_OPTIONS)
+                if info.loops:
+                    log.warning("probe %s (%d layer(s)) still has %d loop(s): its FLOPs may be undercounted",
+                                exe.name, layers, info.loops)
                 out.setdefault(exe.name, []).append(info)
     return {k: tuple(v) for k, v in out.items() if len(v) == 2}
 
@@ -290,11 +309,16 @@ def make_plan(*, command: str, config_name: str, topology: Topology, mesh, model
     chip = topology.chip
     plans = []
     for exe in full.executables:
-        log.info("compiling %s for %s", exe.name, topology.name)
-        info = compile_executable(exe.fn, exe.args, dump=True, cost=False)
-        resident = int(sum(full.resident.get(r, 0) for r in exe.resident))
+        if exe.cost_only:  # the run never executes it alone: no memory to plan
+            info = CompiledInfo(fits=True, total_bytes=0, source="cost probe only")
+            resident = 0
+        else:
+            log.info("compiling %s for %s", exe.name, topology.name)
+            info = compile_executable(exe.fn, exe.args, dump=True, cost=False)
+            resident = int(sum(full.resident.get(r, 0) for r in exe.resident))
         ep = ExecutablePlan(name=exe.name, calls=exe.calls, units=exe.units, compiled=info, resident_bytes=resident,
-                            peak_bytes=info.total_bytes + resident, model_flops=exe.model_flops, note=exe.note)
+                            peak_bytes=info.total_bytes + resident, model_flops=exe.model_flops, note=exe.note,
+                            cost_only=exe.cost_only)
         if exe.name in costs:
             one, two = costs[exe.name]
             scale = exe.units
@@ -307,9 +331,12 @@ def make_plan(*, command: str, config_name: str, topology: Topology, mesh, model
                 ep.kernel_flops = exe.kernel_flops
                 ep.compute_bound_seconds = ep.flops / chip.peak_bf16_flops
                 ep.memory_bound_seconds = (ep.bytes_accessed or 0.0) / chip.hbm_bandwidth
-                cost_model = (ep.xla_seconds if ep.xla_seconds is not None
-                              else max(ep.compute_bound_seconds - exe.kernel_flops / chip.peak_bf16_flops,
-                                       ep.memory_bound_seconds))
+                # XLA's per-operation times sum to at least the roofline (all FLOPs at peak, or all bytes at
+                # HBM bandwidth); an extrapolation from the probes' cost-model times that falls below it (the
+                # model's estimate can drop from 1 to 2 layers) is replaced by the roofline.
+                roofline = max(ep.compute_bound_seconds - exe.kernel_flops / chip.peak_bf16_flops,
+                               ep.memory_bound_seconds)
+                cost_model = max(ep.xla_seconds or 0.0, roofline)
                 ep.seconds = max(cost_model + exe.kernel_flops / chip.peak_bf16_flops,
                                  (ep.collective_bytes or 0.0) / chip.ici_bandwidth)
         plans.append(ep)

@@ -25,6 +25,8 @@ from __future__ import annotations
 import ml_collections
 from ml_collections.config_dict import placeholder
 
+from dsmath_jax.parallel.mesh import rules_with
+
 METHODS = ("sft", "rft", "online_rft", "dpo", "ppo", "grpo")
 # The small task at CPU scale (dsmath_jax.rl.arithmetic): one or two operations on amounts up to 9, results up
 # to 30. The SFT stage (configs/sft/arithmetic.py) trains on its train problems, RL samples from the same
@@ -100,11 +102,21 @@ def paper_grpo(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.model.update(preset="deepseekmath_7b", dtype="bfloat16", remat_policy="save_qkv", scan_layers=True)
     c.data.problems = dict(kind="gsm8k")
     c.data.template = "{question}\n" + COT_SUFFIX["en"]
+    c.data.max_prompt_tokens = 512  # question + instruction; longer ones are left out (counted, logged)
+    # All 1,024 rollouts decode at once on the sampler's bf16 copy of the weights, split 8 ways (tensor
+    # parallelism) and replicated over 8 groups of chips, each decoding its 128 rows.
     c.rollout.update(group_size=64, questions_per_step=16, max_new_tokens=1024, temperature=1.0,
-                     sampler_batch_size=256)
+                     sampler_batch_size=1024, tensor_parallel=8)
     c.loss.update(beta=0.04, kl_estimator="k3", aggregation="sequence_mean", clip_eps=0.2)
     c.optimizer.schedule = dict(name="constant", peak=1e-6, warmup_steps=0)
-    c.train.update(iterations=1, steps_per_iteration=9000, mu=1, accum_steps=16, checkpoint_every=50, log_every=1)
+    # Training: tensor parallelism over 8 chips (heads, MLP, vocabulary, and the residual stream between blocks:
+    # `rules_with(act_embed="tensor")`) x FSDP over the rest (8 on v5p-128), one rollout per chip group per
+    # micro-batch (128 micro-batches of 8), the frozen reference in host memory between its forwards. The compile-only plan of this config on
+    # v5p-128 (experiments/results/plans.md) and experiments/benchmarks/rl_memory.py measure what it needs.
+    c.mesh.shape = dict(data=1, fsdp=-1, tensor=8)
+    c.mesh.rules = rules_with(act_embed="tensor")
+    c.train.update(iterations=1, steps_per_iteration=9000, mu=1, accum_steps=128, checkpoint_every=50, log_every=1,
+                   reference_on_host=True)
     c.eval.update(every=200, n_problems=1319)
     return c
 
@@ -126,7 +138,11 @@ def tiny_rl_overrides(c: ml_collections.ConfigDict, *, steps: int = 40) -> ml_co
     c.ppo.critic_lr = 1e-4
     c.model.update(preset=None, dtype=None, remat_policy=None, scan_layers=None)
     c.data.template = "{question}"
-    c.train.accum_steps = 1
+    c.data.max_prompt_tokens = 1024
+    c.rollout.tensor_parallel = None
+    c.mesh.shape = dict(data=1, fsdp=-1, tensor=1)
+    c.mesh.rules = None
+    c.train.update(accum_steps=1, reference_on_host=False)
     return c
 
 

@@ -158,8 +158,6 @@ class RLRun:
         self.process = c.reward.kind in ("prm", "step_rule")
         if self.process and c.method != "grpo":
             raise ValueError(f"process rewards (reward.kind={c.reward.kind!r}) need method 'grpo', got {c.method!r}")
-        if c.reward.kind in ("orm", "prm") and not c.reward.rm_dir:
-            raise ValueError(f"reward.kind={c.reward.kind!r} needs reward.rm_dir (a `dsmath rm` run directory)")
         if c.rm_update.enabled and c.reward.kind not in ("orm", "prm"):
             raise ValueError("rm_update.enabled needs a reward model (reward.kind 'orm' or 'prm')")
         self.G = int(c.rollout.group_size)
@@ -175,11 +173,19 @@ class RLRun:
         self.sample_from = "initial" if c.method in OFFLINE_METHODS else "policy"
 
     # -------------------------------------------------------------------------------------- set-up
-    def _setup(self):
+    def require_paths(self) -> None:
+        """Raises ValueError naming what a run needs that a compile-only plan does not: the policy to start
+        from (init.run_dir) and, with a reward model, its run directory (reward.rm_dir)."""
         c = self.config
         if not c.init.run_dir:
             raise ValueError("config.init.run_dir is required: the policy to start from (a `dsmath sft` run "
                              "directory or a Hugging Face directory)")
+        if c.reward.kind in ("orm", "prm") and not c.reward.rm_dir:
+            raise ValueError(f"reward.kind={c.reward.kind!r} needs reward.rm_dir (a `dsmath rm` run directory)")
+
+    def _setup(self):
+        c = self.config
+        self.require_paths()
         self.mesh, self.rules = start_run(c, self.workdir)
         overrides = {k: v for k, v in _d(c.model).items() if v is not None and k != "preset"}
         model, self.tokenizer = load_run(c.init.run_dir, mesh=self.mesh, rules=self.rules, step=c.init.step,
@@ -278,6 +284,12 @@ class RLRun:
                                chunk_size=int(rc.chunk_size), mesh=self.mesh, rules=self.rules,
                                tensor_parallel=rc.get("tensor_parallel"))
         self.sampler.release_params()  # the sampler gets the policy's weights before each rollout
+
+    def _to_host(self, params):
+        """Frozen params moved to host memory, sharded as on the devices (`train.reference_on_host`): each
+        device's shard in its host's pinned memory, so it works on every host of a multi-host slice."""
+        host = jax.tree.map(lambda s: s.with_memory_kind("pinned_host"), self.params_sharding)
+        return jax.device_put(params, host)
 
     def _copy_tokenizer(self):
         """Copies the init run's tokenizer (tokenizer.model, or tokenizer.json and its configs) into the workdir."""
@@ -526,7 +538,11 @@ class RLRun:
         record["truncated"] = float(batch.pop("truncated", 0))
         gbatch = self._global(batch)
         if self.needs_ref:
-            gbatch["ref_logp"] = self._ref_logp(self.ref_params, gbatch)
+            ref = self.ref_params
+            if self.config.train.reference_on_host:  # into HBM for the forward only (freed after it)
+                ref = jax.device_put(ref, self.params_sharding)
+            gbatch["ref_logp"] = self._ref_logp(ref, gbatch)
+            del ref
         if c.method == "ppo":
             self._ppo_prepare(ro, gbatch, record)
         t1 = time.perf_counter()
@@ -681,7 +697,7 @@ class RLRun:
         if "ref_params" in got:
             self.ref_params = got["ref_params"]
             if self.config.train.reference_on_host:
-                self.ref_params = jax.device_get(self.ref_params)
+                self.ref_params = self._to_host(self.ref_params)
         if self.critic_state is not None:
             self.critic_state = TrainState(step=jax.device_put(np.int32(step * self.mu), cs.step),
                                            params=got["critic_params"], opt_state=got["critic_opt_state"])
@@ -731,7 +747,7 @@ class RLRun:
                     if self.needs_ref and (step % self.M == 0 or self.ref_params is None):
                         self.ref_params = self._frozen(self.state.params)  # the reference <- the policy
                         if tc.reference_on_host:
-                            self.ref_params = jax.device_get(self.ref_params)
+                            self.ref_params = self._to_host(self.ref_params)
                     record, position = self.step(step + 1, position)
                     step += 1
                     if record["finite"]:

@@ -157,7 +157,8 @@ def _datasets(config, task: str, tokenizer: Tokenizer, stats: PipelineStats, dat
     return train_ds, eval_ds
 
 
-def _optimizer(config):
+def optimizer_from_config(config):
+    """(AdamW, schedule) of a config's `optimizer` section over its `train.steps` (training and reward models)."""
     opt = _as_dict(config.optimizer)
     total = int(config.train.steps)
     schedule = schedules.from_config(opt.pop("schedule"), total)
@@ -205,7 +206,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, task: str = "pretrain
     tokenizer = _tokenizer(config, workdir, [src for _, src, _ in train_sources])
     model, model_cfg = _model(config, mesh, rules, tokenizer)
     train_ds, eval_ds = _datasets(config, task, tokenizer, stats, data_dir, specs, train_sources)
-    optimizer, schedule = _optimizer(config)
+    optimizer, schedule = optimizer_from_config(config)
     tcfg = config.train
     fns = make_train_step(model, optimizer, mesh, rules, accum_steps=int(tcfg.get("accum_steps", 1)),
                           schedule=schedule)

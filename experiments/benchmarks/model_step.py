@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=2048)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--mesh", default="fsdp=-1")
-    parser.add_argument("--attention", default=None, choices=[None, "xla", "cudnn"])
+    parser.add_argument("--attention", default=None, choices=[None, "auto", "xla", "cudnn", "splash"])
     parser.add_argument("--output", default=None)
     args = parser.parse_args()
 

@@ -79,7 +79,7 @@ def main() -> None:
     parser.add_argument("--topology", default="v5p-128")
     parser.add_argument("--set", nargs="*", default=[], help="config overrides key=json_value (both methods)")
     parser.add_argument("--probes", action="store_true", help="also FLOPs and predicted step times (slower)")
-    parser.add_argument("--out", default=None)
+    parser.add_argument("--output", "--out", dest="out", default=None)
     args = parser.parse_args()
     topology = parse_topology(args.topology)
     result = {"config": args.config, "topology": args.topology, "overrides": args.set}
