@@ -58,6 +58,9 @@ def _params_equal(a, b):
     return len(la) == len(lb) and all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(la, lb))
 
 
+# In CI, test_iterative_grpo_with_a_prm_resumes_bitwise checks a bitwise resume mid-iteration (with a reward model
+# too); this one stays for `-m slow`.
+@pytest.mark.slow
 def test_resume_mid_iteration_is_bitwise(arithmetic_sft_run, tmp_path):
     """2 iterations of 3 steps (the reference resets at step 3, mu 2); one run straight through, one stopped
     after step 4 (mid-iteration 2) and resumed: same metrics at every step, same final params, reference
