@@ -10,7 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from dsmath_jax.model import CheckpointFormatError, load_hf, save_hf  # noqa: E402
+from dsmath_jax.model import CheckpointFormatError, ConfigError, load_hf, save_hf  # noqa: E402
 from dsmath_jax.model.transformer import init_cache  # noqa: E402
 from dsmath_jax.parallel import make_mesh  # noqa: E402
 
@@ -92,7 +92,7 @@ def test_load_onto_mesh_and_bf16_export(hf_dir, tmp_path):
     ids = np.random.default_rng(2).integers(0, 256, (4, 16))
     np.testing.assert_allclose(np.asarray(ours(jnp.asarray(ids))), hf_logits(hf, ids), atol=1e-4, rtol=0)
 
-    save_hf(ours, tmp_path / "bf16", dtype="bfloat16")
+    save_hf(ours, tmp_path / "bf16", dtype=jnp.bfloat16)  # dtype objects as well as names
     config = json.loads((tmp_path / "bf16" / "config.json").read_text())
     assert config["torch_dtype"] == "bfloat16"
     back = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "bf16")
@@ -100,6 +100,16 @@ def test_load_onto_mesh_and_bf16_export(hf_dir, tmp_path):
     assert w.dtype == torch.bfloat16
     ref = hf.model.layers[1].mlp.down_proj.weight.detach().to(torch.bfloat16)
     assert torch.equal(w, ref)
+
+
+def test_dtypes_as_objects_or_names(hf_dir):
+    path, _ = hf_dir
+    model = load_hf(path, dtype=jnp.bfloat16, param_dtype=np.float32)
+    assert (model.config.dtype, model.config.param_dtype) == ("bfloat16", "float32")
+    assert model.decoder.layers[0].attn.q_proj[...].dtype == jnp.float32
+    assert load_hf(path, dtype=jnp.dtype("float16")).config.dtype == "float16"
+    with pytest.raises(ConfigError, match=r"ModelConfig.dtype=.*int32.* is not one of \['bfloat16', 'float16', 'float32'\]"):
+        load_hf(path, dtype=jnp.int32)
 
 
 def test_interleaved_rotary_layout(hf_dir, tmp_path):

@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dsmath_jax.rl import (PolicyLossConfig, dpo_loss, gae, gradient_coefficient, group_advantages, kl_k1, kl_k2,
-                           kl_k3, outcome_token_rewards, policy_loss, process_advantages, rft_loss,
+from dsmath_jax.rl import (K3_MAX, LOG_RATIO_CLAMP, PolicyLossConfig, dpo_loss, gae, gradient_coefficient,
+                           group_advantages, kl_k1, kl_k2, kl_k3, outcome_token_rewards, policy_loss, process_advantages, rft_loss,
                            sequence_logprob, sft_loss, step_end_flags, step_end_indices, token_advantages,
                            token_entropy, token_logprobs, value_loss)
 
@@ -224,7 +224,9 @@ def test_kl_estimators():
     np.testing.assert_allclose(kl_k1(logp, ref), logp - ref, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(kl_k2(logp, ref), 0.5 * (logp - ref) ** 2, rtol=1e-5, atol=1e-5)
     k3 = np.asarray(kl_k3(logp, ref))
-    np.testing.assert_allclose(k3, np.exp(d) - d - 1, rtol=1e-4, atol=1e-5)
+    exact = np.exp(d) - d - 1
+    assert (exact > K3_MAX).any() and (exact <= K3_MAX).any()  # both sides of the cap are exercised
+    np.testing.assert_allclose(k3, np.minimum(exact, K3_MAX), rtol=1e-4, atol=1e-5)
     assert np.all(k3 >= 0)
     np.testing.assert_array_equal(kl_k3(logp, logp), 0.0)
     # k1 and k3 are unbiased for KL(p || q) under samples of p: check on a small discrete distribution
@@ -522,3 +524,49 @@ def test_token_logprobs_and_entropy_match_numpy():
     entropy = -(np.exp(logsm) * logsm).sum(-1)
     np.testing.assert_allclose(token_entropy(jnp.asarray(logits, jnp.float32)), entropy, rtol=1e-5, atol=1e-5)
     assert token_logprobs(jnp.asarray(logits, jnp.bfloat16), jnp.asarray(targets)).dtype == jnp.float32
+
+
+# ------------------------------------------------------------------------------------------ clamps
+@pytest.mark.parametrize("ratio", ["token", "sequence"])
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_one_runaway_token_keeps_the_update(ratio, sign):
+    """A token whose log-ratio to the old policy is +-100 and whose reference log-prob is 94 nats above the
+    policy's (both once gave inf/NaN losses or gradients, and the train step then skipped the whole update):
+    the loss and gradient stay finite, the runaway token's clamped terms add no gradient, and every other
+    token's gradient is what it is without the runaway token."""
+    logp, old, ref, adv, mask = make_batch(garbage=False)
+    config = PolicyLossConfig(beta=0.04, ratio=ratio)
+    _, base_grad, _ = jax_loss_and_grad(*f32(logp, old, ref, adv, mask), config)
+    bad_old, bad_ref = old.copy(), ref.copy()
+    bad_old[0, 2] = logp[0, 2] - sign * 100.0  # log-ratio +-100
+    bad_ref[0, 4] = logp[0, 4] + 94.0  # k3's exp(94) overflows float32
+    value, grad, metrics = jax_loss_and_grad(*f32(logp, bad_old, bad_ref, adv, mask), config)
+    assert math.isfinite(value) and np.isfinite(grad).all()
+    assert all(np.isfinite(float(v)) for v in metrics.values())
+    assert float(np.abs(grad).sum()) > 0
+    # the clamped k3 token: exactly K3_MAX in the KL estimate, no KL gradient
+    assert float(kl_k3(jnp.float32(logp[0, 4]), jnp.float32(bad_ref[0, 4]))) == K3_MAX
+    if ratio == "token":
+        # rows other than the runaway tokens' row are untouched (sequence_mean aggregation: rows independent)
+        np.testing.assert_allclose(grad[1:], base_grad[1:], rtol=1e-5, atol=1e-7)
+        # the runaway ratio token: clamped at exp(+-20), no gradient through the ratio
+        r = float(jnp.exp(jnp.clip(jnp.float32(sign * 100.0), -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)))
+        assert r == pytest.approx(math.exp(sign * LOG_RATIO_CLAMP), rel=1e-5)
+        # what is left is the KL term: d(beta k3)/d logp = -beta expm1(ref - logp), times 1/(sequences |o_0|)
+        kl_grad_only = -0.04 * float(np.expm1(ref[0, 2] - logp[0, 2])) / (len(LENGTHS) * LENGTHS[0])
+        assert grad[0, 2] == pytest.approx(kl_grad_only, rel=1e-4, abs=1e-7)
+
+
+def test_nonfinite_response_logprob_names_the_row():
+    from dsmath_jax.rl.grpo import check_response_logprobs
+    logp = np.zeros((4, 5), np.float32)
+    weights = np.zeros((4, 5), np.float32)
+    weights[:, 2:] = 1.0
+    logp[1, 0] = -np.inf  # a prompt position: not a response token, ignored
+    check_response_logprobs("reference", logp, weights)
+    check_response_logprobs("reference", jnp.asarray(logp), jnp.asarray(weights))
+    logp[2, 3] = -np.inf
+    logp[3, 4] = np.nan
+    for lp, w in ((logp, weights), (jnp.asarray(logp), jnp.asarray(weights))):
+        with pytest.raises(ValueError, match=r"reference log-probs: .* 2 row\(s\): row 2 \(q7\); row 3 \(q7\)"):
+            check_response_logprobs("reference", lp, w, lambda r: f"row {r} (q7)")

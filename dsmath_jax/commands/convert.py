@@ -47,6 +47,7 @@ from safetensors import SafetensorError
 
 from dsmath_jax.data.tokenizers import TokenizerMismatchError, check_tokenizer_fits, load_tokenizer
 from dsmath_jax.model import CheckpointFormatError, ConfigError, ModelConfig, get_params, load_hf, save_hf
+from dsmath_jax.model.config import dtype_name
 from dsmath_jax.parallel import DEFAULT_RULES, make_mesh
 
 # dsmath_jax.train.checkpoint/restore are imported where used: importing Orbax configures the root logger,
@@ -332,6 +333,7 @@ def hf_to_run(hf_dir: str, run_dir: str, *, dtype: str = "float32", rope_layout:
     from dsmath_jax.train.checkpoint import Checkpointer
     from dsmath_jax.train.restore import load_run
 
+    dtype = _dtype_option(dtype)
     _check_options(dtype, check_with, check_tokens, check_sequences)
     if rope_layout not in ("half", "interleaved"):
         raise ConvertError(f"--rope_layout must be 'half' or 'interleaved', got {rope_layout!r}")
@@ -441,6 +443,7 @@ def run_to_hf(run_dir: str, hf_dir: str, *, step: int | None = None, dtype: str 
     returns the check report (or a summary when `check` is False). `mesh` as in `hf_to_run`."""
     from dsmath_jax.train.restore import load_run
 
+    dtype = None if dtype is None else _dtype_option(dtype)
     _check_options(dtype or "float32", check_with, check_tokens, check_sequences)
     _require_run_dir(run_dir)
     src = os.path.abspath(run_dir)
@@ -526,6 +529,14 @@ def _fill_special_ids(config_path: str, tok) -> None:
             changed = True
     if changed:
         _write_json(config_path, hf)
+
+
+def _dtype_option(dtype) -> str:
+    """A dtype given as a name or a dtype object (`jnp.bfloat16`), as its name."""
+    try:
+        return dtype_name(dtype)
+    except ConfigError as e:
+        raise ConvertError(f"--dtype must be one of {DTYPE_CHOICES}, got {dtype!r}") from e
 
 
 def _check_options(dtype: str, check_with: str, check_tokens: int, check_sequences: int) -> None:

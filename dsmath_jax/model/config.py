@@ -21,6 +21,21 @@ from dsmath_jax.model.attention import IMPLEMENTATIONS
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
+
+def dtype_name(dtype: Any, what: str = "dtype") -> str:
+    """The name in DTYPES of a dtype given as a string ("bfloat16") or as the objects JAX users pass
+    (`jnp.bfloat16`, `np.float32`, `jnp.dtype("float16")`); a clear error for anything else."""
+    if isinstance(dtype, str):
+        name = dtype
+    else:
+        try:
+            name = jnp.dtype(dtype).name
+        except TypeError:
+            name = None
+    if name not in DTYPES:
+        raise ConfigError(f"{what}={dtype!r} is not one of {sorted(DTYPES)} (or the matching jnp/np dtype)")
+    return name
+
 # Named rematerialisation policies (see `dsmath_jax.model.layers.remat_policy`).
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "save_attention", "save_qkv")
 # Fields that say how the model computes, not what it is: a run may change them when it loads a checkpoint or a
@@ -110,9 +125,8 @@ class ModelConfig:
         object.__setattr__(self, "_derived", tuple(derived))
         if not isinstance(self.head_dim, int) or self.head_dim <= 0 or self.head_dim % 2:
             raise ConfigError(f"ModelConfig.head_dim must be a positive even int (rotary pairs), got {self.head_dim!r}")
-        for name in ("dtype", "param_dtype"):
-            if getattr(self, name) not in DTYPES:
-                raise ConfigError(f"ModelConfig.{name}={getattr(self, name)!r} is not one of {sorted(DTYPES)}")
+        for name in ("dtype", "param_dtype"):  # dtype objects (jnp.bfloat16) are stored by name
+            object.__setattr__(self, name, dtype_name(getattr(self, name), f"ModelConfig.{name}"))
         if self.remat_policy not in REMAT_POLICIES:
             raise ConfigError(f"ModelConfig.remat_policy={self.remat_policy!r} is not one of {REMAT_POLICIES}")
         if self.attention_impl not in (None,) + ATTENTION_IMPLS:

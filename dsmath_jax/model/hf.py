@@ -29,7 +29,7 @@ from jax.sharding import Mesh
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from dsmath_jax.model.config import DTYPES, ModelConfig
+from dsmath_jax.model.config import DTYPES, ModelConfig, dtype_name
 from dsmath_jax.model.params import get_params, set_params
 from dsmath_jax.model.transformer import CausalLM
 
@@ -168,13 +168,13 @@ def _resolve_dir(path: str | os.PathLike) -> str:
     raise FileNotFoundError(f"{path} is not a Hugging Face model directory (expected config.json + safetensors)")
 
 
-def load_hf(path: str | os.PathLike, *, dtype: str = "float32", param_dtype: str | None = None,
+def load_hf(path: str | os.PathLike, *, dtype: Any = "float32", param_dtype: Any = None,
             mesh: Mesh | None = None, rules=None, scan_layers: bool = False, remat_policy: str = "none",
             rope_layout: str = "half", **config_overrides: Any) -> CausalLM:
     """Loads a Hugging Face `LlamaForCausalLM` directory (config.json + safetensors) into a `CausalLM`.
 
     dtype: compute dtype; param_dtype: storage dtype (default: float32 master weights for training; pass
-    "bfloat16" to halve memory for inference). With `mesh`, parameters are sharded by the logical-axis
+    "bfloat16" to halve memory for inference); both as names or dtype objects (`jnp.bfloat16`). With `mesh`, parameters are sharded by the logical-axis
     `rules`; without, they go to the default device. The returned model's `.config` describes it.
     """
     from dsmath_jax.parallel.mesh import DEFAULT_RULES, param_shardings, rules_from_config
@@ -261,7 +261,7 @@ def _hf_tensors(model: CausalLM, np_dtype, rope_layout: str) -> Iterator[tuple[s
                 yield p.hf_name, np.ascontiguousarray(p.to_hf(_host(_get(pure, p.path)))).astype(np_dtype)
 
 
-def save_hf(model: CausalLM, path: str | os.PathLike, *, dtype: str | None = None,
+def save_hf(model: CausalLM, path: str | os.PathLike, *, dtype: Any = None,
             max_shard_bytes: int = 5 * 2**30, rope_layout: str = "half") -> str:
     """Writes `model` as a Hugging Face `LlamaForCausalLM` directory that `transformers` loads.
 
@@ -270,7 +270,7 @@ def save_hf(model: CausalLM, path: str | os.PathLike, *, dtype: str | None = Non
     crash never leaves a half-written model. Only process 0 writes on a multi-host run.
     """
     cfg = model.config
-    dtype = dtype or cfg.param_dtype
+    dtype = cfg.param_dtype if dtype is None else dtype_name(dtype, "save_hf dtype")
     np_dtype = np.dtype(DTYPES[dtype])
     path = os.fspath(path)
     writer = jax.process_index() == 0

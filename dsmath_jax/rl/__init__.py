@@ -20,11 +20,11 @@ from dsmath_jax.rl.advantages import (gae, group_advantages, outcome_token_rewar
 from dsmath_jax.rl.grpo import grpo_loss_fn, reference_logprobs, rollout_batch, sequence_logprobs
 from dsmath_jax.rl.rewards import (combine_rewards, format_rewards, outcome_scores, process_scores,
                                    rule_rewards)
-from dsmath_jax.rl.losses import (AGGREGATIONS, KL_ESTIMATORS, PolicyLossConfig, aggregate, dpo_loss,
+from dsmath_jax.rl.losses import (AGGREGATIONS, K3_MAX, KL_ESTIMATORS, LOG_RATIO_CLAMP, PolicyLossConfig, aggregate, dpo_loss,
                                   gradient_coefficient, kl_k1, kl_k2, kl_k3, policy_loss, rft_loss,
                                   sequence_logprob, sft_loss, token_entropy, token_logprobs, value_loss)
 
 __all__ = ["combine_rewards", "format_rewards", "outcome_scores", "process_scores", "rule_rewards", "grpo_loss_fn", "reference_logprobs", "rollout_batch", "sequence_logprobs", "gae", "group_advantages", "outcome_token_rewards", "process_advantages", "step_end_flags",
-           "step_end_indices", "token_advantages", "AGGREGATIONS", "KL_ESTIMATORS", "PolicyLossConfig",
+           "step_end_indices", "token_advantages", "AGGREGATIONS", "K3_MAX", "KL_ESTIMATORS", "LOG_RATIO_CLAMP", "PolicyLossConfig",
            "aggregate", "dpo_loss", "gradient_coefficient", "kl_k1", "kl_k2", "kl_k3", "policy_loss",
            "rft_loss", "sequence_logprob", "sft_loss", "token_entropy", "token_logprobs", "value_loss"]

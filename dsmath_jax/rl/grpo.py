@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from dsmath_jax.generate.sampler import Completion
@@ -59,6 +60,30 @@ def rollout_batch(prompt_ids: Sequence[Sequence[int]], completions: Sequence[Seq
             r += 1
     out["truncated"] = np.asarray(truncated)
     return out
+
+
+@jax.jit
+def _nonfinite_rows(logp: jax.Array, weights: jax.Array) -> jax.Array:
+    return jnp.any(~jnp.isfinite(logp) & (weights > 0), axis=1)
+
+
+def check_response_logprobs(name: str, logp: Any, weights: Any,
+                            describe: Callable[[int], str] = lambda r: f"row {r}") -> None:
+    """Raises ValueError naming the rows where `logp` [rows, seq] is not finite on a response token
+    (`weights` > 0): a sampled token the `name` model gives probability 0 (or a NaN from its forward). The
+    clamped loss would stay finite, but such a row's ratio or KL term is meaningless, so the step stops
+    instead of training on it. Works on numpy arrays and on (multi-host) global jax arrays."""
+    if isinstance(logp, np.ndarray):
+        bad = np.any(~np.isfinite(logp) & (np.asarray(weights) > 0), axis=1)
+    else:
+        bad = _nonfinite_rows(logp, weights)
+        bad = np.asarray(bad if bad.is_fully_addressable else multihost_utils.process_allgather(bad, tiled=True))
+    rows = np.flatnonzero(bad)
+    if rows.size:
+        named = "; ".join(describe(int(r)) for r in rows[:8]) + (f"; ... {rows.size - 8} more" if rows.size > 8 else "")
+        raise ValueError(f"{name} log-probs: -inf/NaN on a response token in {rows.size} row(s): {named}. The {name} "
+                         f"model gives probability 0 to a sampled token (a sampler/model mismatch: vocabulary, "
+                         f"dtype, masked logits) or its forward produced NaN")
 
 
 def sequence_logprobs(model: nnx.Module, batch: Batch) -> jax.Array:

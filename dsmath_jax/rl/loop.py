@@ -27,7 +27,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -46,7 +46,7 @@ from dsmath_jax.parallel.mesh import get_params, param_shardings
 from dsmath_jax.rl import losses
 from dsmath_jax.rl.advantages import group_advantages, process_advantages, token_advantages
 from dsmath_jax.rl.config import METHODS, REWARDS
-from dsmath_jax.rl.grpo import grpo_loss_fn, make_reference_forward, rollout_batch
+from dsmath_jax.rl.grpo import check_response_logprobs, grpo_loss_fn, make_reference_forward, rollout_batch
 from dsmath_jax.rl.math_shepherd import step_end_tokens
 from dsmath_jax.rl.rewards import combine_rewards, format_rewards, overlong_penalty
 from dsmath_jax.rl.tasks import Problem, load_problems, prompt_text
@@ -535,6 +535,7 @@ class RLRun:
             t_roll = time.perf_counter() - t0
             record.update(self._rollout_metrics(ro, t_roll))
             batch = self._batch(ro)
+            check_response_logprobs("old-policy (sampler)", batch["old_logp"], batch["weights"], self._row_name(ro))
         record["truncated"] = float(batch.pop("truncated", 0))
         gbatch = self._global(batch)
         if self.needs_ref:
@@ -543,6 +544,7 @@ class RLRun:
                 ref = jax.device_put(ref, self.params_sharding)
             gbatch["ref_logp"] = self._ref_logp(ref, gbatch)
             del ref
+            check_response_logprobs("reference", gbatch["ref_logp"], gbatch["weights"], self._row_name(ro))
         if c.method == "ppo":
             self._ppo_prepare(ro, gbatch, record)
         t1 = time.perf_counter()
@@ -564,6 +566,12 @@ class RLRun:
         if self.replay is not None and ro is not None:
             self.replay.add_pending(self._rm_examples(ro))
         return record, position
+
+    def _row_name(self, ro: Rollout | None) -> Callable[[int], str]:
+        """Names a training-batch row in errors: its question and sample (DPO and SFT rows by index)."""
+        if ro is None or self.config.method == "dpo":
+            return lambda r: f"row {r}"
+        return lambda r: f"row {r} (question {ro.problems[r // self.G].id!r}, sample {r % self.G})"
 
     def _rollout_metrics(self, ro: Rollout, seconds: float) -> dict[str, float]:
         G = self.G

@@ -28,7 +28,7 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
-__all__ = ["kl_k1", "kl_k2", "kl_k3", "KL_ESTIMATORS", "AGGREGATIONS", "PolicyLossConfig", "policy_loss",
+__all__ = ["LOG_RATIO_CLAMP", "K3_MAX", "kl_k1", "kl_k2", "kl_k3", "KL_ESTIMATORS", "AGGREGATIONS", "PolicyLossConfig", "policy_loss",
            "aggregate", "value_loss", "dpo_loss", "sequence_logprob", "sft_loss", "rft_loss",
            "gradient_coefficient", "token_logprobs", "token_entropy"]
 
@@ -36,6 +36,15 @@ Aggregation = Literal["sequence_mean", "token_mean", "sum_constant"]
 AGGREGATIONS = ("sequence_mean", "token_mean", "sum_constant")
 
 _f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
+
+# One token must not be able to break a step. Log-ratios (policy vs old policy, reference vs policy) are clamped
+# to +-LOG_RATIO_CLAMP before `exp` (exp(20) ~ 4.9e8: finite in float32 with room to multiply), and the per-token
+# k3 estimate to K3_MAX; verl uses the same bounds (its `low_var_kl` clamps the log-ratio to +-20 and k3 to
+# +-10). A clamped token contributes a finite value and no gradient through the clamped term (the clip's
+# derivative is 0 outside its range), so the rest of the batch still updates; before the clamps a log-ratio of
+# 100 made the loss or its gradient non-finite and the train step skipped the whole update.
+LOG_RATIO_CLAMP = 20.0
+K3_MAX = 10.0
 
 
 def _on_mask(x: jax.Array, mask: jax.Array) -> jax.Array:
@@ -58,9 +67,11 @@ def kl_k2(logp: jax.Array, ref_logp: jax.Array) -> jax.Array:
 
 def kl_k3(logp: jax.Array, ref_logp: jax.Array) -> jax.Array:
     """k3 = pi_ref/pi_theta - log(pi_ref/pi_theta) - 1 per token (the paper's, PAPER.md §4): unbiased,
-    non-negative, 0 where the log-probs agree. Computed as ``expm1(d) - d`` with ``d = ref - logp``."""
-    d = _f32(ref_logp) - _f32(logp)
-    return jnp.expm1(d) - d
+    non-negative, 0 where the log-probs agree. Computed as ``expm1(d) - d`` with ``d = ref - logp`` clamped to
+    +-LOG_RATIO_CLAMP, and the result capped at K3_MAX (module comment): exact wherever k3 <= K3_MAX, i.e. for
+    ``d`` in about [-11, 2.6]."""
+    d = jnp.clip(_f32(ref_logp) - _f32(logp), -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+    return jnp.minimum(jnp.expm1(d) - d, K3_MAX)
 
 
 KL_ESTIMATORS = {"k1": kl_k1, "k2": kl_k2, "k3": kl_k3}
@@ -155,7 +166,7 @@ def policy_loss(logp: jax.Array, old_logp: jax.Array, ref_logp: jax.Array | None
     """Negative GRPO objective (PAPER.md §4 Eq. 3) as (total, weight, metrics):
 
         loss = - agg_t[ min(r_t A_t, clip(r_t, 1 - eps, 1 + eps_high) A_t) - beta KL_t ],
-        r_t = pi_theta(o_t) / pi_old(o_t) = exp(logp_t - old_logp_t),
+        r_t = pi_theta(o_t) / pi_old(o_t) = exp(clip(logp_t - old_logp_t, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)),
 
     with `agg` the configured aggregation (default ``1/G sum_i 1/|o_i| sum_t``). PPO's clipped surrogate is
     the same with GAE advantages and beta = 0 (its KL sits in the reward).
@@ -178,10 +189,11 @@ def policy_loss(logp: jax.Array, old_logp: jax.Array, ref_logp: jax.Array | None
 
     log_ratio = logp - old_logp
     if c.ratio == "token":
-        ratio = jnp.exp(log_ratio)
+        ratio = jnp.exp(jnp.clip(log_ratio, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
     else:  # GSPO: s_i = exp(mean_t log r_t), in the token form sg(s_i) * pi_t / sg(pi_t)
-        seq_log_ratio = log_ratio.sum(axis=1) / jnp.maximum(m.sum(axis=1), 1.0)
-        ratio = jnp.exp(jax.lax.stop_gradient(seq_log_ratio)[:, None] + logp - jax.lax.stop_gradient(logp))
+        seq_log_ratio = jnp.clip(log_ratio.sum(axis=1) / jnp.maximum(m.sum(axis=1), 1.0), -LOG_RATIO_CLAMP,
+                                 LOG_RATIO_CLAMP)
+        ratio = jnp.exp(jax.lax.stop_gradient(seq_log_ratio))[:, None] * jnp.exp(logp - jax.lax.stop_gradient(logp))
     clipped = jnp.clip(ratio, 1.0 - c.eps_low, 1.0 + c.eps_high)
     surrogate = jnp.minimum(ratio * adv, clipped * adv)
     pg_token = -surrogate

@@ -19,6 +19,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from dsmath_jax.data.corpus import expand_files
 from dsmath_jax.data.pipeline import chat_prompt
 
 KINDS = ("arithmetic", "gsm8k", "math", "jsonl")
@@ -94,9 +95,8 @@ def load_problems(spec: Mapping[str, Any], split: str, *, data_dir: str | None =
             raise ValueError(f"problem source {spec}: a jsonl source needs `files`")
         qf, af = spec.get("question_field", "question"), spec.get("answer_field", "answer")
         out = []
-        from dsmath_jax.data.text_files import expand_files
         for path in expand_files(files if not isinstance(files, str) else [files]):
-            with open(path, encoding="utf-8") as f:
+            with path.open("r", encoding="utf-8") as f:
                 for lineno, line in enumerate(f, 1):
                     if not line.strip():
                         continue
