@@ -85,7 +85,7 @@ def test_end_to_end_eval_writes_results(tiny_lm, shared_data, tmp_path):
         assert {"prompt", "completion", "extracted", "gold", "correct"} <= set(rows[0])
         result = next(r for r in summary["results"] if r["benchmark"] == name)
         assert result["accuracy"] == sum(r["correct"] for r in rows) / 20
-    assert "| gsm8k | few_shot_cot | 20 |" in (tmp_path / "summary.md").read_text()
+    assert "| gsm8k | few_shot_cot | deepseek | 20 |" in (tmp_path / "summary.md").read_text()
     math_breakdown = summary["results"][1]["breakdown"]
     assert sum(v[1] for v in math_breakdown["level"].values()) == 20
 

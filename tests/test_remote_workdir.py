@@ -233,4 +233,4 @@ def test_eval_results_are_written_to_gcs(fake_gcs, monkeypatch):
     assert _objects(fake_gcs, "gs://b/eval/") == ["gsm8k.few_shot_cot.jsonl", "summary.json", "summary.md"]
     assert read_json("gs://b/eval/summary.json") == json.loads(json.dumps(summary))
     assert [json.loads(line) for line in fake_gcs.cat("gs://b/eval/gsm8k.few_shot_cot.jsonl").splitlines()] == rows
-    assert b"| gsm8k | few_shot_cot | 1 |" in fake_gcs.cat("gs://b/eval/summary.md")
+    assert b"| gsm8k | few_shot_cot | - | 1 |" in fake_gcs.cat("gs://b/eval/summary.md")

@@ -1,8 +1,14 @@
 r"""`dsmath grade`: re-grade saved completions with the current answer checker.
 
-  dsmath grade --input rows.jsonl --output verdicts.jsonl [--timeout 5] [--workers 4]
+  dsmath grade --input rows.jsonl --output verdicts.jsonl [--timeout 5] [--workers 4] [--protocol strict]
 
-Each input line is a JSON object with
+`--protocol strict` (the default) is the strict grader RL rewards use; `--protocol deepseek` is
+DeepSeek-Math's harness, exactly (`dsmath_jax.evals.deepseek`): each row then also needs ``mode``
+(few_shot_cot, few_shot_pot, zero_shot_cot or tool) and ``record`` (the benchmark file's JSON record, from
+which the harness takes its gold; ``gold`` is not needed), and ``completion`` is what the harness's extraction
+reads (a PoT program's output; a tool-integrated transcript).
+
+With the strict protocol each input line is a JSON object with
 
 * ``benchmark``: gsm8k, math, math500, cmath, mgsm_zh, gaokao_mathcloze, gaokao_mathqa, sat, ocw or mmlu_stem
   (it picks the answer kind, ``dsmath_jax.evals.answers.BENCHMARK_KINDS``);
@@ -30,9 +36,11 @@ import sys
 import tempfile
 from typing import Any
 
+from dsmath_jax.evals import deepseek
 from dsmath_jax.evals.answers import BENCHMARK_KINDS, benchmark_kind, reference_answer
 
 REQUIRED = ("benchmark", "completion", "gold")
+DEEPSEEK_REQUIRED = ("benchmark", "mode", "completion", "record")
 
 
 def read_rows(path: str) -> list[tuple[int, dict[str, Any] | None, str]]:
@@ -73,6 +81,23 @@ def check_row(row: dict[str, Any]) -> tuple[str, str, str, Any]:
     except ValueError as e:
         raise ValueError(f"field 'gold': {e}") from e
     return kind, row["completion"], gold, options
+
+
+def check_deepseek_row(row: dict[str, Any]) -> tuple[str, str, dict[str, Any], str]:
+    """(benchmark, mode, the harness's item, completion) of a row for `--protocol deepseek`; ValueError naming
+    the problem."""
+    missing = [k for k in DEEPSEEK_REQUIRED if row.get(k) is None]
+    if missing:
+        raise ValueError(f"missing field {missing[0]!r}" + (f" (and {missing[1:]})" if len(missing) > 1 else "")
+                         + " (the deepseek protocol needs benchmark, mode, completion and the benchmark record)")
+    if not isinstance(row["completion"], str) or not isinstance(row["record"], dict):
+        raise ValueError("field 'completion' must be a string and 'record' a JSON object")
+    try:
+        deepseek.check_protocol(row["benchmark"], row["mode"])
+        item = deepseek.process(row["benchmark"], row["record"], int(row.get("index", 0) or 0))
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{type(e).__name__}: {e}") from e
+    return row["benchmark"], row["mode"], item, row["completion"]
 
 
 def write_jsonl_atomic(path: str, rows: list[dict[str, Any]]) -> None:
@@ -136,6 +161,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--output", required=True, help="JSONL verdicts (written atomically)")
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds per check (default 5)")
     parser.add_argument("--workers", type=int, default=None, help="checker processes (default min(4, CPUs))")
+    parser.add_argument("--protocol", choices=("strict", "deepseek"), default="strict",
+                        help="strict (default: the RL rewards' grader) or deepseek (DeepSeek-Math's harness)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     try:
@@ -164,7 +191,13 @@ def main(argv: list[str]) -> int:
                         "error": message, "_input_error": True})
             continue
         try:
-            kind, completion, gold, options = check_row(row)
+            if args.protocol == "deepseek":
+                benchmark, mode, item, completion = check_deepseek_row(row)
+                gold = deepseek.gold(benchmark, item)
+                task = (benchmark, mode, item, completion)
+            else:
+                kind, completion, gold, options = check_row(row)
+                task = (completion, gold, kind, options, row["benchmark"] == "ocw")
         except ValueError as e:
             message = f"line {lineno}: {e}"
             input_errors.append((lineno, message))
@@ -172,10 +205,13 @@ def main(argv: list[str]) -> int:
                         "_input_error": True})
             continue
         where.append(len(out))
-        items.append((completion, gold, kind, options))
+        items.append(task)
         out.append({**row, "gold_answer": gold})
     with Grader(args.workers, timeout=args.timeout) as grader:
-        verdicts = grader.grade(items, progress=not args.quiet, desc="grading")
+        if args.protocol == "deepseek":
+            verdicts = grader.grade_deepseek(items, progress=not args.quiet, desc="grading (deepseek)")
+        else:
+            verdicts = grader.grade(items, progress=not args.quiet, desc="grading")
     for i, verdict in zip(where, verdicts):
         out[i].update(extracted=verdict.extracted, correct=verdict.correct, error=verdict.error)
     summary = summarize(out, input_errors)

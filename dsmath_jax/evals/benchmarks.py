@@ -22,7 +22,7 @@ from typing import Any
 
 from dsmath_jax.data.math_text import gsm8k_final_answer, last_boxed
 from dsmath_jax.data.text_files import DataFormatError, iter_jsonl
-from dsmath_jax.evals.answers import split_options
+from dsmath_jax.evals.answers import reference_answer, split_options
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,8 @@ class Problem:
     options: list[str] | None = None  # option texts, in letter order, for multiple choice
     subject: str | None = None
     level: str | None = None
+    record: dict | None = dataclasses.field(default=None, repr=False)  # the file's record, as read
+    index: int = 0  # position in the file (the DeepSeek harness numbers items by it)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,7 +83,8 @@ def _gsm8k(r, i):
 def _math(name):
     def parse(r, i):
         solution = _field(r, "solution", name)
-        gold = r.get("answer") or last_boxed(solution)
+        # the final group of the solution's boxes: a solution that boxes each of several answers has them all
+        gold = r.get("answer") or (reference_answer(solution, "math") if last_boxed(solution) is not None else None)
         if gold is None:
             raise DataFormatError(f"{name} record {i}: no `answer` and no \\boxed{{}} in the solution")
         return Problem(name, str(r.get("unique_id", r.get("idx", i))), _field(r, "problem", name), gold,
@@ -218,7 +221,7 @@ def load_benchmark(name: str, data_dir: str | os.PathLike | None = None, *, limi
     problems = []
     for i, (lineno, record) in enumerate(iter_jsonl(path)):
         try:
-            problems.append(benchmark.parse(record, i))
+            problems.append(dataclasses.replace(benchmark.parse(record, i), record=record, index=i))
         except (KeyError, StopIteration, ValueError, SyntaxError) as e:
             raise DataFormatError(f"{path}:{lineno}: cannot read a {name} problem: {e}") from e
         if limit is not None and len(problems) >= limit:

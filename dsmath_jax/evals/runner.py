@@ -4,10 +4,22 @@ Modes (PAPER.md §7): `few_shot_cot` (base models), `few_shot_pot` (PAL programs
 their output is the answer), `zero_shot_cot` (instruct / RL models, chat format) and `tool` (tool-integrated:
 generate until "```output", run the python blocks, append the output, continue; at most 2 rounds).
 
+Two protocols (`EvalSpec.protocol`):
+
+* ``"deepseek"`` (the default, to reproduce the paper's tables): prompts, stops, the tool loop, program
+  execution, answer extraction and equivalence exactly as DeepSeek-Math's public harness
+  (`dsmath_jax.evals.deepseek`), bugs included; defined for the (benchmark, mode) pairs the harness has.
+* ``"strict"``: our prompts and tool loop (`dsmath_jax.evals.prompts`, `tool_loop`) and the strict grader
+  (`dsmath_jax.evals.grader`), the one RL rewards use: semantically correct, no leniency to exploit.
+
+Whichever protocol generates, every sample is graded by both (the DeepSeek verdict where the harness defines
+the benchmark and mode), so each run reports `accuracy_deepseek` and `accuracy_strict` side by side;
+`accuracy`, pass@k and maj@k are the protocol's own.
+
 Metrics per benchmark: accuracy of the first sample (greedy when temperature is 0), pass@k (unbiased
-estimator) and maj@k (votes grouped by equivalence) for every k <= n, and accuracy by subject and level.
-Files written to `output_dir`: `<benchmark>.<mode>.jsonl` (every prompt, completion, extracted answer and
-verdict), `summary.json` and `summary.md`.
+estimator) and maj@k (votes grouped by strict equivalence of the extracted answers) for every k <= n, and
+accuracy by subject and level. Files written to `output_dir`: `<benchmark>.<mode>.jsonl` (every prompt,
+completion, extracted answer and verdict under both protocols), `summary.json` and `summary.md`.
 """
 
 from __future__ import annotations
@@ -20,7 +32,9 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+from dsmath_jax.evals import deepseek
 from dsmath_jax.evals.benchmarks import Problem, get_benchmark, load_benchmark
+from dsmath_jax.evals.deepseek import tool as deepseek_tool
 from dsmath_jax.evals.grader import Grader
 from dsmath_jax.evals.metrics import accuracy_breakdown, group_answers, pass_at_k
 from dsmath_jax.evals.prompts import MODES, build_prompt
@@ -32,6 +46,7 @@ from dsmath_jax.train.rundir import write_atomic, write_json
 log = logging.getLogger(__name__)
 
 TOOL_STOP = "```output"
+PROTOCOLS = ("deepseek", "strict")
 
 
 @dataclasses.dataclass
@@ -48,10 +63,18 @@ class EvalSpec:
     ks: Sequence[int] = (1,)  # pass@k and maj@k reported for these k (<= n)
     seed: int = 0
     max_tool_rounds: int = 2
+    protocol: str = "deepseek"  # "deepseek" (the harness's, exactly) or "strict" (module docstring)
 
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"unknown evaluation mode {self.mode!r}; expected one of {MODES}")
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {self.protocol!r}; expected one of {PROTOCOLS}")
+        if self.protocol == "deepseek":
+            missing = [name for name in self.benchmarks if (name, self.mode) not in deepseek.PROTOCOL]
+            if missing:
+                raise ValueError(f"DeepSeek-Math's harness does not evaluate {missing} in mode {self.mode!r} "
+                                 f"(it defines {sorted(deepseek.PROTOCOL)}); use protocol='strict' for them")
         bad = [k for k in self.ks if not 1 <= k <= self.n]
         if bad:
             raise ValueError(f"ks {bad} must lie in [1, n={self.n}]")
@@ -63,8 +86,10 @@ def _write_jsonl(path: str, rows: list[dict]) -> None:
     write_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
-def _samples(sampler: Sampler, spec: EvalSpec, prompts: list[str], stops: tuple[str, ...]) -> list[list[dict]]:
-    """Per prompt, `n` dicts {completion, answer_text, program_output?, rounds?, finish_reason, tokens}."""
+def _samples(sampler: Sampler, spec: EvalSpec, benchmark: str, prompts: list[str],
+             stops: tuple[str, ...]) -> list[list[dict]]:
+    """Per prompt, `n` dicts {completion, answer_text, program_output?, rounds?, finish_reason, tokens}:
+    `answer_text` is what both graders read (the completion; a PoT program's output; a tool transcript)."""
     params = SamplingParams(max_new_tokens=spec.max_new_tokens, temperature=spec.temperature, top_p=spec.top_p,
                             n=spec.n, stop_strings=stops, seed=spec.seed)
     if spec.mode in ("few_shot_cot", "zero_shot_cot"):
@@ -73,37 +98,43 @@ def _samples(sampler: Sampler, spec: EvalSpec, prompts: list[str], stops: tuple[
                   "tokens": len(c.tokens)} for c in per_prompt] for per_prompt in results]
     if spec.mode == "few_shot_pot":
         results = sampler.generate(prompts, params, progress=True)
-        out = []
-        for per_prompt in results:
-            rows = []
-            for c in per_prompt:
-                executed = run_program_of_thought(c.text)
-                output = executed.stdout.strip() if executed.ok else ""
-                rows.append({"completion": c.text, "answer_text": output, "program_output": output,
-                             "program_error": executed.error, "finish_reason": c.finish_reason,
-                             "tokens": len(c.tokens)})
-            out.append(rows)
-        return out
+        flat = [c for per_prompt in results for c in per_prompt]
+        if spec.protocol == "deepseek":  # the harness's program cut, execution context and answer value
+            executed = deepseek_tool.pal_answers([c.text for c in flat], benchmark=benchmark)
+        else:
+            runs = [run_program_of_thought(c.text) for c in flat]
+            executed = [(r.stdout.strip() if r.ok else "", r.error) for r in runs]
+        # The strict grader reads a program's printed output as the last "```output" block, whole.
+        rows = [{"completion": c.text, "answer_text": out, "strict_text": f"```output\n{out}\n```",
+                 "program_output": out, "program_error": err or None, "finish_reason": c.finish_reason,
+                 "tokens": len(c.tokens)} for c, (out, err) in zip(flat, executed)]
+        return [rows[i * spec.n:(i + 1) * spec.n] for i in range(len(prompts))]
     # tool-integrated: every sample is its own trajectory
-    step_params = dataclasses.replace(params, n=1, stop_strings=tuple(stops) + (TOOL_STOP,))
+    expanded = [p for p in prompts for _ in range(spec.n)]
     calls = {"count": 0}
 
-    def generate(texts: list[str]) -> list[str]:
+    def sample(texts: list[str], max_new_tokens: int, stop_strings: Sequence[str]):
         calls["count"] += 1
-        step = dataclasses.replace(step_params, seed=spec.seed + 7919 * calls["count"])
-        continued = sampler.generate(texts, step)
-        return [c.text + (TOOL_STOP if c.stop == TOOL_STOP else "") for [c] in continued]
+        step = dataclasses.replace(params, n=1, max_new_tokens=max_new_tokens, stop_strings=tuple(stop_strings),
+                                   seed=spec.seed + 7919 * calls["count"])
+        return [c for [c] in sampler.generate(texts, step)]
 
-    expanded = [p for p in prompts for _ in range(spec.n)]
-    traces = run_tool_loop(generate, expanded, max_rounds=spec.max_tool_rounds, limits=SandboxLimits())
-    out = []
-    for i in range(len(prompts)):
-        rows = []
-        for trace in traces[i * spec.n:(i + 1) * spec.n]:
-            rows.append({"completion": trace.completion, "answer_text": trace.completion, "rounds": trace.rounds,
-                         "finish_reason": "tool"})
-        out.append(rows)
-    return out
+    if spec.protocol == "deepseek":
+        traces = deepseek_tool.run_tool_loop(
+            lambda texts, budget, stop: [(c.text, c.finish_reason) for c in sample(texts, budget, stop)],
+            expanded, max_new_tokens=spec.max_new_tokens, max_rounds=spec.max_tool_rounds,
+            tokenizer=sampler.tokenizer)
+        flat = [{"completion": t.transcript, "answer_text": t.transcript, "rounds": len(t.rounds),
+                 "program_output": t.program_output, "finish_reason": t.rounds[-1].finish_reason} for t in traces]
+    else:
+        def generate(texts: list[str]) -> list[str]:
+            return [c.text + (TOOL_STOP if c.stop == TOOL_STOP else "")
+                    for c in sample(texts, spec.max_new_tokens, tuple(stops) + (TOOL_STOP,))]
+
+        traces = run_tool_loop(generate, expanded, max_rounds=spec.max_tool_rounds, limits=SandboxLimits())
+        flat = [{"completion": t.completion, "answer_text": t.completion, "rounds": t.rounds,
+                 "finish_reason": "tool"} for t in traces]
+    return [flat[i * spec.n:(i + 1) * spec.n] for i in range(len(prompts))]
 
 
 def evaluate_benchmark(sampler: Sampler, name: str, spec: EvalSpec, grader: Grader, *,
@@ -111,24 +142,43 @@ def evaluate_benchmark(sampler: Sampler, name: str, spec: EvalSpec, grader: Grad
     """Runs one benchmark; returns (metrics, result rows)."""
     benchmark = get_benchmark(name)
     problems: list[Problem] = load_benchmark(name, data_dir, limit=spec.limit)
-    built = [build_prompt(benchmark, p, spec.mode) for p in problems]
+    graded_by_deepseek = (name, spec.mode) in deepseek.PROTOCOL
+    items = [deepseek.process(name, p.record, p.index) if graded_by_deepseek else None for p in problems]
+    if spec.protocol == "deepseek":
+        built = [deepseek.build_prompt(name, item, spec.mode) for item in items]
+    else:
+        built = [build_prompt(benchmark, p, spec.mode) for p in problems]
     prompts = [prompt for prompt, _ in built]
-    samples = _samples(sampler, spec, prompts, built[0][1])
-    items = [(s["answer_text"], p.gold, benchmark.kind, p.options) for p, per in zip(problems, samples) for s in per]
-    verdicts = iter(grader.grade(items))
+    samples = _samples(sampler, spec, name, prompts, built[0][1])
+    flat = [(p, item, s) for p, item, per in zip(problems, items, samples) for s in per]
+    # OCW's golds are physical quantities given to a few significant figures (the strict grader's sig_figs rule)
+    strict = grader.grade([(s.get("strict_text", s["answer_text"]), p.gold, benchmark.kind, p.options,
+                            name == "ocw") for p, _, s in flat])
+    harness = (grader.grade_deepseek([(name, spec.mode, item, s["answer_text"]) for _, item, s in flat])
+               if graded_by_deepseek else [None] * len(flat))
     rows, per_problem = [], []
+    verdicts = iter(zip(strict, harness))
     for p, prompt, per in zip(problems, prompts, samples):
         graded = []
         for k, s in enumerate(per):
-            v = next(verdicts)
-            rows.append({"benchmark": name, "mode": spec.mode, "id": p.id, "sample": k, "prompt": prompt,
-                         **{key: val for key, val in s.items() if key != "answer_text"},
+            v_strict, v_deepseek = next(verdicts)
+            v = v_deepseek if spec.protocol == "deepseek" else v_strict
+            rows.append({"benchmark": name, "mode": spec.mode, "protocol": spec.protocol, "id": p.id, "sample": k,
+                         "prompt": prompt, **{key: val for key, val in s.items() if key not in ("answer_text", "strict_text")},
                          "extracted": v.extracted, "gold": p.gold, "correct": v.correct, "error": v.error,
+                         "strict_extracted": v_strict.extracted, "strict_correct": v_strict.correct,
+                         "deepseek_extracted": v_deepseek and v_deepseek.extracted,
+                         "deepseek_correct": v_deepseek and v_deepseek.correct,
                          "subject": p.subject, "level": p.level})
             graded.append((v.extracted, v.correct))
         per_problem.append(graded)
-    metrics: dict[str, Any] = {"benchmark": name, "mode": spec.mode, "problems": len(problems), "n": spec.n,
-                               "accuracy": sum(g[0][1] for g in per_problem) / len(per_problem)}
+    first = [r for r in rows if r["sample"] == 0]
+    metrics: dict[str, Any] = {"benchmark": name, "mode": spec.mode, "protocol": spec.protocol,
+                               "problems": len(problems), "n": spec.n,
+                               "accuracy": sum(g[0][1] for g in per_problem) / len(per_problem),
+                               "accuracy_strict": sum(r["strict_correct"] for r in first) / len(first),
+                               "accuracy_deepseek": (sum(r["deepseek_correct"] for r in first) / len(first)
+                                                     if graded_by_deepseek else None)}
     same = lambda a, b: grader.same_answer(a, b, benchmark.kind)  # noqa: E731
     # Equivalence classes once per problem (string-equal answers never reach the grader); maj@k votes
     # over the first k samples, and the majority is right when its class's answers are.
@@ -143,7 +193,6 @@ def evaluate_benchmark(sampler: Sampler, name: str, spec: EvalSpec, grader: Grad
                 winner = min(votes, key=lambda c: (-votes[c], c))  # ties: the class seen first
                 maj += g[winner][1]
         metrics[f"maj@{k}"] = maj / len(per_problem)
-    first = [r for r in rows if r["sample"] == 0]
     metrics["breakdown"] = accuracy_breakdown(first, keys=("subject", "level"))
     return metrics, rows
 
@@ -153,7 +202,7 @@ def run_eval(sampler: Sampler, spec: EvalSpec, output_dir: str, *, data_dir: str
     """Evaluates every benchmark of `spec`; writes result rows, summary.json and summary.md to output_dir
     (a local path or gs://...)."""
     own = grader is None
-    grader = grader or Grader()
+    grader = grader or Grader(timeout=15.0)  # the harness grades each item under a 15 s timeout
     summary: dict[str, Any] = {"spec": dataclasses.asdict(spec), **(extra or {}), "results": []}
     try:
         for name in spec.benchmarks:
@@ -171,11 +220,15 @@ def run_eval(sampler: Sampler, spec: EvalSpec, output_dir: str, *, data_dir: str
 
 
 def summary_table(results: list[dict], ks: Sequence[int]) -> str:
-    """A Markdown table: benchmark, mode, problems, accuracy and pass@k / maj@k in percent."""
-    head = ["benchmark", "mode", "problems", "n", "accuracy"] + [f"pass@{k}" for k in ks] + [f"maj@{k}" for k in ks]
+    """A Markdown table: benchmark, mode, protocol, problems, accuracy (the protocol's, then under each
+    protocol) and pass@k / maj@k in percent."""
+    head = (["benchmark", "mode", "protocol", "problems", "n", "accuracy", "deepseek", "strict"]
+            + [f"pass@{k}" for k in ks] + [f"maj@{k}" for k in ks])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    pct = lambda x: "-" if x is None else f"{100 * x:.1f}"  # noqa: E731
     for r in results:
-        cells = [r["benchmark"], r["mode"], str(r["problems"]), str(r["n"]), f"{100 * r['accuracy']:.1f}"]
+        cells = [r["benchmark"], r["mode"], r.get("protocol", "-"), str(r["problems"]), str(r["n"]),
+                 pct(r["accuracy"]), pct(r.get("accuracy_deepseek")), pct(r.get("accuracy_strict"))]
         cells += [f"{100 * r[f'pass@{k}']:.1f}" for k in ks] + [f"{100 * r[f'maj@{k}']:.1f}" for k in ks]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
