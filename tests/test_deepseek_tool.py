@@ -199,3 +199,25 @@ def test_loop_contract_errors():
     [trace] = run_tool_loop(code, ["p"], execute=False, max_rounds=1)  # --no-execution
     assert seen == [[]] and trace.rounds[0].program == "" and trace.transcript == block
     assert dataclasses.replace(HarnessExecutor(), timeout_s=2.0).sandbox_limits().wall_seconds == 3.0
+
+
+def test_a_forged_driver_report_does_not_crash_the_batch():
+    """A program can find the driver's report mark through its frames and print a report of the wrong shape;
+    that run gets no report (its own output is what it showed), the others in the batch are unaffected."""
+    forge = r'''import sys, os
+mark = ""
+f = sys._getframe()
+while f is not None and not mark:
+    for scope in (f.f_locals, f.f_globals):
+        for v in list(scope.values()):
+            if isinstance(v, dict) and isinstance(v.get("mark"), str):
+                mark = v["mark"]
+            elif isinstance(v, str) and v.startswith("\x1edeepseek-executor-"):
+                mark = v
+    f = f.f_back
+assert mark
+os.write(1, (mark + "{}\n").encode())
+os._exit(0)'''
+    forged, fine = execute_programs([forge, "print(6 * 7)"], executor=_executor(False))
+    assert forged.result == "" and "deepseek-executor-" in forged.sandbox.stdout  # the mark was found and used
+    assert fine.result.strip() == "42"

@@ -28,6 +28,7 @@ the global `answer` is the answer; anything else is a plain program whose printe
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import secrets
 from collections.abc import Callable, Sequence
@@ -170,12 +171,19 @@ def _execute(executor: Executor, programs: list[str], limits: SandboxLimits,
              max_workers: int | None) -> list[ExecutionResult]:
     if not programs:
         return []
+
+    def one(program: str) -> ExecutionResult:  # an injected executor that raises fails its run, not the batch
+        try:
+            return executor(program, limits=limits)
+        except Exception as e:  # noqa: BLE001
+            message = f"sandbox failure: {type(e).__name__}: {e}"
+            return ExecutionResult("", "", False, message, None, 0.0, error_line=message)
+
     if len(programs) == 1 or max_workers == 1:
-        return [executor(p, limits=limits) for p in programs]
-    import os
+        return [one(p) for p in programs]
     workers = max_workers or min(len(programs), os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:  # each run is a subprocess: threads only wait
-        return list(pool.map(lambda p: executor(p, limits=limits), programs))
+        return list(pool.map(one, programs))
 
 
 def run_tool_loop(generate: Callable[[list[str]], list[str]], prompts: Sequence[str], *, max_rounds: int = 2,

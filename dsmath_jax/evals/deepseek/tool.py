@@ -438,16 +438,19 @@ def _execute_one(program: str, mode: str, target: str | None, executor: HarnessE
     ran = executor.run(_driver_program(harness_lines(program), mode, target, executor, mark),
                        limits=executor.sandbox_limits())
     _, found, tail = ran.stdout.rpartition(mark)
-    if found:
+    if found:  # the program can reach the mark through its frames: a report of the wrong shape is no report
         try:
             report = json.loads(tail.split("\n", 1)[0])
+            if not (isinstance(report, dict) and isinstance(report.get("result"), str)
+                    and isinstance(report.get("concise"), str) and isinstance(report.get("exec_info"), str)):
+                raise ValueError("not a driver report")
         except ValueError:
             found = ""
     if not found:  # no report: the sandbox stopped it (pebble's "Timeout Error"), or it killed itself
         line = "Timeout Error" if ran.error == "timeout" else (ran.error_line or ran.error or "")
         return HarnessExecution("", line, line, ran)
     text = report["result"]
-    if report["elided"]:  # only its ends were kept; the 100-character rule needs no more
+    if report.get("elided"):  # only its ends were kept; the 100-character rule needs no more
         half = len(text) // 2
         text = text[:half] + "..." + text[half:]
     info = report["exec_info"]

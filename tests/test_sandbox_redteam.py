@@ -1,0 +1,583 @@
+"""Red team: attacks on the code sandbox (issue 15), each asserting containment and that the caller survives.
+
+One test per attack class: verdict forgery (a denied call hidden by closing stderr, a denial too long for the
+stderr cap, the report key from the program's frames, the record channel closed or replaced, a forged or
+missing report), the fork-chain reaper escape, cleanup crashes (1,100 nested directories), kill(-1, 9), other
+runs' scratch directories, host command lines in /proc, SysV IPC objects outliving the run, fork and thread
+bombs, memory by allocation, and a batch with one crashing program.
+
+Attacks that could hurt the machine if containment failed (signals, process bombs, escaping processes, IPC
+objects) run in a throwaway interpreter inside `unshare --pid --fork --mount-proc --ipc` (`_contained`): it is
+PID 1 there, so whatever escapes the sandbox dies with it, and a host-side timeout bounds it. The others run
+here, with the sandbox's scratch directories under a test directory.
+A test skips only where this kernel cannot give the layer it relies on, and says so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import psutil
+import pytest
+
+from dsmath_jax.evals import sandbox
+from dsmath_jax.evals.sandbox import SandboxLimits, isolation_report, run_python
+from dsmath_jax.evals.tool_loop import TOOL_STOP, run_tool_loop
+
+# One xdist worker runs every sandbox test: they count the sandbox user's processes.
+pytestmark = pytest.mark.xdist_group("sandbox")
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+NO_POLICY = SandboxLimits(cpu_seconds=3, wall_seconds=6, audit_policy=False)
+NOBODY = 65534
+_HELPER_CWD = str(REPO)  # where the throwaway interpreter imports dsmath_jax from
+_RESULT_MARK = "\x1eREDTEAM-RESULT:"
+
+
+@pytest.fixture(scope="module")
+def layers() -> dict:
+    return isolation_report()
+
+
+def _need(layers: dict, *names: str) -> None:
+    missing = [n for n in names if not layers.get(n)]
+    if missing:
+        pytest.skip(f"this kernel/host gives no {', '.join(missing)} (isolation_report: {layers})")
+
+
+@pytest.fixture
+def scratch_parent(tmp_path, monkeypatch) -> pathlib.Path:
+    """The sandbox's scratch directories go here (not the machine's /tmp); its mode is watched."""
+    parent = tmp_path / "tmp"
+    parent.mkdir(mode=0o755)
+    monkeypatch.setattr(tempfile, "tempdir", str(parent))
+    return parent
+
+
+def _unshare_available() -> str | None:
+    if shutil.which("unshare") is None:
+        return "no unshare(1)"
+    probe = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "--ipc", "true"], capture_output=True,
+                           check=False)
+    return None if probe.returncode == 0 else f"unshare --pid --mount-proc --ipc refused: {probe.stderr!r}"
+
+
+_PRELUDE = '''
+import json, os, sys, threading, time
+from dsmath_jax.evals.sandbox import SandboxLimits, run_python
+NO_POLICY = SandboxLimits(cpu_seconds=3, wall_seconds=6, audit_policy=False)
+
+def summary(r):
+    return {"ok": r.ok, "error": r.error, "stdout": r.stdout[-2000:], "stderr": r.stderr[-2000:],
+            "returncode": r.returncode, "duration_s": r.duration_s, "isolation": r.isolation}
+
+def uid_processes(uid):
+    """Live (not zombie) processes of `uid` in this (throwaway) PID namespace."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open("/proc/%s/status" % name) as f:
+                fields = dict(line.split(":", 1) for line in f if ":" in line)
+        except OSError:
+            continue
+        if int(fields["Uid"].split()[0]) == uid and not fields["State"].strip().startswith("Z"):
+            found.append(int(name))
+    return found
+
+def settle(uid, seconds=3.0):
+    end = time.monotonic() + seconds
+    while uid_processes(uid) and time.monotonic() < end:
+        time.sleep(0.05)
+    return uid_processes(uid)
+
+tmpdir = os.environ["TMPDIR"]
+tmpdir_mode = os.stat(tmpdir).st_mode
+result = {}
+'''
+
+_EPILOGUE = f'''
+result["alive_after"] = run_python("print('alive')").stdout
+result["tmpdir_mode_kept"] = os.stat(tmpdir).st_mode == tmpdir_mode
+result["scratch_left"] = sorted(n for n in os.listdir(tmpdir) if n.startswith("dsmath-sandbox-"))
+print({_RESULT_MARK!r} + json.dumps(result))
+'''
+
+
+def _contained(body: str, tmp_path: pathlib.Path, timeout: float = 90) -> dict:
+    """Runs `body` (Python using run_python, filling `result`) in a fresh interpreter that is PID 1 of a
+    throwaway PID, mount and IPC namespace, with TMPDIR a fresh directory; returns `result` plus the checks of
+    `_EPILOGUE` (a later run works, TMPDIR's mode unchanged, no scratch directory left)."""
+    why = _unshare_available()
+    if why:
+        pytest.skip(f"cannot make a throwaway namespace for this attack: {why}")
+    tmpdir = tmp_path / "contained-tmp"
+    tmpdir.mkdir(mode=0o755, exist_ok=True)
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "TMPDIR": str(tmpdir), "LANG": "C.UTF-8"}
+    script = _PRELUDE + body + _EPILOGUE
+    try:
+        proc = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "--ipc", sys.executable, "-c", script],
+                              cwd=_HELPER_CWD, env=env, capture_output=True, text=True, timeout=timeout,
+                              check=False)
+    except subprocess.TimeoutExpired as exc:  # unshare's child is PID 1 there: killing unshare ends it all
+        pytest.fail(f"the contained attack did not finish in {timeout} s: {exc}")
+    _, found, tail = proc.stdout.rpartition(_RESULT_MARK)
+    assert found, (f"the contained interpreter failed (rc {proc.returncode}):\n"
+                   f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return json.loads(tail.split("\n", 1)[0])
+
+
+def _assert_caller_survived(result: dict) -> None:
+    assert result["alive_after"] == "alive\n"
+    assert result["tmpdir_mode_kept"], "TMPDIR's mode changed"
+    assert result["scratch_left"] == [], f"scratch directories left behind: {result['scratch_left']}"
+
+
+# ------------------------------------------------------------------------------------------- verdict forgery
+
+def test_denial_then_closing_stderr_is_still_forbidden(scratch_parent):
+    """Before: the denial travelled in the program's stderr; os.close(2) dropped it and the run was ok."""
+    code = "import os\ntry:\n    os.system('true')\nexcept PermissionError:\n    pass\nos.close(2)\nprint('done')"
+    result = run_python(code)
+    assert result.stdout == "done\n" and result.returncode == 0
+    assert not result.ok and result.error == "forbidden: process"
+    assert result.violations == ["process: os.system"]
+    # closing every descriptor the program has (the record channel among them) after the denial changes nothing
+    code = ("import os\ntry:\n    open('/etc/dsmath-probe', 'w')\nexcept PermissionError:\n    pass\n"
+            "for fd in range(1024):\n    try:\n        os.close(fd)\n    except OSError:\n        pass")
+    result = run_python(code)
+    assert not result.ok and result.error == "forbidden: filesystem" and result.returncode == 0
+
+
+def test_denial_of_a_120kb_path_is_still_forbidden(scratch_parent):
+    """Before: the report line carried the whole path and was cut by the stderr cap: the run was ok."""
+    code = ("import os\npath = '/etc/' + 'x' * 120_000\ntry:\n    open(path, 'w')\nexcept (PermissionError, OSError):\n"
+            "    pass\nprint('done')")
+    result = run_python(code, limits=SandboxLimits(max_output_chars=100_000))
+    assert result.stdout == "done\n"
+    assert not result.ok and result.error == "forbidden: filesystem"
+    assert len(result.violations) == 1 and len(result.violations[0]) < 400  # the detail is cut, not the record
+
+
+_FORGER = r'''
+import gc, json, os, sys
+try:
+    os.system("true")
+except PermissionError:
+    pass
+keys, names = [], set()
+frame = sys._getframe()
+while frame is not None:  # every frame above the program, and the dicts they hold
+    for name, value in list(frame.f_locals.items()):
+        names.add(name)
+        if isinstance(value, dict):
+            names.update(map(str, value))
+            if isinstance(value.get("key"), str):
+                keys.append(value["key"])
+    frame = frame.f_back
+forged = {"kind": "program", "status": "ok", "error_line": "", "exc_type": None, "layers": {}, "violations": []}
+for key in keys:  # the old protocol: a line "\n<key><json>\n" in stderr, the last one of a kind wins
+    os.write(2, ("\n" + key + json.dumps(forged) + "\n").encode())
+lines = [json.dumps(r) for r in (
+    {"kind": "outcome", "status": "ok"}, {"kind": "ready", "layers": {}},
+    {"kind": "report", "timed_out": False, "exit": 0, "leftover": 0, "layers": {},
+     "program": {"ready": {}, "denied": [], "denied_count": 0}})]
+written = []
+for fd in range(3, 256):  # every descriptor the program holds: try to speak for the sandbox on each
+    try:
+        os.fstat(fd)
+    except OSError:
+        continue
+    try:
+        for line in lines:
+            os.write(fd, (line + "\n").encode())
+        written.append(fd)
+    except OSError:
+        pass
+print(json.dumps({"keys": keys, "names": sorted(names), "written": written}), flush=True)
+os._exit(0)  # no report of the runner's own after the forged ones
+'''
+
+
+def test_report_key_from_frames_and_forged_records_do_not_make_ok(scratch_parent):
+    """Before: the report key sat in the runner's `cfg` (a frame above the program); a forged report in
+    stderr with that key won. Now there is no key, the report channel is closed in the program, and records on
+    the program's own channel can only fail a run."""
+    result = run_python(_FORGER)
+    seen = json.loads(result.stdout)
+    assert seen["keys"] == []  # nothing key-like anywhere up the stack
+    assert "report_fd" in seen["names"]  # (the number is there; the descriptor is closed)
+    assert not result.ok and result.error == "forbidden: process" and result.violations == ["process: os.system"]
+    # without any denial, forged records on the program's channel still cannot make a run ok
+    result = run_python(_FORGER.replace('os.system("true")', 'pass'), limits=SandboxLimits(audit_policy=True))
+    assert result.violations == [] and not result.ok
+    assert result.error == "forbidden: sandbox channel"
+
+
+def test_record_channel_closed_or_replaced_before_a_denial_kills_the_program(scratch_parent):
+    """The audit hook writes each denial when it happens; if the channel is gone or replaced by another
+    file, the hook kills the process instead of losing the record."""
+    closed = "import os\nfor fd in range(3, 256):\n    try:\n        os.close(fd)\n    except OSError:\n        pass\n"
+    replaced = ("import os\nfd = os.open('decoy', os.O_WRONLY | os.O_CREAT)\nfor n in range(3, 256):\n"
+                "    if n != fd:\n        try:\n            os.dup2(fd, n)\n"
+                "        except OSError:\n            pass\n")
+    for prefix in (closed, replaced):
+        result = run_python(prefix + "try:\n    os.system('true')\nexcept PermissionError:\n    pass\nprint('hidden')")
+        assert not result.ok and result.error == "killed: SIGKILL" and result.stdout == ""
+
+
+def test_missing_or_malformed_report_fails_the_run(tmp_path, monkeypatch, scratch_parent):
+    """The host decides: a runner that exits cleanly without a report, or with a malformed one, fails."""
+    silent = tmp_path / "silent_runner.py"
+    silent.write_text("import sys\nsys.stdin.buffer.read()\nprint('all fine')\n")
+    monkeypatch.setattr(sandbox, "RUNNER_PATH", str(silent))
+    result = run_python("print(1)")
+    assert not result.ok and result.error.startswith("sandbox failure: sandbox report missing")
+    garbled = tmp_path / "garbled_runner.py"
+    garbled.write_text("import json, os\nn = int.from_bytes(os.read(0, 8), 'big')\nbuf = b''\n"
+                       "while len(buf) < n:\n    buf += os.read(0, n - len(buf))\n"
+                       "os.write(json.loads(buf)['report_fd'], b'{\"kind\": \"report\", \"exit\": 0\\n')\n")
+    monkeypatch.setattr(sandbox, "RUNNER_PATH", str(garbled))
+    result = run_python("print(1)")
+    assert not result.ok and result.error.startswith("sandbox failure: sandbox report missing")
+
+
+# ------------------------------------------------------------------------------------------- reaper escapes
+
+_CHAIN = r'''
+import ctypes, os, time
+
+
+def wipe_environment():
+    """The run's marker is in /proc/<pid>/environ, which shows this memory: zero it (children inherit it)."""
+    fields = open("/proc/self/stat").read().rpartition(")")[2].split()
+    start, end = int(fields[47]), int(fields[48])  # env_start, env_end
+    if start and end > start:
+        ctypes.memset(start, 0, end - start)
+
+
+def link():
+    while True:  # fork one child, wait for it, fork again: the chain regrows at its bottom as it is cut at its top
+        try:
+            pid = os.fork()
+        except OSError:  # RLIMIT_NPROC: retry at once, to regrow faster than a sweep cuts
+            continue
+        if pid == 0:
+            try:
+                open("beat-%d" % os.getpid(), "w").close()  # keep writing into scratch
+            except OSError:
+                pass
+            continue  # the child is the next link
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+
+
+wipe_environment()
+if os.fork() == 0:
+    os.setsid()
+    link()
+time.sleep(1.0)
+print("chain started")
+'''
+
+
+def test_fork_chain_does_not_outlive_the_run(tmp_path, layers):
+    """Before: only the chain's top was the reaper's child, the run marker was gone from /proc/<pid>/environ,
+    the sweeps (one link each) gave up, survivors kept writing into scratch, cleanup failed and chmod'ed
+    TMPDIR 0700, and the run was ok. Now the reaper is PID 1 of the run's PID namespace: everything dies with
+    it, and the run fails."""
+    _need(layers, "pid_namespace")
+    body = f'''
+r = run_python({_CHAIN!r}, limits=NO_POLICY)
+result["run"] = summary(r)
+result["survivors"] = settle({NOBODY})
+'''
+    result = _contained(body, tmp_path)
+    run = result["run"]
+    assert run["stdout"] == "chain started\n", run
+    assert not run["ok"] and run["error"].startswith("leftover: "), run["error"]
+    assert result["survivors"] == []
+    _assert_caller_survived(result)
+
+
+# ------------------------------------------------------------------------------------------- cleanup crashes
+
+def test_deeply_nested_directories_do_not_crash_the_caller(scratch_parent):
+    """Before: shutil.rmtree recursed, raised RecursionError out of run_python and left the scratch dir."""
+    mode = scratch_parent.stat().st_mode
+    code = ("import os\nprint(os.getcwd())\nfor _ in range(1100):\n    os.mkdir('d')\n    os.chdir('d')\n"
+            "open('bottom.txt', 'w').write('x')")
+    result = run_python(code)
+    assert result.ok, (result.error, result.stderr[-500:])
+    assert not os.path.exists(result.stdout.strip())
+    # deeper than PATH_MAX, with directories the program made unreadable (no audit policy to stop it)
+    code = ("import os\nfor _ in range(1100):\n    os.mkdir('deep_directory')\n    os.chdir('deep_directory')\n"
+            "open('bottom.txt', 'w').write('x')\nfor _ in range(3):\n    os.chdir('..')\n"
+            "    os.chmod('deep_directory', 0)\nos.symlink('/etc', 'etc')\nprint('built')")
+    result = run_python(code, limits=NO_POLICY)
+    assert result.ok and result.stdout == "built\n", (result.error, result.stderr[-500:])
+    assert os.listdir(scratch_parent) == [] and scratch_parent.stat().st_mode == mode
+    assert os.path.exists("/etc/passwd")  # the symlink's target was not followed
+    assert run_python("print('alive')").stdout == "alive\n"
+
+
+def test_remove_tree_is_not_recursive_and_stays_inside(tmp_path):
+    """The cleanup alone, on a tree a Python-recursive removal cannot handle, next to a file it must keep."""
+    keep = tmp_path / "keep.txt"
+    keep.write_text("keep")
+    root = tmp_path / "scratch"
+    root.mkdir()
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        for _ in range(1100):  # built through descriptors: deeper than PATH_MAX and the recursion limit
+            os.mkdir("n" * 50, dir_fd=fd)
+            child = os.open("n" * 50, os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = child
+        os.symlink(str(keep), "link", dir_fd=fd)
+        os.mkdir("locked", mode=0, dir_fd=fd)
+    finally:
+        os.close(fd)
+    assert sandbox._remove_tree(str(root)) is None
+    assert not root.exists() and keep.read_text() == "keep"
+    assert sandbox._remove_tree(str(root)) is None  # already gone: nothing to do
+
+
+# ------------------------------------------------------------------------------------------- signals and other runs
+
+def test_kill_minus_one_reaches_no_host_process_and_no_other_run(tmp_path, layers):
+    """Before: every run was `nobody` in the host's PID namespace: kill(-1, 9) killed a host process of that
+    uid and the concurrent run. Now the program's kill(-1) stays in its run's PID namespace."""
+    _need(layers, "pid_namespace")
+    body = f'''
+import subprocess
+same_uid = subprocess.Popen(["sleep", "60"], user={NOBODY}, group={NOBODY})
+ours = subprocess.Popen(["sleep", "60"])
+other = {{}}
+def concurrent():
+    other["r"] = run_python("import time\\ntime.sleep(4)\\nprint('survived')",
+                            limits=SandboxLimits(audit_policy=False, wall_seconds=15, cpu_seconds=5))
+thread = threading.Thread(target=concurrent)
+thread.start()
+time.sleep(1.5)
+attack = run_python("import os\\ntry:\\n    os.kill(-1, 9)\\n    print('sent')\\n"
+                    "except ProcessLookupError:\\n    print('no process to signal')", limits=NO_POLICY)
+thread.join()
+result["attack"] = summary(attack)
+result["concurrent"] = summary(other["r"])
+result["same_uid_alive"] = same_uid.poll() is None
+result["ours_alive"] = ours.poll() is None
+same_uid.kill(); ours.kill()
+'''
+    result = _contained(body, tmp_path)
+    # in its own PID namespace the program finds nobody to signal (PID 1 and itself are exempt)
+    assert result["attack"]["stdout"] in ("sent\n", "no process to signal\n"), result["attack"]
+    assert result["same_uid_alive"] and result["ours_alive"]
+    assert result["concurrent"]["ok"] and result["concurrent"]["stdout"] == "survived\n", result["concurrent"]
+    _assert_caller_survived(result)
+
+
+def test_other_runs_scratch_is_invisible(scratch_parent, layers):
+    """Before: every run is `nobody` and sees the whole filesystem: it could list and read a concurrent run's
+    scratch directory (by path, or through /proc/<pid>/cwd). Now the scratch directory's parent is an empty
+    tmpfs in the run's mount namespace with only its own scratch bound back, and /proc is its own."""
+    _need(layers, "scratch_private", "proc_private")
+    secret = secrets.token_hex(8)
+    holder = (f"import time\nopen('secret.txt', 'w').write({secret!r})\nprint('written', flush=True)\ntime.sleep(4)")
+    snoop = r'''
+import glob, os, time
+found, seen = [], []
+end = time.monotonic() + 2.5
+while not found and time.monotonic() < end:
+    parent = os.path.dirname(os.getcwd())
+    seen = sorted(os.listdir(parent))
+    for path in glob.glob(os.path.join(parent, "*", "secret.txt")) + glob.glob("/proc/*/cwd/secret.txt"):
+        try:
+            found.append(open(path).read())
+        except OSError:
+            pass
+    time.sleep(0.1)
+print(found, seen)
+'''
+    with ThreadPoolExecutor(2) as pool:
+        held = pool.submit(run_python, holder, limits=SandboxLimits(wall_seconds=10))
+        time.sleep(0.8)
+        snooped = run_python(snoop, limits=SandboxLimits(wall_seconds=10))
+        held = held.result()
+    assert held.ok and held.stdout == "written\n"
+    assert snooped.ok, snooped.error
+    assert secret not in snooped.stdout
+    assert snooped.stdout.startswith("[] ['dsmath-sandbox-"), snooped.stdout  # only its own scratch dir
+
+
+def test_host_command_lines_are_invisible(layers):
+    """Before: /proc was the host's: every host process's command line (tokens, paths) was readable."""
+    _need(layers, "pid_namespace", "proc_private")
+    secret = "dsmath-secret-" + secrets.token_hex(8)
+    sleeper = subprocess.Popen(["sh", "-c", "sleep 30", secret])
+    try:
+        code = ("import os\nhits, pids = [], []\nfor name in os.listdir('/proc'):\n    if name.isdigit():\n"
+                "        pids.append(int(name))\n        try:\n"
+                f"            if {secret!r} in open('/proc/%s/cmdline' % name).read():\n"
+                "                hits.append(name)\n"
+                "        except OSError:\n            pass\nprint(hits, sorted(pids))")
+        result = run_python(code)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert result.ok, result.error
+    assert result.stdout == "[] [1, 2]\n"  # the reaper (PID 1) and the program itself: nothing of the host
+
+
+# ------------------------------------------------------------------------------------------- IPC
+
+_IPC = r'''
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+IPC_CREAT = 0o1000
+print(libc.shmget(0x5D5A0001, 4096, IPC_CREAT | 0o600), libc.msgget(0x5D5A0002, IPC_CREAT | 0o600),
+      libc.semget(0x5D5A0003, 1, IPC_CREAT | 0o600))
+'''
+
+
+def test_sysv_ipc_objects_die_with_the_run(tmp_path, layers):
+    """Before: SysV shared memory, message queues and semaphores a program created outlived its run (and the
+    run was ok). Now they live in the run's IPC namespace, die with it, and fail the run."""
+    _need(layers, "ipc_namespace")
+    body = f'''
+r = run_python({_IPC!r}, limits=NO_POLICY)
+result["run"] = summary(r)
+keys = {{0x5D5A0001, 0x5D5A0002, 0x5D5A0003}}
+left = []
+for kind in ("shm", "msg", "sem"):
+    with open("/proc/sysvipc/" + kind) as f:
+        next(f)
+        left += [kind for line in f if line.split() and int(line.split()[0]) in keys]
+result["left"] = left
+'''
+    result = _contained(body, tmp_path)
+    run = result["run"]
+    assert all(int(i) >= 0 for i in run["stdout"].split()), run  # the program did create all three
+    assert not run["ok"] and run["error"] == "leftover: 3 IPC objects"
+    assert result["left"] == []
+    _assert_caller_survived(result)
+
+
+# ------------------------------------------------------------------------------------------- bombs and memory
+
+_BOMB = r'''
+import os, threading, time
+def threads():
+    n = 0
+    while True:
+        try:
+            threading.Thread(target=time.sleep, args=(60,), daemon=True).start()
+            n += 1
+        except RuntimeError:
+            return n
+print("threads", threads(), flush=True)
+while True:  # and a fork bomb whose children bomb too
+    try:
+        if os.fork() == 0:
+            os.setsid()
+    except OSError:
+        time.sleep(0.001)
+'''
+
+
+def test_fork_and_thread_bombs_are_contained(tmp_path, layers):
+    _need(layers, "pid_namespace", "unprivileged")
+    body = f'''
+t = time.monotonic()
+r = run_python({_BOMB!r}, limits=SandboxLimits(cpu_seconds=2, wall_seconds=3, audit_policy=False,
+                                                max_processes=16))
+result["elapsed"] = time.monotonic() - t
+result["run"] = summary(r)
+result["survivors"] = settle({NOBODY})
+'''
+    result = _contained(body, tmp_path)
+    run = result["run"]
+    assert run["error"] == "timeout", run
+    threads = int(run["stdout"].split()[1])
+    assert threads <= 16  # RLIMIT_NPROC (tasks of `nobody`, the program's own among them)
+    assert result["elapsed"] < 3 + 5  # the wall clock, not the bomb, decided
+    assert result["survivors"] == []
+    _assert_caller_survived(result)
+
+
+@pytest.mark.parametrize("code", [
+    "x = bytearray(10**10)",
+    "chunks = []\nwhile True:\n    chunks.append(b'x' * 10**7)",
+    "import mmap\nm = mmap.mmap(-1, 10**10)\nm[-1] = 1",
+    "import numpy as np\na = np.ones((40_000, 40_000))",
+])
+def test_memory_by_allocation_is_bounded(code, scratch_parent):
+    rss_before = psutil.Process().memory_info().rss
+    result = run_python(code, limits=SandboxLimits(memory_bytes=512 << 20))
+    assert not result.ok
+    assert result.error == "memory" or "Cannot allocate memory" in result.error, result.error
+    assert psutil.Process().memory_info().rss < rss_before + 64 * 2**20  # the host did not pay for it
+    assert run_python("print('alive')").stdout == "alive\n"
+
+
+# ------------------------------------------------------------------------------------------- batches
+
+_NESTED = "import os\nfor _ in range(1100):\n    os.mkdir('d')\n    os.chdir('d')\nprint('nested')"
+_SEGFAULT = "import faulthandler\nfaulthandler._sigsegv()"
+
+
+def test_one_crashing_program_never_loses_a_batch(scratch_parent, monkeypatch):
+    """A thread-pool batch (the tool loop's) with a segfault, an os._exit, a cleanup bomb and a host-side
+    failure (no scratch directory could be made) among ordinary programs: every one gets its own result."""
+    programs = ["print(1)", _SEGFAULT, _NESTED, "import os\nos._exit(3)", "print(2)", "FAIL_HOST", "print(3)"]
+    real_mkdtemp = tempfile.mkdtemp
+    calls = threading.local()
+
+    def flaky_mkdtemp(*args, **kwargs):
+        if getattr(calls, "fail", False):
+            raise OSError(28, "No space left on device")
+        return real_mkdtemp(*args, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkdtemp", flaky_mkdtemp)
+
+    def execute(code, *, limits):
+        calls.fail = code == "FAIL_HOST"
+        try:
+            return run_python(code, limits=limits)
+        finally:
+            calls.fail = False
+
+    script = {f"Q{i}": f"```python\n{p}\n```{TOOL_STOP}" for i, p in enumerate(programs)}
+
+    def generate(texts):
+        return [script[t.split("\n", 1)[0]] if "```output" not in t else " done" for t in texts]
+
+    traces = run_tool_loop(generate, [f"Q{i}\n" for i in range(len(programs))], executor=execute,
+                           limits=SandboxLimits(audit_policy=False), max_workers=4, max_rounds=2)
+    results = [t.results[0] for t in traces]
+    assert [r.stdout for r in results[:1] + results[4:5] + results[6:]] == ["1\n", "2\n", "3\n"]
+    assert all(r.ok for r in results[:1] + results[4:5] + results[6:])
+    assert results[1].error == "killed: SIGSEGV"
+    assert results[2].ok and results[2].stdout == "nested\n"
+    assert results[3].error == "exit status 3"
+    assert results[5].error == "sandbox failure: OSError: [Errno 28] No space left on device"
+    assert all(t.completion.endswith(" done") for t in traces)
+    assert os.listdir(scratch_parent) == []
+    # and straight through an Executor.map, with the policy on
+    with ThreadPoolExecutor(4) as pool:
+        direct = list(pool.map(run_python, ["print(1)", _SEGFAULT, "import os\nos.system('true')", "print(4)"]))
+    assert [r.ok for r in direct] == [True, False, False, True]
+    assert direct[1].error == "killed: SIGSEGV" and direct[2].error == "forbidden: process"
