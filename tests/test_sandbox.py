@@ -20,6 +20,7 @@ import pytest
 # One xdist worker runs every sandbox test: they count the sandbox user's processes.
 pytestmark = pytest.mark.xdist_group("sandbox")
 
+from dsmath_jax.evals import sandbox
 from dsmath_jax.evals.sandbox import ExecutionResult, SandboxLimits, isolation_report, run_python
 from dsmath_jax.evals.tool_loop import (TOOL_STOP, build_program, extract_code_blocks, format_output_block,
                                         last_program, pot_program, run_program_of_thought, run_tool_loop,
@@ -27,7 +28,17 @@ from dsmath_jax.evals.tool_loop import (TOOL_STOP, build_program, extract_code_b
 
 FAST = SandboxLimits(cpu_seconds=1, wall_seconds=4)
 NO_POLICY = SandboxLimits(cpu_seconds=2, wall_seconds=4, audit_policy=False)
-SANDBOX_UID = 65534
+SANDBOX_UID = 65534  # `nobody`: when not root, or no per-run uid is free
+
+
+class _SandboxUids:
+    """The uids sandboxed programs run as: `nobody`, or one of the per-run uids."""
+
+    def __contains__(self, uid: int) -> bool:
+        return uid == SANDBOX_UID or sandbox.UID_BASE <= uid < sandbox.UID_BASE + sandbox.UID_SLOTS
+
+
+SANDBOX_UIDS = _SandboxUids()
 
 
 @pytest.fixture(scope="module")
@@ -39,11 +50,13 @@ def layers() -> dict:
 
 # ------------------------------------------------------------------------------------------- host checks
 
-def _processes(uid: int) -> list[psutil.Process]:
+def _processes(uid) -> list[psutil.Process]:
+    """Processes whose real uid is `uid` (an int, or a container of uids)."""
+    uids = uid if not isinstance(uid, int) else (uid,)
     out = []
     for p in psutil.process_iter(["uids", "status"]):
         try:
-            if p.info["uids"] is not None and p.info["uids"].real == uid:
+            if p.info["uids"] is not None and p.info["uids"].real in uids:
                 out.append(p)
         except psutil.Error:
             continue
@@ -62,33 +75,33 @@ def _settles(predicate, timeout: float = 5.0) -> bool:
 
 
 def _zombies() -> int:
-    return sum(p.info["status"] == psutil.STATUS_ZOMBIE for p in _processes(SANDBOX_UID) + _processes(os.getuid()))
+    return sum(p.info["status"] == psutil.STATUS_ZOMBIE for p in _processes(SANDBOX_UIDS) + _processes(os.getuid()))
 
 
 def _baseline() -> tuple[set, int, int, int]:
     """What exists before a run: this process's children (other tests in the same worker may have left
     long-lived helpers, e.g. a grader's forkserver), and the process and zombie counts."""
     children = {p.pid for p in psutil.Process().children(recursive=True)}
-    return children, len(_processes(SANDBOX_UID)), len(_processes(os.getuid())), _zombies()
+    return children, len(_processes(SANDBOX_UIDS)), len(_processes(os.getuid())), _zombies()
 
 
 def _assert_no_leftovers(baseline_children: set, baseline_sandbox: int, baseline_own: int,
                          baseline_zombies: int) -> None:
     me = psutil.Process()
     assert [p for p in me.children(recursive=True) if p.pid not in baseline_children] == []
-    assert _settles(lambda: len(_processes(SANDBOX_UID)) <= baseline_sandbox), [
-        (p.pid, p.info["status"]) for p in _processes(SANDBOX_UID)]
+    assert _settles(lambda: len(_processes(SANDBOX_UIDS)) <= baseline_sandbox), [
+        (p.pid, p.info["status"]) for p in _processes(SANDBOX_UIDS)]
     # Processes of our own uid are compared only when no other test worker runs beside this one: under
     # pytest-xdist the other worker starts and ends processes of the same uid at any time.
     if "PYTEST_XDIST_WORKER" not in os.environ:
         assert _settles(lambda: len(_processes(os.getuid())) <= baseline_own)
         # nothing left unreaped (e.g. to a PID 1 that does not reap); other jobs' zombies come and go
         assert _settles(lambda: _zombies() <= baseline_zombies), [
-            (p.pid, p.name()) for p in _processes(SANDBOX_UID) + _processes(os.getuid())
+            (p.pid, p.name()) for p in _processes(SANDBOX_UIDS) + _processes(os.getuid())
             if p.info["status"] == psutil.STATUS_ZOMBIE]
     else:
         assert _settles(lambda: sum(p.info["status"] == psutil.STATUS_ZOMBIE
-                                    for p in _processes(SANDBOX_UID)) == 0)
+                                    for p in _processes(SANDBOX_UIDS)) == 0)
 
 
 # ------------------------------------------------------------------------------------------- ordinary code
@@ -101,7 +114,8 @@ def test_ordinary_code_and_isolation_layers(layers):
     assert layers["rlimits"] and layers["audit_hook"] and layers["reaper"] and layers["report_channel"]
     assert layers["ok"]
     if os.geteuid() == 0 and "drop_skipped" not in layers:
-        assert layers["unprivileged"] and layers["user"] == SANDBOX_UID
+        assert layers["unprivileged"] and layers["user"] in SANDBOX_UIDS
+        assert layers["distinct_uid"] == (layers["user"] != SANDBOX_UID)
         assert not layers["read_capability"] or not layers["readonly_filesystem"]
 
 
@@ -269,8 +283,9 @@ def test_fork_bomb_without_audit_policy_is_contained_by_rlimits(layers):
     assert result.error == "timeout"  # the loop never ends by itself: the wall-clock limit stopped it
     _assert_no_leftovers(*before)
     # and a double-forked, setsid() process that outlives its parent is killed, and fails the run
-    code = ("import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n        time.sleep(60)\n"
-            "    os._exit(0)\nprint('parent done')")
+    # (the parent waits for the middle process: otherwise it may still be exiting, and count as a leftover)
+    code = ("import os, time\npid = os.fork()\nif pid == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
+            "        time.sleep(60)\n    os._exit(0)\nos.waitpid(pid, 0)\nprint('parent done')")
     result = run_python(code, limits=NO_POLICY)
     assert not result.ok and result.stdout == "parent done\n" and result.returncode == 0
     assert result.error == "leftover: 1 process"
@@ -366,7 +381,8 @@ def test_no_network_even_to_loopback(layers, policy):
         for code in (f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2)",
                      f"import socket\ns = socket.socket()\ns.settimeout(2)\ns.connect(('127.0.0.1', {port}))",
                      f"import urllib.request\nurllib.request.urlopen('http://127.0.0.1:{port}/', timeout=2)"):
-            result = run_python(code, limits=SandboxLimits(audit_policy=policy))
+            # the namespace alone (without the seccomp filter, socket() itself fails: see the red-team tests)
+            result = run_python(code, limits=SandboxLimits(audit_policy=policy, seccomp=policy))
             assert not result.ok
             if policy:
                 assert result.error == "forbidden: network", result.error
@@ -522,3 +538,59 @@ def test_pot_plain_program_prints_answer():
     assert result.ok and result.answer == "120"
     failing = run_program_of_thought("def solution():\n    return 1 / 0")
     assert failing.error == "exception: ZeroDivisionError: division by zero" and failing.answer is None
+
+
+# ------------------------------------------------------------------------------------------- seccomp and uids
+
+def test_seccomp_program_builds_for_known_architectures_only():
+    from dsmath_jax.evals import sandbox_runner
+    for machine in ("x86_64", "aarch64"):
+        program = sandbox_runner.seccomp_program(machine)
+        assert program is not None and len(program) % 8 == 0 and 8 < len(program) // 8 < 4096
+        # the first instruction loads the architecture, the second compares it with the expected one
+        assert program[:8] == bytes.fromhex("2000000004000000")
+    assert sandbox_runner.seccomp_program("riscv64") is None
+
+
+def test_seccomp_switch_and_required_layer(layers):
+    if not layers.get("seccomp"):
+        result = run_python("print(1)", limits=SandboxLimits(require_layers=("seccomp",)))
+        assert not result.ok and "required isolation layers unavailable: seccomp" in result.error
+        pytest.skip(f"no seccomp filter here: {layers.get('seccomp_skipped')}")
+    result = run_python("import os\nos.memfd_create('x')\nprint('made')", limits=SandboxLimits(seccomp=False))
+    assert result.ok and result.stdout == "made\n" and result.isolation["seccomp"] is False
+    result = run_python("print(1)", limits=SandboxLimits(require_layers=("seccomp", "distinct_uid"))
+                        if layers.get("distinct_uid") else SandboxLimits(require_layers=("seccomp",)))
+    assert result.ok and result.isolation["seccomp"]
+
+
+def test_run_uids_are_distinct_and_skip_uids_in_use(monkeypatch):
+    if os.geteuid() != 0:
+        assert sandbox._acquire_ids(True).uid is None
+        pytest.skip("per-run uids need root")
+    assert sandbox._acquire_ids(False).uid is None
+    monkeypatch.setattr(sandbox, "_ids_in_use", lambda: {sandbox.UID_BASE + 1})  # a process has this one
+    held = [sandbox._acquire_ids(True) for _ in range(3)]
+    try:
+        uids = [ids.uid for ids in held]
+        assert len(set(uids)) == 3 and sandbox.UID_BASE + 1 not in uids and all(ids.distinct for ids in held)
+        assert all(uid == ids.gid for uid, ids in zip(uids, held))
+        held[0].release()
+        again = sandbox._acquire_ids(True)
+        held.append(again)
+        assert again.uid == uids[0]  # released: free again
+    finally:
+        for ids in held:
+            ids.release()
+    # a uid another process on this host holds (its abstract socket is bound) is skipped
+    other = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        other.bind(b"\0dsmath-sandbox-uid-%d" % sandbox.UID_BASE)
+        ids = sandbox._acquire_ids(True)
+        ids.release()
+        assert ids.uid not in (sandbox.UID_BASE, sandbox.UID_BASE + 1)
+    finally:
+        other.close()
+    monkeypatch.setattr(sandbox, "UID_SLOTS", 0)  # none free: `nobody`
+    fallback = sandbox._acquire_ids(True)
+    assert fallback.uid == SANDBOX_UID and not fallback.distinct

@@ -4,7 +4,9 @@ One test per attack class: verdict forgery (a denied call hidden by closing stde
 stderr cap, the report key from the program's frames, the record channel closed or replaced, a forged or
 missing report), the fork-chain reaper escape, cleanup crashes (1,100 nested directories), kill(-1, 9), other
 runs' scratch directories, host command lines in /proc, SysV IPC objects outliving the run, fork and thread
-bombs, memory by allocation, and a batch with one crashing program.
+bombs, memory by allocation, a batch with one crashing program, syscalls the seccomp filter denies (memfd,
+fallocate past RLIMIT_FSIZE, SysV shared memory, unshare and namespace clones, ptrace, unix sockets by path),
+and a fork bomb starving a concurrent run (each run has a uid, and so an RLIMIT_NPROC budget, of its own).
 
 Attacks that could hurt the machine if containment failed (signals, process bombs, escaping processes, IPC
 objects) run in a throwaway interpreter inside `unshare --pid --fork --mount-proc --ipc` (`_contained`): it is
@@ -15,11 +17,13 @@ A test skips only where this kernel cannot give the layer it relies on, and says
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -81,8 +85,10 @@ def summary(r):
     return {"ok": r.ok, "error": r.error, "stdout": r.stdout[-2000:], "stderr": r.stderr[-2000:],
             "returncode": r.returncode, "duration_s": r.duration_s, "isolation": r.isolation}
 
-def uid_processes(uid):
-    """Live (not zombie) processes of `uid` in this (throwaway) PID namespace."""
+SANDBOX_UIDS = set(range(UID_FIRST, UID_END)) | {NOBODY}  # the per-run uids and `nobody`
+
+def uid_processes(uids):
+    """Live (not zombie) processes of these uids in this (throwaway) PID namespace."""
     found = []
     for name in os.listdir("/proc"):
         if not name.isdigit():
@@ -92,15 +98,15 @@ def uid_processes(uid):
                 fields = dict(line.split(":", 1) for line in f if ":" in line)
         except OSError:
             continue
-        if int(fields["Uid"].split()[0]) == uid and not fields["State"].strip().startswith("Z"):
+        if int(fields["Uid"].split()[0]) in uids and not fields["State"].strip().startswith("Z"):
             found.append(int(name))
     return found
 
-def settle(uid, seconds=3.0):
+def settle(uids, seconds=3.0):
     end = time.monotonic() + seconds
-    while uid_processes(uid) and time.monotonic() < end:
+    while uid_processes(uids) and time.monotonic() < end:
         time.sleep(0.05)
-    return uid_processes(uid)
+    return uid_processes(uids)
 
 tmpdir = os.environ["TMPDIR"]
 tmpdir_mode = os.stat(tmpdir).st_mode
@@ -125,7 +131,9 @@ def _contained(body: str, tmp_path: pathlib.Path, timeout: float = 90) -> dict:
     tmpdir = tmp_path / "contained-tmp"
     tmpdir.mkdir(mode=0o755, exist_ok=True)
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "TMPDIR": str(tmpdir), "LANG": "C.UTF-8"}
-    script = _PRELUDE + body + _EPILOGUE
+    prelude = (_PRELUDE.replace("UID_FIRST", str(sandbox.UID_BASE))
+               .replace("UID_END", str(sandbox.UID_BASE + sandbox.UID_SLOTS)).replace("NOBODY", str(NOBODY)))
+    script = prelude + body + _EPILOGUE
     try:
         proc = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "--ipc", sys.executable, "-c", script],
                               cwd=_HELPER_CWD, env=env, capture_output=True, text=True, timeout=timeout,
@@ -303,7 +311,7 @@ def test_fork_chain_does_not_outlive_the_run(tmp_path, layers):
     body = f'''
 r = run_python({_CHAIN!r}, limits=NO_POLICY)
 result["run"] = summary(r)
-result["survivors"] = settle({NOBODY})
+result["survivors"] = settle(SANDBOX_UIDS)
 '''
     result = _contained(body, tmp_path)
     run = result["run"]
@@ -455,11 +463,13 @@ print(libc.shmget(0x5D5A0001, 4096, IPC_CREAT | 0o600), libc.msgget(0x5D5A0002, 
 
 def test_sysv_ipc_objects_die_with_the_run(tmp_path, layers):
     """Before: SysV shared memory, message queues and semaphores a program created outlived its run (and the
-    run was ok). Now they live in the run's IPC namespace, die with it, and fail the run."""
+    run was ok). Now they live in the run's IPC namespace, die with it, and fail the run (shown with the
+    seccomp filter off); with the filter on, they cannot be created at all."""
     _need(layers, "ipc_namespace")
     body = f'''
-r = run_python({_IPC!r}, limits=NO_POLICY)
+r = run_python({_IPC!r}, limits=SandboxLimits(cpu_seconds=3, wall_seconds=6, audit_policy=False, seccomp=False))
 result["run"] = summary(r)
+result["filtered"] = summary(run_python({_IPC!r}, limits=NO_POLICY))
 keys = {{0x5D5A0001, 0x5D5A0002, 0x5D5A0003}}
 left = []
 for kind in ("shm", "msg", "sem"):
@@ -473,6 +483,9 @@ result["left"] = left
     assert all(int(i) >= 0 for i in run["stdout"].split()), run  # the program did create all three
     assert not run["ok"] and run["error"] == "leftover: 3 IPC objects"
     assert result["left"] == []
+    filtered = result["filtered"]
+    if filtered["isolation"].get("seccomp"):
+        assert filtered["ok"] and filtered["stdout"] == "-1 -1 -1\n", filtered
     _assert_caller_survived(result)
 
 
@@ -506,7 +519,7 @@ r = run_python({_BOMB!r}, limits=SandboxLimits(cpu_seconds=2, wall_seconds=3, au
                                                 max_processes=16))
 result["elapsed"] = time.monotonic() - t
 result["run"] = summary(r)
-result["survivors"] = settle({NOBODY})
+result["survivors"] = settle(SANDBOX_UIDS)
 '''
     result = _contained(body, tmp_path)
     run = result["run"]
@@ -514,6 +527,43 @@ result["survivors"] = settle({NOBODY})
     threads = int(run["stdout"].split()[1])
     assert threads <= 16  # RLIMIT_NPROC (tasks of `nobody`, the program's own among them)
     assert result["elapsed"] < 3 + 5  # the wall clock, not the bomb, decided
+    assert result["survivors"] == []
+    _assert_caller_survived(result)
+
+
+def test_concurrent_runs_get_distinct_uids_and_a_fork_bomb_starves_no_other_run(tmp_path, layers):
+    """Before: every run was `nobody`, so RLIMIT_NPROC was one budget for all of them: a fork bomb started
+    after a run took that run's process slots, and it failed with "RuntimeError: can't start new thread". Now each concurrent run has a uid
+    of its own (its scratch directory owned by it): the bomb exhausts only its own budget, and even without a
+    PID namespace it could not signal the other run."""
+    _need(layers, "distinct_uid")
+    body = f'''
+other = {{}}
+def concurrent():
+    other["r"] = run_python("import os, threading, time\\ntime.sleep(1.5)\\n"  # the bomb is at its limit now
+                            "print(os.getuid(), os.stat('.').st_uid)\\n"
+                            "ts = [threading.Thread(target=int) for _ in range(8)]\\n"
+                            "[t.start() for t in ts]\\n[t.join() for t in ts]\\n"
+                            "pid = os.fork()\\nif pid == 0:\\n    os._exit(0)\\nos.waitpid(pid, 0)\\nprint('fine')",
+                            limits=SandboxLimits(audit_policy=False, pid_namespace=False, ipc_namespace=False,
+                                                 wall_seconds=6))
+thread = threading.Thread(target=concurrent)
+thread.start()  # first: its RLIMIT_NPROC was set before the bomb's processes existed
+time.sleep(0.5)
+bomb = run_python({_BOMB!r}, limits=SandboxLimits(cpu_seconds=3, wall_seconds=3, audit_policy=False,
+                                                  pid_namespace=False, ipc_namespace=False, max_processes=16))
+thread.join()
+result["bomb"] = summary(bomb)
+result["other"] = summary(other["r"])
+result["survivors"] = settle(SANDBOX_UIDS)
+'''
+    result = _contained(body, tmp_path)
+    bomb, other = result["bomb"], result["other"]
+    assert bomb["error"] == "timeout", bomb
+    assert other["ok"], other
+    uid, owner, fine = other["stdout"].split()
+    assert fine == "fine" and uid == owner, other["stdout"]
+    assert int(uid) != bomb["isolation"]["user"] and other["isolation"]["distinct_uid"]
     assert result["survivors"] == []
     _assert_caller_survived(result)
 
@@ -531,6 +581,107 @@ def test_memory_by_allocation_is_bounded(code, scratch_parent):
     assert result.error == "memory" or "Cannot allocate memory" in result.error, result.error
     assert psutil.Process().memory_info().rss < rss_before + 64 * 2**20  # the host did not pay for it
     assert run_python("print('alive')").stdout == "alive\n"
+
+
+# ------------------------------------------------------------------------------------------- seccomp
+
+_LIBC = "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+# attack -> (code, what it prints when the call went through); run without the audit policy (ctypes is
+# denied there), so the filter alone is what stops it
+_SYSCALL_ATTACKS = {
+    "memfd_create": ("import os\nfd = os.memfd_create('x')\nprint('went through')",
+                     "went through\n"),
+    "fallocate_keep_size": (_LIBC + "fd = os.open('f', os.O_CREAT | os.O_WRONLY)\n"
+                            "rc = libc.fallocate(fd, 1, ctypes.c_long(0), ctypes.c_long(64 << 20))\n"
+                            "print(rc, ctypes.get_errno(), os.fstat(fd).st_blocks * 512 >= 64 << 20)",
+                            "0 0 True\n"),
+    "sysv_shmget": (_LIBC + "shm = libc.shmget(0, 1 << 20, 0o1600)\nprint(shm >= 0)\n"
+                    "shm >= 0 and libc.shmctl(shm, 0, None)", "True\n"),
+    "ptrace_traceme": (_LIBC + "print(libc.ptrace(0, 0, 0, 0), ctypes.get_errno())", "0 0\n"),
+    "unix_socket": ("import socket\ns = socket.socket(socket.AF_UNIX)\nprint('went through')", "went through\n"),
+}
+
+
+@pytest.mark.parametrize("attack", sorted(_SYSCALL_ATTACKS))
+def test_seccomp_denies_what_generated_code_never_needs(attack, layers, scratch_parent):
+    """Before: memfd escaped RLIMIT_AS, fallocate(KEEP_SIZE) ignored RLIMIT_FSIZE (64 MiB on disk under a 1 MiB
+    limit), SysV shared memory was free to make, ptrace and unix sockets were open. Now each call fails with
+    EPERM (a clean PermissionError, not a kill); without the filter the same code goes through (the contrast
+    shows the filter is what stops it)."""
+    _need(layers, "seccomp")
+    code, went_through = _SYSCALL_ATTACKS[attack]
+    limits = SandboxLimits(cpu_seconds=3, wall_seconds=6, audit_policy=False, max_file_bytes=1 << 20)
+    result = run_python(code, limits=limits)
+    assert result.isolation["seccomp"]
+    assert result.stdout != went_through, result
+    assert ("PermissionError: [Errno 1] Operation not permitted" in result.error_line
+            or result.stdout.split()[:2] in (["False"], ["-1", "1"], ["-1", "1", "False"])), result
+    assert "SIGSYS" not in (result.error or "")
+    assert os.listdir(scratch_parent) == []
+    contrast = run_python(code, limits=dataclasses.replace(limits, seccomp=False))
+    assert contrast.stdout == went_through, contrast
+
+
+def test_seccomp_posix_fallocate_cannot_fill_the_disk(layers, scratch_parent):
+    """glibc's posix_fallocate falls back to writing when fallocate is refused with EOPNOTSUPP; with EPERM it
+    fails outright, and the writes it could fall back to are bounded by RLIMIT_FSIZE."""
+    _need(layers, "seccomp")
+    code = ("import os, shutil\nfd = os.open('f', os.O_CREAT | os.O_WRONLY)\ntry:\n"
+            "    os.posix_fallocate(fd, 0, 256 << 20)\nexcept OSError as exc:\n    print(type(exc).__name__, exc.errno)\n"
+            "print(os.fstat(fd).st_size <= 1 << 20, os.fstat(fd).st_blocks * 512 <= 1 << 20)")
+    free_before = shutil.disk_usage(scratch_parent).free
+    result = run_python(code, limits=SandboxLimits(audit_policy=False, max_file_bytes=1 << 20))
+    assert result.ok, result
+    assert result.stdout == "PermissionError 1\nTrue True\n"
+    assert shutil.disk_usage(scratch_parent).free > free_before - (64 << 20)
+
+
+def test_seccomp_unshare_and_namespace_clones_are_denied(layers, scratch_parent):
+    """unshare(2) and clone(2) with a namespace flag fail with EPERM (a user namespace would otherwise give the
+    program every capability over the mounts it can then make); clone3 says ENOSYS so libc uses clone."""
+    _need(layers, "seccomp")
+    code = (_LIBC + "print(libc.unshare(0x10000000), ctypes.get_errno())\n"
+            "print(libc.unshare(0x00020000), ctypes.get_errno())\n"
+            "print(libc.syscall(435, None, 0), ctypes.get_errno())\n"  # clone3
+            "import threading\nt = threading.Thread(target=print, args=('thread',))\nt.start()\nt.join()\n"
+            "pid = os.fork()\nif pid == 0:\n    os._exit(7)\nprint(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))")
+    result = run_python(code, limits=NO_POLICY)
+    assert result.ok, result
+    assert result.stdout == "-1 1\n-1 1\n-1 38\nthread\n7\n"
+
+
+def test_seccomp_unix_socket_by_path_is_unreachable(layers, tmp_path):
+    """A host service listening on a unix socket in a directory the program can see: socket() itself fails."""
+    _need(layers, "seccomp")
+    if not os.path.isdir("/var/tmp"):
+        pytest.skip("no /var/tmp (a directory the program can see, outside its scratch directory's parent)")
+    where = pathlib.Path(tempfile.mkdtemp(prefix="dsmath-redteam-", dir="/var/tmp"))
+    try:
+        os.chmod(where, 0o755)
+        path = str(where / "service.sock")
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        server.bind(path)
+        os.chmod(path, 0o777)
+        server.listen(4)
+        server.settimeout(0.3)
+        code = f"import socket\ns = socket.socket(socket.AF_UNIX)\ns.connect({path!r})\nprint('connected')"
+        result = run_python(code, limits=NO_POLICY)
+        assert not result.ok and "PermissionError" in result.error_line and result.stdout == ""
+        with pytest.raises(socket.timeout):
+            server.accept()  # nobody ever connected
+        server.close()
+    finally:
+        shutil.rmtree(where, ignore_errors=True)
+
+
+def test_seccomp_leaves_the_math_stack_working(layers, scratch_parent):
+    _need(layers, "seccomp")
+    code = ("import fractions, math, numpy as np, sympy\nx = sympy.symbols('x')\n"
+            "print(sympy.solve(x**2 - 4, x), round(float(np.linalg.det(np.eye(3) * 2)), 6),\n"
+            "      fractions.Fraction(1, 3) + 1, math.comb(10, 3))")
+    result = run_python(code, limits=SandboxLimits(require_layers=("seccomp",)))
+    assert result.ok, result
+    assert result.stdout == "[-2, 2] 8.0 4/3 120\n"
 
 
 # ------------------------------------------------------------------------------------------- batches

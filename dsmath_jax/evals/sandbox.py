@@ -8,20 +8,26 @@ What the sandbox promises (with every layer below active; `isolation_report()` s
 - the program cannot write outside its scratch directory, open a network connection (loopback included), signal or
   see any process outside its run (host processes, concurrent runs), read other runs' scratch directories,
   keep a process or a SysV/POSIX IPC object alive after its run, or use more than its CPU time, wall-clock
-  time, address space per process, file size per file, open files and processes/threads;
+  time, address space per process, file size per file, open files and processes/threads (a budget of its
+  own: as root, every concurrent run has a uid of its own);
+- the program cannot make namespaces or mounts, trace or read the memory of other processes, create sockets
+  (unix sockets by path included), memfd or SysV/POSIX IPC objects, `fallocate` past RLIMIT_FSIZE, use
+  io_uring, keyrings, eBPF, perf events or userfaultfd, or load kernel modules: the seccomp filter answers
+  each with EPERM (a clean Python error), on x86_64 and aarch64;
 - the verdict is the host's: `ok` needs a clean exit status seen by the kernel and a report from the reaper
   over a channel the program never holds; nothing the program prints, closes or forges can turn a denied call,
   an exception or a leftover process into `ok`; a missing or malformed report fails the run;
 - `run_python` never raises for anything the program does (it returns a failed result instead), and one
   run's scratch directory is removed whatever it contains (1,000s of nested directories, odd modes).
 
-What it does not promise (yet, see issue 15): memory across processes (RLIMIT_AS is per process; memfd and
-SysV shared memory are not counted: a cgroup is needed), disk usage inside the scratch directory (only time x
-RLIMIT_FSIZE per file; `fallocate` ignores RLIMIT_FSIZE), a process budget per run rather than per uid (all
-runs share `nobody`: RLIMIT_NPROC counts them together), reading world-readable host files (the benchmark
-files included), reaching unix sockets by path, side channels, and kernel bugs (no seccomp filter yet). The
-audit-hook policy is a courtesy layer (PEP 578: hooks are not a security boundary); every promise above rests
-on the kernel layers. With `drop_privileges` off as root, the program is root: tests only.
+What it does not promise (yet, see issue 15): memory across processes (RLIMIT_AS is per process x
+RLIMIT_NPROC processes; a cgroup is needed), disk usage inside the scratch directory (only time x
+RLIMIT_FSIZE per file), reading world-readable host files (the benchmark files included), side channels, and
+kernel bugs in the syscalls the filter allows. Not root, every run keeps our uid (RLIMIT_NPROC counts our
+own processes too); as root with all UID_SLOTS uids busy, runs share `nobody`. On an architecture other than
+x86_64 and aarch64 there is no seccomp filter (`seccomp_skipped` says why). The audit-hook policy is a
+courtesy layer (PEP 578: hooks are not a security boundary); every promise above rests on the kernel layers.
+With `drop_privileges` off as root, the program is root: tests only.
 
 Process layout (the runner is `dsmath_jax/evals/sandbox_runner.py`, executed as a file with `python -I -B`)::
 
@@ -31,8 +37,8 @@ Process layout (the runner is `dsmath_jax/evals/sandbox_runner.py`, executed as 
                                     |     model code; writes the run's report to the host's report channel
                                     |  fork
                                     +--> program: network + mount namespaces, read-only mounts, hidden
-                                            directories, rlimits, `nobody`, no_new_privs, audit policy,
-                                            then exec(code) (and whatever it starts: all die with PID 1)
+                                            directories, rlimits, its own uid, no_new_privs, seccomp,
+                                            audit policy, then exec(code) (and whatever it starts: all die with PID 1)
 
 Isolation layers and what each needs from the host (`ExecutionResult.isolation` has one key per layer):
 
@@ -52,9 +58,14 @@ Isolation layers and what each needs from the host (`ExecutionResult.isolation` 
    (`max_file_bytes`; SIGXFSZ is ignored so an oversized write raises "File too large"), RLIMIT_NOFILE and
    RLIMIT_CORE=0. Wall clock: the reaper kills the run after `wall_seconds`; should the reaper hang, the host
    kills the launcher's session a few seconds later, and the namespace dies with it.
-4. `unprivileged` (`drop_privileges`, when we are root): the program runs as `nobody` with no capabilities, so
-   RLIMIT_NPROC applies, files of others are read-only or unreadable to it (/etc/shadow included) and it
-   cannot signal host processes. If the Python installation sits under a directory others cannot enter (e.g.
+4. `unprivileged` (`drop_privileges`, when we are root): the program runs with no capabilities as a uid (and
+   gid) of its run alone, `distinct_uid`: UID_BASE + the first free slot, one no /etc/passwd, /etc/group,
+   /etc/subuid or /etc/subgid entry names, no running process has, and no other run holds (in this process,
+   or in another one on this host: an abstract unix socket named after the uid is bound while the run
+   lasts); its scratch directory is owned by it. So RLIMIT_NPROC is a budget per run (a fork bomb in one run
+   cannot starve another), concurrent runs cannot signal or read each other even without a PID namespace,
+   files of others are read-only or unreadable to it (/etc/shadow included) and it cannot signal host
+   processes. With no slot free it runs as `nobody`. If the Python installation sits under a directory others cannot enter (e.g.
    /root, mode 0700), the mount namespace covers that directory with an empty tmpfs and bind-mounts only the
    installation back (`hidden_paths`); without a mount namespace the program instead keeps one capability,
    CAP_DAC_READ_SEARCH (`read_capability`). Not root: the program keeps our uid and, inside its user namespace,
@@ -67,7 +78,19 @@ Isolation layers and what each needs from the host (`ExecutionResult.isolation` 
    only; the program closes it before anything else runs, and the reaper is not dumpable, so its descriptors
    are closed to the program. The program's own records (`ready` with its layers, each `denied` call as it
    happens, the `outcome`) travel to the reaper over a second pipe; they can only make a run fail.
-7. `audit_hook` (`audit_policy`): a `sys.addaudithook` hook, installed right before the code runs, raises
+7. `seccomp` (`SandboxLimits.seccomp`; Linux on x86_64 or aarch64, after no_new_privs): a classic BPF filter,
+   built with the standard library and installed in the program process right before the code runs (so it
+   binds everything the program starts). EPERM for: unshare, setns, mount and the new mount API, umount2,
+   pivot_root, chroot, clone() with any CLONE_NEW* flag, ptrace, process_vm_readv/writev, kcmp, pidfd_getfd,
+   keyctl/add_key/request_key, bpf, perf_event_open, userfaultfd, memfd_create, memfd_secret, fallocate,
+   SysV shm/msg/sem calls, POSIX message queues, socket() (every family), socketpair() but AF_UNIX (it reaches
+   nothing outside the process), io_uring, kexec, module loading, reboot, swapon/off, personality, acct,
+   syslog, name_to_handle_at/open_by_handle_at, quotactl, setting the clock, vhangup, sethostname and
+   setdomainname; ENOSYS for clone3 (its flags are out of a filter's reach; libc falls back to clone); the
+   x32 ABI gets EPERM and a syscall of another architecture kills the process. numpy, sympy, threads, fork,
+   subprocess and pipes are unaffected (multiprocessing's semaphores need a writable /dev/shm, which the
+   read-only mounts already refuse).
+8. `audit_hook` (`audit_policy`): a `sys.addaudithook` hook, installed right before the code runs, raises
    PermissionError on: process creation (os.fork/forkpty/exec*/spawn*/posix_spawn/system, subprocess.Popen;
    `_posixsubprocess.fork_exec`, which has no audit event, is replaced and its re-import denied), sockets and
    name resolution, opening for writing / creating / removing / renaming / chmod-ing anything outside the
@@ -97,6 +120,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import grp
 import json
 import logging
 import math
@@ -105,9 +129,11 @@ import pwd
 import secrets
 import selectors
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from typing import Any
 
@@ -133,12 +159,13 @@ class SandboxLimits:
     max_file_bytes: int = 16 << 20  # RLIMIT_FSIZE: largest file the program may write
     max_open_files: int = 256  # RLIMIT_NOFILE
     max_output_chars: int = 100_000  # per stream: first and last half kept, the middle replaced by a marker
-    drop_privileges: bool = True  # when root: run the program as `nobody`
+    drop_privileges: bool = True  # when root: run the program as a uid of its own (see layer 4)
     network_namespace: bool = True  # a fresh network namespace (no interfaces up)
     readonly_filesystem: bool = True  # a private mount namespace, everything read-only but the scratch dir
     audit_policy: bool = True  # the audit-hook policy layer
     pid_namespace: bool = True  # the reaper as PID 1 of a fresh PID namespace, with a fresh /proc
     ipc_namespace: bool = True  # fresh IPC and UTS namespaces
+    seccomp: bool = True  # the seccomp filter (syscalls generated code never needs fail with EPERM)
     require_layers: tuple[str, ...] = ()
 
     def __post_init__(self):
@@ -185,15 +212,118 @@ _ENV_MARKER = "DSMATH_SANDBOX_RUN"
 _REPORT_MAX = 4 << 20  # bytes of the reaper's report the host reads (it is far smaller)
 
 
-def _sandbox_ids() -> tuple[int, int] | None:
-    """(uid, gid) to drop to when we are root: `nobody`, else 65534."""
-    if os.geteuid() != 0:
-        return None
+UID_BASE = 100_000  # runs get uids (and gids) UID_BASE + slot, one per concurrent run, when we are root
+UID_SLOTS = 4096
+_uid_lock = threading.Lock()
+_uids_held: set[int] = set()
+_excluded_cache: list[tuple[int, int]] | None = None
+
+
+def _nobody_ids() -> tuple[int, int]:
     try:
         entry = pwd.getpwnam("nobody")
         return entry.pw_uid, entry.pw_gid
     except KeyError:
         return 65534, 65534
+
+
+def _excluded_ranges() -> list[tuple[int, int]]:
+    """[start, end) id ranges delegated to users for their own containers (/etc/subuid, /etc/subgid)."""
+    global _excluded_cache
+    if _excluded_cache is None:
+        ranges = []
+        for path in ("/etc/subuid", "/etc/subgid"):
+            try:
+                with open(path) as f:
+                    for line in f:
+                        fields = line.strip().split(":")
+                        if len(fields) == 3 and fields[1].isdigit() and fields[2].isdigit():
+                            ranges.append((int(fields[1]), int(fields[1]) + int(fields[2])))
+            except OSError:
+                continue
+        _excluded_cache = ranges
+    return _excluded_cache
+
+
+def _ids_in_use() -> set[int]:
+    """Every uid and gid (real, effective, saved, filesystem) of a process visible in our /proc."""
+    found: set[int] = set()
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/status", "rb") as f:
+                for line in f:
+                    if line.startswith((b"Uid:", b"Gid:")):
+                        found.update(int(v) for v in line.split()[1:])
+                    elif line.startswith(b"Groups:"):
+                        break
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def _id_unused(value: int) -> bool:
+    if any(start <= value < end for start, end in _excluded_ranges()):
+        return False
+    try:
+        pwd.getpwuid(value)
+        return False
+    except KeyError:
+        pass
+    try:
+        grp.getgrgid(value)
+        return False
+    except KeyError:
+        return True
+
+
+class _RunIds:
+    """The uid and gid one run drops to (None: keep ours), and the hold on them (released after the run)."""
+
+    def __init__(self, uid: int | None = None, gid: int | None = None, lock: socket.socket | None = None):
+        self.uid, self.gid, self.lock = uid, gid, lock
+
+    @property
+    def distinct(self) -> bool:
+        return self.lock is not None
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.close()
+            with _uid_lock:
+                _uids_held.discard(self.uid)
+            self.lock = None
+
+
+def _acquire_ids(drop: bool) -> _RunIds:
+    """Not root, or `drop` off: keep our uid. Root: a uid (and the same gid) no one else has: UID_BASE + the
+    first free slot that is in no /etc/passwd, /etc/group, /etc/subuid or /etc/subgid entry, belongs to no
+    running process, and is held by no other run of ours: in this process (a set), or in another process
+    on this host (an abstract unix socket named after it, bound while the run lasts: the kernel releases it
+    when its holder dies). With no slot free: `nobody`."""
+    if not drop or os.geteuid() != 0:
+        return _RunIds()
+    in_use = None
+    with _uid_lock:
+        for slot in range(UID_SLOTS):
+            uid = UID_BASE + slot
+            if uid in _uids_held or not _id_unused(uid):
+                continue
+            if in_use is None:
+                in_use = _ids_in_use()
+            if uid in in_use:
+                continue
+            lock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+            try:
+                lock.bind(b"\0dsmath-sandbox-uid-%d" % uid)
+            except OSError:
+                lock.close()
+                continue
+            _uids_held.add(uid)
+            return _RunIds(uid, uid, lock)
+    log.warning("no free sandbox uid in [%d, %d): running as nobody", UID_BASE, UID_BASE + UID_SLOTS)
+    return _RunIds(*_nobody_ids())
 
 
 class _Capture:
@@ -461,29 +591,37 @@ def run_python(code: str, *, limits: SandboxLimits = SandboxLimits(), stdin: str
 
 
 def _run(code: str, limits: SandboxLimits, stdin: str, start: float) -> ExecutionResult:
+    ids = _acquire_ids(limits.drop_privileges)
+    try:
+        return _run_as(code, limits, stdin, start, ids)
+    finally:
+        ids.release()  # only now: the run's processes are gone and its scratch directory removed
+
+
+def _run_as(code: str, limits: SandboxLimits, stdin: str, start: float, ids: _RunIds) -> ExecutionResult:
     marker = secrets.token_hex(16)
-    ids = _sandbox_ids() if limits.drop_privileges else None
     scratch = tempfile.mkdtemp(prefix="dsmath-sandbox-")  # mode 0700
     out, err, report = _Capture(limits.max_output_chars), _Capture(limits.max_output_chars), _Report()
     proc = None
     host_timeout = False
     cleanup_error = None
     try:
-        if ids is not None:
+        if ids.uid is not None:
             try:
-                os.chown(scratch, *ids)
+                os.chown(scratch, ids.uid, ids.gid)  # the run's uid owns its scratch directory
             except OSError:  # e.g. a filesystem that refuses chown: run without the privilege drop
-                ids = None
+                ids = _RunIds()
         report_r, report_w = os.pipe()  # close-on-exec: only the launcher gets the write end (pass_fds)
         try:
             cfg = {"marker": f"{_ENV_MARKER}={marker}", "code": code, "report_fd": report_w,
                    "cpu_seconds": limits.cpu_seconds, "wall_seconds": limits.wall_seconds,
                    "memory_bytes": int(limits.memory_bytes), "max_processes": int(limits.max_processes),
                    "max_file_bytes": int(limits.max_file_bytes), "max_open_files": int(limits.max_open_files),
-                   "drop_uid": None if ids is None else ids[0], "drop_gid": None if ids is None else ids[1],
+                   "drop_uid": ids.uid, "drop_gid": ids.gid, "distinct_uid": ids.distinct,
                    "network_namespace": limits.network_namespace, "readonly_filesystem": limits.readonly_filesystem,
                    "audit_policy": limits.audit_policy, "pid_namespace": limits.pid_namespace,
-                   "ipc_namespace": limits.ipc_namespace, "require_layers": list(limits.require_layers)}
+                   "ipc_namespace": limits.ipc_namespace, "seccomp": limits.seccomp,
+                   "require_layers": list(limits.require_layers)}
             header = json.dumps(cfg).encode("utf-8", "surrogatepass")
             payload = len(header).to_bytes(8, "big") + header + stdin.encode("utf-8", "replace")
             env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",

@@ -16,8 +16,9 @@ Process layout::
                    |     program's records, writes the one report to the report channel, exits; the
                    |     kernel then kills whatever is still in the namespace
                    +--fork--> program: closes the report channel, isolates itself (network and mount
-                              namespaces, read-only mounts, hidden directories, rlimits, `nobody`,
-                              no_new_privs, audit policy), sends its `ready` record, runs the code
+                              namespaces, read-only mounts, hidden directories, rlimits, the run's
+                              uid, no_new_privs, seccomp filter, audit policy), sends its `ready`
+                              record, runs the code
     Without a PID namespace the launcher is the reaper itself (a child subreaper with kill sweeps).
 
 The program reports through a second pipe, the *record channel*, to the reaper: one JSON line per record,
@@ -579,6 +580,7 @@ def isolate(cfg, libc, scratch, layers, base_tasks):
 
     layers["user"] = os.getuid()
     layers["read_capability"] = False
+    layers["distinct_uid"] = False
     if dropping:
         if keep_read and libc.prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0:
             raise OSError("PR_SET_KEEPCAPS failed")
@@ -589,12 +591,120 @@ def isolate(cfg, libc, scratch, layers, base_tasks):
             set_capabilities(libc, 1 << 2)  # CAP_DAC_READ_SEARCH only
             libc.prctl(PR_SET_KEEPCAPS, 0, 0, 0, 0)
         layers["user"] = os.getuid()
+        layers["distinct_uid"] = bool(cfg.get("distinct_uid"))
         layers["read_capability"] = keep_read
     elif not root and can_unshare:
         # full capabilities inside the new user namespace would let the program undo the mounts: drop them
         set_capabilities(libc, 0)
     layers["unprivileged"] = layers["user"] != 0
     layers["no_new_privs"] = libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0
+
+
+# ================================================================ the seccomp filter
+
+# struct seccomp_data: int nr; __u32 arch; __u64 instruction_pointer; __u64 args[6]
+SECCOMP_NR, SECCOMP_ARCH, SECCOMP_ARG0 = 0, 4, 16  # offsets; args[i] low 32 bits at 16 + 8 * i (little endian)
+PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
+SECCOMP_RET_KILL_PROCESS, SECCOMP_RET_ERRNO, SECCOMP_RET_ALLOW = 0x80000000, 0x00050000, 0x7FFF0000
+BPF_LD_W_ABS, BPF_JEQ_K, BPF_JGE_K, BPF_JSET_K, BPF_RET_K = 0x20, 0x15, 0x35, 0x45, 0x06
+EPERM, ENOSYS, AF_UNIX = 1, 38, 1
+# namespace flags in clone()'s flags (CLONE_NEWTIME, NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET)
+CLONE_NAMESPACE_FLAGS = 0x80 | 0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000 | 0x40000000
+
+# What generated code never needs. Each name: (x86_64, aarch64) syscall numbers.
+DENIED_SYSCALLS = {
+    # namespaces, mounts, tracing other processes, kernel keyrings, eBPF, perf, userfaultfd
+    "unshare": (272, 97), "setns": (308, 268), "mount": (165, 40), "umount2": (166, 39), "pivot_root": (155, 41),
+    "chroot": (161, 51), "open_tree": (428, 428), "move_mount": (429, 429), "fsopen": (430, 430),
+    "fsconfig": (431, 431), "fsmount": (432, 432), "fspick": (433, 433),
+    "ptrace": (101, 117), "process_vm_readv": (310, 270), "process_vm_writev": (311, 271), "kcmp": (312, 272),
+    "pidfd_getfd": (438, 438), "keyctl": (250, 219), "add_key": (248, 217), "request_key": (249, 218),
+    "bpf": (321, 280), "perf_event_open": (298, 241), "userfaultfd": (323, 282),
+    # memory and disk outside the rlimits: memfd, fallocate, SysV shared memory / queues / semaphores, mqueues
+    "memfd_create": (319, 279), "memfd_secret": (447, 447), "fallocate": (285, 47),
+    "shmget": (29, 194), "shmat": (30, 196), "shmctl": (31, 195), "msgget": (68, 186), "msgsnd": (69, 189),
+    "msgrcv": (70, 188), "msgctl": (71, 187), "semget": (64, 190), "semop": (65, 193), "semctl": (66, 191),
+    "semtimedop": (220, 192), "mq_open": (240, 180), "mq_unlink": (241, 181), "mq_timedsend": (242, 182),
+    "mq_timedreceive": (243, 183), "mq_notify": (244, 184), "mq_getsetattr": (245, 185),
+    # sockets: none may be created (socketpair: AF_UNIX only, checked below); io_uring bypasses all of this
+    "socket": (41, 198), "io_uring_setup": (425, 425), "io_uring_enter": (426, 426),
+    "io_uring_register": (427, 427),
+    # the machine itself
+    "kexec_load": (246, 104), "kexec_file_load": (320, 294), "init_module": (175, 105),
+    "finit_module": (313, 273), "delete_module": (176, 106), "reboot": (169, 142), "swapon": (167, 224),
+    "swapoff": (168, 225), "personality": (135, 92), "acct": (163, 89), "syslog": (103, 116),
+    "name_to_handle_at": (303, 264), "open_by_handle_at": (304, 265), "quotactl": (179, 60),
+    "settimeofday": (164, 170), "clock_settime": (227, 112), "adjtimex": (159, 171), "vhangup": (153, 58),
+    "sethostname": (170, 161), "setdomainname": (171, 162),
+}
+# (AUDIT_ARCH_*, index into DENIED_SYSCALLS' pairs, clone, clone3, socketpair, x32 syscall bit or None)
+SECCOMP_ARCHES = {"x86_64": (0xC000003E, 0, 56, 435, 53, 0x40000000),
+                  "aarch64": (0xC00000B7, 1, 220, 435, 199, None)}
+
+
+def seccomp_program(machine):
+    """The classic BPF program of the filter for `machine` (os.uname().machine), as bytes; None if unknown.
+
+    A syscall of another architecture (e.g. the 32-bit int 0x80 ABI on x86_64) kills the process; x32 calls
+    and the denied syscalls fail with EPERM; clone() with a namespace flag fails with EPERM; clone3() fails
+    with ENOSYS (its flags live in memory a filter cannot read; libc then falls back to clone()); socketpair()
+    of any family but AF_UNIX fails with EPERM; everything else is allowed."""
+    import struct
+    if machine not in SECCOMP_ARCHES:
+        return None
+    audit_arch, column, clone, clone3, socketpair, x32_bit = SECCOMP_ARCHES[machine]
+    denied = sorted({pair[column] for pair in DENIED_SYSCALLS.values()})
+    code = []  # (opcode, true label or None, false label or None, k); labels resolved below
+
+    def jump(op, k, true, false=None):
+        code.append((op, true, false, k))
+
+    code.append((BPF_LD_W_ABS, None, None, SECCOMP_ARCH))
+    jump(BPF_JEQ_K, audit_arch, None, "kill")
+    code.append((BPF_LD_W_ABS, None, None, SECCOMP_NR))
+    if x32_bit is not None:
+        jump(BPF_JGE_K, x32_bit, "eperm")
+    for nr in denied:
+        jump(BPF_JEQ_K, nr, "eperm")
+    jump(BPF_JEQ_K, clone3, "enosys")
+    jump(BPF_JEQ_K, clone, "clone")
+    jump(BPF_JEQ_K, socketpair, "socketpair")
+    code.append((BPF_RET_K, None, None, SECCOMP_RET_ALLOW))
+    labels = {"clone": len(code)}
+    code.append((BPF_LD_W_ABS, None, None, SECCOMP_ARG0))  # clone's flags, both arches: the first argument
+    jump(BPF_JSET_K, CLONE_NAMESPACE_FLAGS, "eperm", "allow")
+    labels["socketpair"] = len(code)
+    code.append((BPF_LD_W_ABS, None, None, SECCOMP_ARG0))  # the family
+    jump(BPF_JEQ_K, AF_UNIX, "allow", "eperm")
+    for name, value in (("eperm", SECCOMP_RET_ERRNO | EPERM), ("enosys", SECCOMP_RET_ERRNO | ENOSYS),
+                        ("kill", SECCOMP_RET_KILL_PROCESS), ("allow", SECCOMP_RET_ALLOW)):
+        labels[name] = len(code)
+        code.append((BPF_RET_K, None, None, value))
+    out = bytearray()
+    for index, (op, true, false, k) in enumerate(code):
+        offsets = [0 if label is None else labels[label] - index - 1 for label in (true, false)]
+        if not all(0 <= off <= 255 for off in offsets):
+            raise ValueError("seccomp program: jump out of range")
+        out += struct.pack("=HBBI", op, offsets[0], offsets[1], k)
+    return bytes(out)
+
+
+def install_seccomp(libc):
+    """Installs the filter on this process (inherited by everything it starts); needs no_new_privs first.
+    Returns True, or a string saying why not (an unknown architecture, the kernel refused)."""
+    import ctypes
+    program = seccomp_program(os.uname().machine)
+    if program is None:
+        return f"no seccomp filter for architecture {os.uname().machine}"
+    buf = ctypes.create_string_buffer(program, len(program))
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    fprog = SockFprog(len(program) // 8, ctypes.cast(buf, ctypes.c_void_p))
+    if libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.c_void_p(ctypes.addressof(fprog)), 0, 0) != 0:
+        return f"prctl(PR_SET_SECCOMP) failed: {os.strerror(ctypes.get_errno())}"
+    return True
 
 
 def record_writer(fd):
@@ -788,6 +898,12 @@ def run_program(cfg, libc, records_fd, layers, base_tasks):
         isolate(cfg, libc, scratch, layers, base_tasks)
         sys.dont_write_bytecode = True
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        layers["seccomp"] = False
+        if cfg.get("seccomp", True):
+            installed = install_seccomp(libc) if layers.get("no_new_privs") else "no_new_privs not set"
+            layers["seccomp"] = installed is True
+            if installed is not True:
+                layers["seccomp_skipped"] = installed
         layers["audit_hook"] = bool(cfg["audit_policy"])
         missing = [name for name in cfg["require_layers"] if not layers.get(name)]
         if missing:
