@@ -506,6 +506,7 @@ def test_tiny_training_variants_run(spec, shared_data, tfds_dir, run_cli, tmp_pa
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["3"]
 
 
+@pytest.mark.slow  # CI time: each stage's config runs in CI through test_tiny_training_variants_run
 def test_tiny_two_stage_training_chains(shared_data, tfds_dir, run_cli, tmp_path):
     """§5.1's two-stage arm: stage 2 (`two_stage_math`) starts from stage 1's (`two_stage_code`) checkpoint
     and tokenizer, as the docstring's launch commands say: its first loss is the trained model's, well below

@@ -64,6 +64,7 @@ def gsm8k_rows(shared_data):
     return [json.loads(l) for l in (shared_data / "benchmarks" / "gsm8k" / "train.jsonl").open()][:400]
 
 
+@pytest.mark.slow  # CI time: packing per document is checked in CI by test_model's packed-sequence test
 def test_packed_batches_give_each_document_its_own_logits(tokenizer, gsm8k_rows):
     model = CausalLM(get_preset("tiny", vocab_size=512), rngs=nnx.Rngs(0))
     docs = [{"text": r["question"]} for r in gsm8k_rows[:60]]
@@ -245,6 +246,7 @@ def _wait_for(predicate, proc, timeout=240):
         time.sleep(0.2)
 
 
+@pytest.mark.slow  # CI time: exact resume is checked in CI by test_parallel and the quickstart's crashed stage
 def test_resume_after_preemption_and_after_a_hard_kill_is_exact(shared_data, tmp_path):
     """The same losses, bitwise, as an uninterrupted run: SIGTERM mid-run (saves, exits cleanly) and a
     SIGKILL after a saved step (resumes from it; data iterator and optimizer state restored)."""
