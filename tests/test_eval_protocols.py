@@ -80,12 +80,14 @@ def test_deepseek_protocol_sends_the_harness_prompts_and_grades_both_ways(gsm8k,
 
 def test_strict_protocol_uses_our_prompts_and_still_reports_deepseek(gsm8k, shared_data, tmp_path):
     golds = {p.question: p.gold for p in gsm8k}
-    # "$18.00" is right for both; "1,8" is 18 to neither; "18%" only the harness's last-number rule accepts
-    answers = ["The answer is $18.", "The answer is 1,8.", "The answer is 3.", "The answer is 70000%."]
+    # by gold: "$18" is right for both; a bare "3 bolts" with no answer phrase only the harness's last-number
+    # rule reads; 700 for 70000 only its percent leniency (x100) accepts; "540 meters" is right for both
+    by_gold = {"18": "The answer is $18.", "3": "So it takes 3 bolts in total.", "70000": "The answer is 700.",
+               "540": "The answer is 540 meters."}
 
     def script(prompt, call):
         question = next(q for q in golds if q in prompt)
-        return answers[[p.question for p in gsm8k].index(question)], "stop_string"
+        return by_gold[golds[question]], "stop_string"
 
     sampler = ScriptedSampler(script)
     spec = EvalSpec(benchmarks=["gsm8k"], mode="few_shot_cot", limit=4, protocol="strict")
@@ -94,9 +96,12 @@ def test_strict_protocol_uses_our_prompts_and_still_reports_deepseek(gsm8k, shar
     assert prompts == [build_prompt(BENCHMARKS["gsm8k"], p, "few_shot_cot")[0] for p in gsm8k]
     rows = _rows(tmp_path / "gsm8k.few_shot_cot.jsonl")
     assert [r["gold"] for r in rows] == ["18", "3", "70000", "540"]
+    assert [r["strict_correct"] for r in rows] == [True, False, False, True]
+    assert [r["deepseek_correct"] for r in rows] == [True, True, True, True]
     assert [r["correct"] for r in rows] == [r["strict_correct"] for r in rows]
     result = summary["results"][0]
-    assert result["protocol"] == "strict" and result["accuracy_deepseek"] is not None
+    assert (result["protocol"], result["accuracy"], result["accuracy_strict"], result["accuracy_deepseek"]) == (
+        "strict", 0.5, 0.5, 1.0)
     for r in rows:  # each verdict is the one its own grader gives
         item = deepseek.process("gsm8k", gsm8k[int(r["id"])].record, int(r["id"]))
         assert r["deepseek_correct"] == deepseek.is_correct(

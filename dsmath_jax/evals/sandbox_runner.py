@@ -78,17 +78,22 @@ def load_libc():
 
 # ================================================================ launcher: process namespaces
 
-def user_tasks(uid):
-    """Processes + threads whose real uid is `uid` (what RLIMIT_NPROC counts), from the host's /proc."""
-    total = 0
+def proc_files(filename):
+    """(pid, contents of /proc/<pid>/<filename>) for every process whose file can be read now."""
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
         try:
-            with open(f"/proc/{name}/status", "rb") as f:
-                text = f.read()
+            with open(f"/proc/{name}/{filename}", "rb") as f:
+                yield int(name), f.read()
         except OSError:
             continue
+
+
+def user_tasks(uid):
+    """Processes + threads whose real uid is `uid` (what RLIMIT_NPROC counts), from the host's /proc."""
+    total = 0
+    for _, text in proc_files("status"):
         real_uid = threads = None
         for line in text.splitlines():
             if line.startswith(b"Uid:"):
@@ -154,18 +159,8 @@ def become_init(libc, layers, mount_ns):
 
 def marked_processes(marker):
     """Pids (other than ours) whose environment carries the run marker (fallback without a PID namespace)."""
-    me, found = os.getpid(), []
-    for name in os.listdir("/proc"):
-        if not name.isdigit() or int(name) == me:
-            continue
-        try:
-            with open(f"/proc/{name}/environ", "rb") as f:
-                env = f.read()
-        except OSError:
-            continue
-        if marker in env.split(b"\0"):
-            found.append(int(name))
-    return found
+    me = os.getpid()
+    return [pid for pid, env in proc_files("environ") if pid != me and marker in env.split(b"\0")]
 
 
 def own_children():
