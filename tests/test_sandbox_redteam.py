@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 import psutil
 import pytest
 
-from dsmath_jax.evals import sandbox
+from dsmath_jax.evals import sandbox, sandbox_cgroup
 from dsmath_jax.evals.sandbox import SandboxLimits, isolation_report, run_python
 from dsmath_jax.evals.tool_loop import TOOL_STOP, run_tool_loop
 
@@ -323,19 +323,22 @@ result["survivors"] = settle(SANDBOX_UIDS)
 
 # ------------------------------------------------------------------------------------------- cleanup crashes
 
-def test_deeply_nested_directories_do_not_crash_the_caller(scratch_parent):
-    """Before: shutil.rmtree recursed, raised RecursionError out of run_python and left the scratch dir."""
+@pytest.mark.parametrize("minimal", [True, False], ids=["scratch_tmpfs", "scratch_on_host"])
+def test_deeply_nested_directories_do_not_crash_the_caller(scratch_parent, minimal):
+    """Before: shutil.rmtree recursed, raised RecursionError out of run_python and left the scratch dir.
+    With the scratch tmpfs the tree dies with the run's mount namespace; on the host's disk (no minimal
+    filesystem) the host removes it without recursion."""
     mode = scratch_parent.stat().st_mode
     code = ("import os\nprint(os.getcwd())\nfor _ in range(1100):\n    os.mkdir('d')\n    os.chdir('d')\n"
             "open('bottom.txt', 'w').write('x')")
-    result = run_python(code)
+    result = run_python(code, limits=SandboxLimits(minimal_filesystem=minimal))
     assert result.ok, (result.error, result.stderr[-500:])
     assert not os.path.exists(result.stdout.strip())
     # deeper than PATH_MAX, with directories the program made unreadable (no audit policy to stop it)
     code = ("import os\nfor _ in range(1100):\n    os.mkdir('deep_directory')\n    os.chdir('deep_directory')\n"
             "open('bottom.txt', 'w').write('x')\nfor _ in range(3):\n    os.chdir('..')\n"
             "    os.chmod('deep_directory', 0)\nos.symlink('/etc', 'etc')\nprint('built')")
-    result = run_python(code, limits=NO_POLICY)
+    result = run_python(code, limits=dataclasses.replace(NO_POLICY, minimal_filesystem=minimal))
     assert result.ok and result.stdout == "built\n", (result.error, result.stderr[-500:])
     assert os.listdir(scratch_parent) == [] and scratch_parent.stat().st_mode == mode
     assert os.path.exists("/etc/passwd")  # the symlink's target was not followed
@@ -618,7 +621,8 @@ def test_seccomp_denies_what_generated_code_never_needs(attack, layers, scratch_
             or result.stdout.split()[:2] in (["False"], ["-1", "1"], ["-1", "1", "False"])), result
     assert "SIGSYS" not in (result.error or "")
     assert os.listdir(scratch_parent) == []
-    contrast = run_python(code, limits=dataclasses.replace(limits, seccomp=False))
+    # on the host's disk (no scratch tmpfs: on tmpfs, fallocate respects RLIMIT_FSIZE)
+    contrast = run_python(code, limits=dataclasses.replace(limits, seccomp=False, minimal_filesystem=False))
     assert contrast.stdout == went_through, contrast
 
 
@@ -732,3 +736,187 @@ def test_one_crashing_program_never_loses_a_batch(scratch_parent, monkeypatch):
         direct = list(pool.map(run_python, ["print(1)", _SEGFAULT, "import os\nos.system('true')", "print(4)"]))
     assert [r.ok for r in direct] == [True, False, False, True]
     assert direct[1].error == "killed: SIGSEGV" and direct[2].error == "forbidden: process"
+
+
+# ------------------------------------------------------------------------------------------- cgroup
+
+_FORK_MEMORY = """
+import os, time
+kids = []
+for _ in range(6):
+    pid = os.fork()
+    if pid == 0:
+        block = bytearray(100 << 20)
+        for i in range(0, len(block), 4096):
+            block[i] = 1
+        time.sleep(1)
+        os._exit(0)
+    kids.append(pid)
+for pid in kids:
+    os.waitpid(pid, 0)
+print('all children done')
+"""
+
+
+def test_memory_across_processes_is_one_budget(layers, scratch_parent):
+    """Before: RLIMIT_AS is per process, so six children of 100 MiB each used 600 MiB under a 256 MiB limit.
+    The run's memory cgroup counts them together: the kernel's OOM killer stops the run, and the host reads
+    the kill from the group's accounting (not from anything the program says) and reports "memory"."""
+    _need(layers, "cgroup_memory")
+    limits = SandboxLimits(cpu_seconds=10, wall_seconds=20, audit_policy=False, memory_bytes=512 << 20,
+                           total_memory_bytes=256 << 20)
+    result = run_python(_FORK_MEMORY, limits=limits)
+    assert not result.ok and result.error == "memory", result
+    assert result.accounting["oom_kills"] >= 1
+    assert result.accounting["memory_peak_bytes"] <= 256 << 20
+    assert os.listdir(scratch_parent) == []
+    contrast = run_python(_FORK_MEMORY, limits=dataclasses.replace(limits, cgroup=False))
+    assert contrast.ok and contrast.stdout == "all children done\n", contrast
+    assert run_python("print('alive')").stdout == "alive\n"
+
+
+def test_files_in_the_scratch_tmpfs_are_charged_to_the_run(layers, scratch_parent):
+    """tmpfs pages are memory: a 512 MiB scratch directory cannot hold more than the run's 128 MiB budget, so
+    writing files (like shared memory would) cannot take the host's memory either."""
+    _need(layers, "cgroup_memory", "scratch_tmpfs")
+    code = "for i in range(40):\n    open('f%d' % i, 'wb').write(b'x' * (8 << 20))\nprint('wrote 320 MiB')"
+    limits = SandboxLimits(cpu_seconds=10, wall_seconds=20, audit_policy=False, total_memory_bytes=128 << 20,
+                           scratch_bytes=512 << 20)
+    result = run_python(code, limits=limits)
+    assert not result.ok and result.error == "memory" and result.stdout == "", result
+    assert result.accounting["memory_peak_bytes"] <= 128 << 20
+
+
+def test_a_thread_bomb_as_root_meets_the_pids_limit(layers, scratch_parent):
+    """Root ignores RLIMIT_NPROC; the pids cgroup does not: with the privilege drop off (the program is root),
+    `max_processes` still caps the run's tasks, and the group counts the refused forks."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (as another user RLIMIT_NPROC already caps the run)")
+    _need(layers, "cgroup_pids")
+    code = ("import threading, time\nn = 0\ntry:\n    for _ in range(200):\n"
+            "        threading.Thread(target=time.sleep, args=(1,)).start()\n        n += 1\n"
+            "except RuntimeError:\n    pass\nprint(n)")
+    limits = SandboxLimits(drop_privileges=False, max_processes=8, audit_policy=False)
+    result = run_python(code, limits=limits)
+    assert result.ok and result.stdout == "8\n", result
+    assert result.accounting["pids_refused"] >= 1
+    contrast = run_python(code, limits=dataclasses.replace(limits, cgroup=False))
+    assert contrast.ok and int(contrast.stdout) > 8, contrast
+
+
+def test_run_cgroups_are_removed_and_stragglers_killed(layers, monkeypatch, scratch_parent):
+    """After every run its groups are gone; a task still in a group when the run ends is killed, counted, and
+    fails the run (the host's check, independent of the PID namespace)."""
+    _need(layers, "cgroup_memory", "cgroup_pids")
+    made = []
+    real_create = sandbox.create_run_cgroup
+
+    def recording(*args):
+        made.append(real_create(*args))
+        return made[-1]
+
+    monkeypatch.setattr(sandbox, "create_run_cgroup", recording)
+    assert run_python("print(1)").ok
+    assert run_python("import os\nif os.fork() == 0:\n    os._exit(0)\nos.wait()", limits=NO_POLICY).ok
+    assert made and all(not os.path.exists(d) for group in made for d in group.dirs.values())
+
+    group = sandbox_cgroup.create_run_cgroup(64 << 20, 4)
+    straggler = subprocess.Popen(["sleep", "60"])
+    try:
+        for path in group.procs_files():
+            pathlib.Path(path).write_text(str(straggler.pid))
+        accounting, left = group.finish()
+        assert left == 1 and straggler.wait(timeout=5) == -9
+        assert all(not os.path.exists(d) for d in group.dirs.values())
+        assert accounting["oom_kills"] == 0
+    finally:
+        straggler.kill()
+        straggler.wait()
+
+
+def test_cgroup_discovery_reads_mountinfo_and_proc_cgroup():
+    """Finding our groups: v1 per-controller mounts, a v2 mount whose root is a sub-group (a cgroup namespace
+    or a bind mount), and a path outside the mount."""
+    mountinfo = ("35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory\n"
+                 "39 31 0:36 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids\n"
+                 "41 31 0:38 /user.slice /sys/fs/cgroup/my\\040group rw - cgroup2 cgroup2 rw,nsdelegate\n"
+                 "22 1 8:1 / / rw - ext4 /dev/sda1 rw\n")
+    mounts = sandbox_cgroup.parse_mountinfo(mountinfo)
+    assert mounts == [("/", "/sys/fs/cgroup/memory", "cgroup", {"rw", "memory"}),
+                      ("/", "/sys/fs/cgroup/pids", "cgroup", {"rw", "pids"}),
+                      ("/user.slice", "/sys/fs/cgroup/my group", "cgroup2", {"rw", "nsdelegate"})]
+    paths = sandbox_cgroup.parse_proc_cgroup("8:pids:/\n4:memory:/jobs/42\n1:name=systemd:/\n0::/user.slice/me\n")
+    assert paths == {"pids": "/", "memory": "/jobs/42", "name=systemd": "/", "": "/user.slice/me"}
+    directory = sandbox_cgroup._directory
+    assert directory("/", "/sys/fs/cgroup/memory", "/jobs/42") == "/sys/fs/cgroup/memory/jobs/42"
+    assert directory("/user.slice", "/sys/fs/cgroup/my group", "/user.slice/me") == "/sys/fs/cgroup/my group/me"
+    assert directory("/user.slice", "/mnt", "/system.slice/x") is None
+
+
+# ------------------------------------------------------------------------------------------- filesystem view
+
+def test_host_files_and_sockets_do_not_exist_in_the_program_view(layers, shared_data, tmp_path):
+    """Before: the benchmark files (answers included), other users' world-readable files and unix sockets by
+    path were all readable or reachable. The program's root now holds only the system directories, the
+    Python installation and its scratch tmpfs: none of those paths exists there."""
+    _need(layers, "minimal_filesystem")
+    benchmark = next(p for p in sorted(shared_data.rglob("*")) if p.is_file())
+    where = pathlib.Path(tempfile.mkdtemp(prefix="dsmath-redteam-", dir="/var/tmp" if os.path.isdir("/var/tmp")
+                                          else None))
+    try:
+        os.chmod(where, 0o755)
+        secret = where / "answers.txt"
+        secret.write_text("42")
+        os.chmod(secret, 0o644)
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        server.bind(str(where / "service.sock"))
+        server.listen(1)
+        paths = [str(benchmark), str(secret), str(where / "service.sock"), str(REPO / "README.md"),
+                 "/run", "/var", "/home", "/sys/fs/cgroup", "/root/.bash_history"]
+        code = (f"import os, sys\nfor p in {paths!r}:\n    print(os.path.exists(p))\n"
+                "print(' '.join(sorted(os.listdir('/'))))\nprint(os.getcwd() == os.environ['HOME'])\n"
+                "import numpy, sympy\nprint('math stack', numpy.__name__, sympy.__name__)")
+        result = run_python(code, limits=SandboxLimits(audit_policy=False))
+        assert result.ok, result
+        lines = result.stdout.splitlines()
+        assert lines[:len(paths)] == ["False"] * len(paths), list(zip(paths, lines))
+        top = set(lines[len(paths)].split())
+        allowed = {"bin", "dev", "etc", "lib", "lib32", "lib64", "libx32", "proc", "sbin", "tmp", "usr"}
+        allowed |= {pathlib.Path(p).resolve().parts[1] for p in (sys.prefix, sys.base_prefix) + tuple(sys.path)
+                    if p and pathlib.Path(p).exists() and len(pathlib.Path(p).resolve().parts) > 1}
+        allowed |= {pathlib.Path(tempfile.gettempdir()).resolve().parts[1]}
+        assert top <= allowed, top - allowed
+        assert lines[-2:] == ["True", "math stack numpy sympy"]
+        # the layer is what hides them: in the host's tree (no minimal filesystem) the benchmark is readable
+        contrast = run_python(f"print(open({str(benchmark)!r}).read(10) != '')",
+                              limits=SandboxLimits(audit_policy=False, minimal_filesystem=False))
+        assert contrast.ok and contrast.stdout == "True\n", contrast
+        server.close()
+    finally:
+        shutil.rmtree(where, ignore_errors=True)
+
+
+def test_disk_fill_stops_at_the_scratch_size(layers, scratch_parent):
+    """Before: files in the scratch directory were bounded only by RLIMIT_FSIZE each, so many files filled the
+    host's disk. The scratch tmpfs holds `scratch_bytes`: the next write fails with ENOSPC, nothing reaches
+    the host's disk, and the whole tree is gone with the run."""
+    _need(layers, "scratch_tmpfs")
+    code = ("import errno\ntotal = 0\ntry:\n    for i in range(1000):\n        with open('f%d' % i, 'wb') as f:\n"
+            "            f.write(b'x' * (4 << 20))\n        total += 4 << 20\nexcept OSError as exc:\n"
+            "    print(errno.errorcode[exc.errno], total <= 32 << 20)")
+    free_before = shutil.disk_usage(scratch_parent).free
+    result = run_python(code, limits=SandboxLimits(audit_policy=False, scratch_bytes=32 << 20))
+    assert result.ok and result.stdout == "ENOSPC True\n", result
+    assert shutil.disk_usage(scratch_parent).free > free_before - (16 << 20)
+    assert os.listdir(scratch_parent) == []
+
+
+def test_required_layers_include_the_cgroup_and_the_filesystem_view(layers, scratch_parent):
+    """A deployment can demand the new layers; a run without them fails before the code runs."""
+    _need(layers, "cgroup_memory", "cgroup_pids", "minimal_filesystem", "scratch_tmpfs")
+    wanted = ("cgroup_memory", "cgroup_pids", "minimal_filesystem", "scratch_tmpfs")
+    assert run_python("print(1)", limits=SandboxLimits(require_layers=wanted)).ok
+    refused = run_python("print(1)", limits=SandboxLimits(require_layers=wanted, cgroup=False,
+                                                          minimal_filesystem=False))
+    assert not refused.ok and refused.stdout == ""
+    assert "required isolation layers unavailable: cgroup_memory, cgroup_pids, minimal_filesystem" in refused.error

@@ -5,27 +5,33 @@ and stderr, a verdict, the harness-style error line). The program can use the ma
 running us (`sys.executable`: sympy, numpy, math, fractions, ...).
 
 What the sandbox promises (with every layer below active; `isolation_report()` says which are):
-- the program cannot write outside its scratch directory, open a network connection (loopback included), signal or
-  see any process outside its run (host processes, concurrent runs), read other runs' scratch directories,
-  keep a process or a SysV/POSIX IPC object alive after its run, or use more than its CPU time, wall-clock
-  time, address space per process, file size per file, open files and processes/threads (a budget of its
-  own: as root, every concurrent run has a uid of its own);
+- the program sees a minimal filesystem (the system directories and the Python installation read-only, its
+  own /proc and /dev, a scratch tmpfs of `scratch_bytes`): no benchmark file, home directory, host socket
+  path, /sys, /tmp or other run exists for it; it cannot write outside its scratch tmpfs;
+- it cannot open a network connection (loopback included), signal or see any process outside its run (host
+  processes, concurrent runs), keep a process or a SysV/POSIX IPC object alive after its run, or use more
+  than its CPU time, wall-clock time, memory over all its processes together (`total_memory_bytes`: anonymous
+  memory, tmpfs files, shared memory and page cache alike), address space per process, processes + threads
+  (`max_processes`, for the whole run), file size per file, scratch space and open files;
 - the program cannot make namespaces or mounts, trace or read the memory of other processes, create sockets
   (unix sockets by path included), memfd or SysV/POSIX IPC objects, `fallocate` past RLIMIT_FSIZE, use
   io_uring, keyrings, eBPF, perf events or userfaultfd, or load kernel modules: the seccomp filter answers
   each with EPERM (a clean Python error), on x86_64 and aarch64;
-- the verdict is the host's: `ok` needs a clean exit status seen by the kernel and a report from the reaper
-  over a channel the program never holds; nothing the program prints, closes or forges can turn a denied call,
-  an exception or a leftover process into `ok`; a missing or malformed report fails the run;
+- the verdict is the host's: `ok` needs a clean exit status seen by the kernel, a report from the reaper
+  over a channel the program never holds, no OOM kill in the run's cgroup and no task left in it; nothing the
+  program prints, closes or forges can turn a denied call, an exception or a leftover process into `ok`; a
+  missing or malformed report fails the run;
 - `run_python` never raises for anything the program does (it returns a failed result instead), and one
   run's scratch directory is removed whatever it contains (1,000s of nested directories, odd modes).
 
-What it does not promise (yet, see issue 15): memory across processes (RLIMIT_AS is per process x
-RLIMIT_NPROC processes; a cgroup is needed), disk usage inside the scratch directory (only time x
-RLIMIT_FSIZE per file), reading world-readable host files (the benchmark files included), side channels, and
-kernel bugs in the syscalls the filter allows. Not root, every run keeps our uid (RLIMIT_NPROC counts our
-own processes too); as root with all UID_SLOTS uids busy, runs share `nobody`. On an architecture other than
-x86_64 and aarch64 there is no seccomp filter (`seccomp_skipped` says why). The audit-hook policy is a
+What it does not promise: side channels (timing, caches, the CPU share of concurrent runs: each run has a
+CPU-time limit, not a cgroup CPU quota), kernel bugs in the syscalls the filter allows, and secrecy of what
+the minimal root shows (/etc and /usr are readable). Without a cgroup (no writable v1 hierarchy, no delegated
+v2 group) memory is per process (RLIMIT_AS x RLIMIT_NPROC); without the minimal filesystem (no mount
+namespace, or a kernel that refuses pivot_root) world-readable host files are readable and scratch space is
+bounded only per file. Not root, every run keeps our uid (RLIMIT_NPROC counts our own processes too); as
+root with all UID_SLOTS uids busy, runs share `nobody`. On an architecture other than x86_64 and aarch64
+there is no seccomp filter (`seccomp_skipped` says why) and no minimal root. The audit-hook policy is a
 courtesy layer (PEP 578: hooks are not a security boundary); every promise above rests on the kernel layers.
 With `drop_privileges` off as root, the program is root: tests only.
 
@@ -36,9 +42,10 @@ Process layout (the runner is `dsmath_jax/evals/sandbox_runner.py`, executed as 
                             +--> reaper: PID 1 of the new PID namespace, fresh /proc and /dev/shm; never runs
                                     |     model code; writes the run's report to the host's report channel
                                     |  fork
-                                    +--> program: network + mount namespaces, read-only mounts, hidden
-                                            directories, rlimits, its own uid, no_new_privs, seccomp,
-                                            audit policy, then exec(code) (and whatever it starts: all die with PID 1)
+                                    +--> program: joins the run's cgroup, network + mount namespaces,
+                                            pivot into the minimal root, read-only mounts, rlimits, its own
+                                            uid, no_new_privs, seccomp, audit policy, then exec(code) (and
+                                            whatever it starts: all die with PID 1)
 
 Isolation layers and what each needs from the host (`ExecutionResult.isolation` has one key per layer):
 
@@ -74,6 +81,23 @@ Isolation layers and what each needs from the host (`ExecutionResult.isolation` 
    fresh network namespace (only a down loopback) and a private mount namespace in which the scratch
    directory's parent (e.g. /tmp: other runs' scratch directories) is covered by an empty tmpfs with only this
    run's scratch bound back, and every mount is read-only except the scratch directory.
+5b. `minimal_filesystem`, `scratch_tmpfs` (`SandboxLimits.minimal_filesystem`; a mount namespace, and
+   pivot_root on x86_64 or aarch64): the program pivots into a fresh tmpfs root holding bind mounts of /usr,
+   /etc, /bin, /sbin, /lib* (symlinks where the host has them) and the Python installation's prefixes and
+   import roots, the run's /proc, a /dev with null, zero, full, random and urandom (and fd/std* links), an
+   empty /tmp and /dev/shm, and at the scratch directory's own path a tmpfs of `scratch_bytes` (and at most
+   16,384 inodes) owned by the run's uid; the old root is detached. Everything but the scratch tmpfs is
+   read-only. Writes past the size fail with ENOSPC; the files die with the run's mount namespace (and, being
+   tmpfs pages, count against the cgroup's memory). Where the root cannot be built, the layer is off and the
+   hiding of layer 5 applies instead (`minimal_filesystem_skipped` says why).
+5c. `cgroup_memory`, `cgroup_pids` (`SandboxLimits.cgroup`; `dsmath_jax.evals.sandbox_cgroup`): the host
+   makes a group per run (cgroup v2 under our group or `DSMATH_SANDBOX_CGROUP` where memory and pids can be
+   delegated, else the v1 memory and pids hierarchies) with `total_memory_bytes` (memory + swap) and
+   `max_processes` + 1 tasks; the program joins it before anything else (so all it starts is inside, the
+   reaper is not), the kernel's OOM killer ends a run that passes the memory limit, and the host reads the
+   group's counters afterwards (`ExecutionResult.accounting`: oom_kills, memory_peak_bytes, pids_refused):
+   an OOM kill makes the run "memory", a task still in the group fails it ("leftover") and is killed; then
+   the group is removed (`cgroup_skipped` says why a layer is off).
 6. `report_channel` (always): the reaper's report travels over a pipe the host opens and passes to the launcher
    only; the program closes it before anything else runs, and the reaper is not dumpable, so its descriptors
    are closed to the program. The program's own records (`ready` with its layers, each `denied` call as it
@@ -137,6 +161,8 @@ import threading
 import time
 from typing import Any
 
+from dsmath_jax.evals.sandbox_cgroup import RunCgroup, create_run_cgroup
+
 __all__ = ["RUNNER_PATH", "ExecutionResult", "SandboxLimits", "isolation_report", "run_python"]
 
 log = logging.getLogger(__name__)
@@ -166,11 +192,15 @@ class SandboxLimits:
     pid_namespace: bool = True  # the reaper as PID 1 of a fresh PID namespace, with a fresh /proc
     ipc_namespace: bool = True  # fresh IPC and UTS namespaces
     seccomp: bool = True  # the seccomp filter (syscalls generated code never needs fail with EPERM)
+    minimal_filesystem: bool = True  # pivot into a root holding only the system, Python and a scratch tmpfs
+    cgroup: bool = True  # a cgroup per run: `total_memory_bytes` and `max_processes` over the whole run
+    total_memory_bytes: int = 1 << 30  # the run's cgroup memory limit: all processes, tmpfs and shared memory
+    scratch_bytes: int = 64 << 20  # size of the scratch tmpfs (with the minimal filesystem)
     require_layers: tuple[str, ...] = ()
 
     def __post_init__(self):
         for name in ("cpu_seconds", "wall_seconds", "memory_bytes", "max_processes", "max_file_bytes",
-                     "max_open_files", "max_output_chars"):
+                     "max_open_files", "max_output_chars", "total_memory_bytes", "scratch_bytes"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"SandboxLimits.{name} must be positive, got {getattr(self, name)!r}")
         required = self.require_layers
@@ -204,6 +234,7 @@ class ExecutionResult:
     truncated: bool = False  # some output was dropped (see SandboxLimits.max_output_chars)
     violations: list[str] = dataclasses.field(default_factory=list)  # audit-policy denials, "category: detail"
     isolation: dict[str, Any] = dataclasses.field(default_factory=dict)  # layers this run actually got
+    accounting: dict[str, int] = dataclasses.field(default_factory=dict)  # the cgroup's: oom_kills, peak, ...
     answer: str | None = None  # program-of-thought runs: the program's answer (see tool_loop)
 
 
@@ -605,6 +636,9 @@ def _run_as(code: str, limits: SandboxLimits, stdin: str, start: float, ids: _Ru
     proc = None
     host_timeout = False
     cleanup_error = None
+    group = create_run_cgroup(int(limits.total_memory_bytes), int(limits.max_processes) + 1) \
+        if limits.cgroup else RunCgroup(why="off")
+    accounting, cgroup_left = {}, 0
     try:
         if ids.uid is not None:
             try:
@@ -621,6 +655,8 @@ def _run_as(code: str, limits: SandboxLimits, stdin: str, start: float, ids: _Ru
                    "network_namespace": limits.network_namespace, "readonly_filesystem": limits.readonly_filesystem,
                    "audit_policy": limits.audit_policy, "pid_namespace": limits.pid_namespace,
                    "ipc_namespace": limits.ipc_namespace, "seccomp": limits.seccomp,
+                   "minimal_filesystem": limits.minimal_filesystem, "scratch_bytes": int(limits.scratch_bytes),
+                   "cgroup_procs": group.procs_files(), "cgroup_layers": group.layers(),
                    "require_layers": list(limits.require_layers)}
             header = json.dumps(cfg).encode("utf-8", "surrogatepass")
             payload = len(header).to_bytes(8, "big") + header + stdin.encode("utf-8", "replace")
@@ -661,6 +697,7 @@ def _run_as(code: str, limits: SandboxLimits, stdin: str, start: float, ids: _Ru
         parsed = report.parse()
         if proc is not None and parsed is None:  # no trustworthy report: clean up from here (no PID namespace)
             _kill_marked(f"{_ENV_MARKER}={marker}".encode())
+        accounting, cgroup_left = group.finish()  # what the kernel counted; kills whatever is still inside
         cleanup_error = _remove_tree(scratch)
         if cleanup_error is not None:
             log.warning("sandbox scratch directory %s not removed: %s", scratch, cleanup_error)
@@ -668,7 +705,15 @@ def _run_as(code: str, limits: SandboxLimits, stdin: str, start: float, ids: _Ru
     stderr, err_truncated = err.text()
     result = ExecutionResult(stdout=stdout, stderr=stderr, ok=False, error=None, returncode=None,
                              duration_s=time.monotonic() - start, truncated=out_truncated or err_truncated)
+    result.accounting = accounting
     _classify(result, parsed, limits, host_timeout, proc.returncode)
+    if accounting.get("oom_kills") and result.error != "timeout":  # the kernel's word: the run ran out
+        result.ok, result.error = False, "memory"
+        result.error_line = "MemoryError: the run exceeded its memory limit"
+    if result.ok and cgroup_left:
+        what = f"{cgroup_left} process" + ("es" if cgroup_left != 1 else "")
+        result.ok, result.error = False, f"leftover: {what}"
+        result.error_line = f"SandboxError: the program left {what} running"
     if result.ok and cleanup_error is not None:
         result.ok, result.error = False, f"sandbox failure: scratch cleanup: {cleanup_error}"
         result.error_line = f"SandboxError: scratch cleanup: {cleanup_error}"

@@ -15,10 +15,10 @@ Process layout::
                    |     for the program (wall clock), kills everything left (kill(-1)), reads the
                    |     program's records, writes the one report to the report channel, exits; the
                    |     kernel then kills whatever is still in the namespace
-                   +--fork--> program: closes the report channel, isolates itself (network and mount
-                              namespaces, read-only mounts, hidden directories, rlimits, the run's
-                              uid, no_new_privs, seccomp filter, audit policy), sends its `ready`
-                              record, runs the code
+                   +--fork--> program: closes the report channel, isolates itself (joins the run's
+                              cgroup, network and mount namespaces, pivot into the minimal root with
+                              a scratch tmpfs, read-only mounts, rlimits, the run's uid, no_new_privs,
+                              seccomp filter, audit policy), sends its `ready` record, runs the code
     Without a PID namespace the launcher is the reaper itself (a child subreaper with kill sweeps).
 
 The program reports through a second pipe, the *record channel*, to the reaper: one JSON line per record,
@@ -50,6 +50,11 @@ MS_BIND, MS_REC, MS_PRIVATE = 4096, 16384, 1 << 18
 # statvfs f_flag bit -> mount flag to keep when remounting (locked flags must be kept in a user namespace)
 # nosuid, nodev, noexec, noatime, nodiratime, relatime
 KEEP_FLAGS = {2: 2, 4: 4, 8: 8, 1024: 1024, 2048: 2048, 4096: 1 << 21}
+MNT_DETACH = 2
+SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
+SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")  # of the minimal root
+DEVICES = ("null", "zero", "full", "random", "urandom")
+SCRATCH_INODES = 16384  # files + directories the scratch tmpfs holds
 
 
 def read_exact(fd, n):
@@ -453,21 +458,120 @@ def cover_directories(mount, plan):
     return covered
 
 
-def mount_namespace(libc, scratch, roots, dropping, readonly, layers):
-    """A private mount namespace: directories hidden (see `hiding_plan`), then, if `readonly`, every mount
-    read-only except the scratch directory. Returns (in a mount namespace, read-only)."""
+def make_dirs(path):
+    """`mkdir -p` with mode 0755 whatever the umask (inside the new root's tmpfs)."""
+    current = "/"
+    for part in [p for p in path.split("/") if p]:
+        current = os.path.join(current, part)
+        if not os.path.lexists(current):
+            os.mkdir(current)
+            os.chmod(current, 0o755)
+
+
+def bind(libc, source, target):
+    """Bind-mounts `source` (a directory or a file) at `target`, creating the mount point."""
+    if os.path.isdir(source):
+        make_dirs(target)
+    else:
+        make_dirs(os.path.dirname(target))
+        os.close(os.open(target, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
+    if libc.mount(os.fsencode(source), os.fsencode(target), None, MS_BIND | MS_REC, None) != 0:
+        raise OSError(f"cannot bind {source}")
+
+
+def root_plan(roots):
+    """(directories and files to bind at the same path, top-level symlinks to recreate) for the minimal root:
+    the system directories and the Python installation's roots (the latter only where not inside the former)."""
+    binds, links = [], []
+    for path in SYSTEM_PATHS:
+        if os.path.islink(path):
+            links.append((path, os.readlink(path)))
+        elif os.path.exists(path):
+            binds.append(path)
+    for root in sorted({os.path.realpath(r) for r in roots}):
+        if root != "/" and os.path.exists(root) and not any(below(root, b) for b in binds):
+            binds.append(root)
+    return binds, links
+
+
+def minimal_root(libc, scratch, roots, cfg, owner, layers):
+    """Pivots into a fresh root that holds only: /usr, /etc, /bin, /lib* (read-only), the Python
+    installation (read-only), /proc (the run's own when it has a PID namespace), a /dev with null, zero,
+    full, random and urandom, and the scratch directory at its own path as a tmpfs of `scratch_bytes`
+    owned by the run's uid. Nothing else of the host (home directories, the benchmark files, /tmp, /run and
+    its sockets, /sys, /var) exists there. True when done; False (nothing changed) where the kernel or the
+    architecture does not allow it; raises once the pivot has started."""
+    number = SYS_PIVOT_ROOT.get(os.uname().machine)
+    if number is None:
+        layers["minimal_filesystem_skipped"] = f"no pivot_root number for {os.uname().machine}"
+        return False
+    new = os.fsencode(scratch)  # the staging mount point: the (still empty) scratch directory
+    if libc.mount(b"tmpfs", new, b"tmpfs", MS_NOSUID | MS_NODEV, b"mode=0755,size=1m,nr_inodes=4096") != 0:
+        layers["minimal_filesystem_skipped"] = "tmpfs refused"
+        return False
+    try:
+        binds, links = root_plan(roots)
+        for path in binds:
+            bind(libc, path, scratch + path)
+        for path, target in links:
+            os.symlink(target, scratch + path)
+        bind(libc, "/proc", scratch + "/proc")
+        make_dirs(scratch + "/dev")
+        if libc.mount(b"tmpfs", os.fsencode(scratch + "/dev"), b"tmpfs", MS_NOSUID | MS_NOEXEC,
+                      b"mode=0755,size=64k,nr_inodes=64") != 0:
+            raise OSError("tmpfs refused for /dev")
+        for name in DEVICES:
+            if os.path.exists("/dev/" + name):
+                bind(libc, "/dev/" + name, f"{scratch}/dev/{name}")
+        for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+                             ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
+            os.symlink(target, f"{scratch}/dev/{name}")
+        make_dirs(scratch + "/dev/shm")
+        make_dirs(scratch + "/tmp")
+        make_dirs(scratch + scratch)
+        options = (f"mode=0700,size={int(cfg['scratch_bytes'])},nr_inodes={SCRATCH_INODES},"
+                   f"uid={owner[0]},gid={owner[1]}")
+        if libc.mount(b"tmpfs", os.fsencode(scratch + scratch), b"tmpfs", MS_NOSUID | MS_NODEV,
+                      options.encode()) != 0:
+            raise OSError("tmpfs refused for the scratch directory")
+    except OSError as exc:
+        libc.umount2(new, MNT_DETACH)
+        layers["minimal_filesystem_skipped"] = str(exc)
+        return False
+    os.chdir(scratch)
+    if libc.syscall(number, b".", b".") != 0:  # pivot_root(".", "."): the old root now sits on top of "/"
+        import ctypes
+        raise OSError(ctypes.get_errno(), "pivot_root failed")
+    if libc.umount2(b".", MNT_DETACH) != 0:  # ...and goes, with every host mount below it
+        raise OSError("cannot detach the old root")
+    os.chdir("/")
+    return True
+
+
+def mount_namespace(libc, scratch, roots, dropping, cfg, owner, layers):
+    """A private mount namespace: the minimal root (`cfg["minimal_filesystem"]`, see `minimal_root`) or, where
+    it cannot be built, the host's tree with directories hidden (see `hiding_plan`); then, if
+    `cfg["readonly_filesystem"]`, every mount read-only except the scratch directory.
+    Returns (in a mount namespace, read-only)."""
     mount = libc.mount
+    readonly = cfg["readonly_filesystem"]
+    layers["minimal_filesystem"] = layers["scratch_tmpfs"] = False
     if libc.unshare(CLONE_NEWNS) != 0:
         return False, False
     if mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) != 0:
         return False, False
-    covered = cover_directories(mount, hiding_plan(roots if dropping else [], scratch, dropping))
-    scratch_hidden = any(below(scratch, c) for c in covered)
-    layers["hidden_paths"] = sorted(covered)
-    layers["scratch_private"] = scratch_hidden
+    if cfg.get("minimal_filesystem") and minimal_root(libc, scratch, roots, cfg, owner, layers):
+        layers["minimal_filesystem"] = layers["scratch_tmpfs"] = layers["scratch_private"] = True
+        layers["hidden_paths"] = []
+    else:
+        covered = cover_directories(mount, hiding_plan(roots if dropping else [], scratch, dropping))
+        scratch_hidden = any(below(scratch, c) for c in covered)
+        layers["hidden_paths"] = sorted(covered)
+        layers["scratch_private"] = scratch_hidden
+        target = os.fsencode(scratch)
+        if not scratch_hidden and mount(target, target, None, MS_BIND, None) != 0:
+            return True, False
     target = os.fsencode(scratch)
-    if not scratch_hidden and mount(target, target, None, MS_BIND, None) != 0:
-        return True, False
     os.chdir(scratch)  # onto the scratch mount (the old working directory is hidden or about to be read-only)
     if not readonly:
         return True, False
@@ -533,11 +637,32 @@ def set_capabilities(libc, mask):
         raise OSError(f"capabilities not reduced: {caps!r}")
 
 
+def join_cgroup(cfg, layers):
+    """Moves the program into the run's cgroup(s) the host made (before anything else: all it starts is
+    inside too). The host's layers `cgroup_memory` / `cgroup_pids` hold only once joined."""
+    host = cfg.get("cgroup_layers") or {}
+    layers["cgroup_memory"] = layers["cgroup_pids"] = False
+    for key in ("cgroup_version", "cgroup_skipped"):
+        if key in host:
+            layers[key] = host[key]
+    try:
+        for path in cfg.get("cgroup_procs") or []:
+            with open(path, "w") as f:
+                f.write("0")
+    except OSError as exc:
+        layers["cgroup_skipped"] = f"cannot join the run's cgroup: {exc}"
+        return
+    layers["cgroup_memory"] = bool(host.get("cgroup_memory"))
+    layers["cgroup_pids"] = bool(host.get("cgroup_pids"))
+
+
 def isolate(cfg, libc, scratch, layers, base_tasks):
     import resource
     root = os.geteuid() == 0
     dropping = root and cfg["drop_uid"] is not None
-    import_roots = [os.path.dirname(os.__file__)] + [p for p in sys.path if p and os.path.isdir(p)]
+    join_cgroup(cfg, layers)
+    import_roots = [os.path.dirname(os.__file__)] + [p for p in sys.path if p and os.path.exists(p)]
+    prefixes = [sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix]
     can_unshare = root
     if not root and (cfg["network_namespace"] or cfg["readonly_filesystem"]):
         can_unshare = enter_user_namespace(libc)
@@ -545,8 +670,9 @@ def isolate(cfg, libc, scratch, layers, base_tasks):
                                        and libc.unshare(CLONE_NEWNET) == 0)
     readonly = False
     layers.setdefault("scratch_private", False)
-    if can_unshare and (cfg["readonly_filesystem"] or dropping):
-        _, readonly = mount_namespace(libc, scratch, import_roots, dropping, cfg["readonly_filesystem"], layers)
+    if can_unshare and (cfg["readonly_filesystem"] or dropping or cfg.get("minimal_filesystem")):
+        owner = (cfg["drop_uid"], cfg["drop_gid"]) if dropping else (os.getuid(), os.getgid())
+        _, readonly = mount_namespace(libc, scratch, import_roots + prefixes, dropping, cfg, owner, layers)
     layers["readonly_filesystem"] = bool(readonly)
 
     # can `nobody` import the Python installation (world-readable, or exposed by the mount namespace)?
