@@ -40,7 +40,7 @@ BEAM = [
     "resiliparse>=2.0,<3",
 ]
 
-# What the notebooks (notebooks/*.ipynb, dsmath_jax/analysis.py) need to run, and tests/test_notebooks.py to
+# What the notebooks (notebooks/*.ipynb, dsmath_jax/analysis/) need to run, and tests/test_notebooks.py to
 # execute them headless.
 NOTEBOOKS = [
     "matplotlib>=3.8,<4",
@@ -62,6 +62,9 @@ EXTRAS_REQUIRE = {
         "transformers>=4.46,<6",
         "scipy>=1.11",
         "psutil>=5.9",
+        # Lint and type checks (.ci/run runs both before the tests; configuration in pyproject.toml).
+        "ruff>=0.17,<0.18",
+        "mypy>=2.4,<3",
         # libtpu: compile-only plans for TPU topologies (tests/test_plan.py, the splash-attention lowering);
         # on a machine without a TPU it only provides the compiler.
         "jax[tpu]>=0.8,<0.11",

@@ -13,6 +13,7 @@ from typing import Any
 import ml_collections
 from ml_collections.config_dict import placeholder
 
+from dsmath_jax.data.arithmetic import ARITHMETIC_TINY
 from dsmath_jax.model.config import COMPUTE_FIELDS
 
 
@@ -86,6 +87,29 @@ def tiny_overrides(c: ml_collections.ConfigDict, *, steps: int = 120, seq_len: i
     c.optimizer.schedule = ml_collections.ConfigDict(dict(name="multi_step", peak=lr, warmup_steps=10))
     c.train.update(steps=steps, batch_size=batch_size, log_every=10, eval_every=steps // 2, eval_batches=4,
                    checkpoint_every=steps // 2)
+    return c
+
+
+def arithmetic_sft_config(size: str = "tiny") -> ml_collections.ConfigDict:
+    """SFT on the arithmetic task (configs/sft/arithmetic.py; the quickstart's sft stage): `tiny` (the tiny
+    model, 450 steps) or `small` (a 4-layer d256 model, 2,000 steps)."""
+    if size not in ("tiny", "small"):
+        raise ValueError(f"arithmetic SFT sizes are 'tiny' and 'small', got {size!r}")
+    arithmetic = {k: v for k, v in ARITHMETIC_TINY.items() if k != "kind"}
+    c = base_train_config()
+    tiny_overrides(c, steps=450, seq_len=128, batch_size=32, lr=3e-3)
+    c.data.sources = [source("sft", name="arithmetic_sft", sources=[{"kind": "arithmetic", "arithmetic": arithmetic}],
+                             validation_fraction=0.02)]
+    c.data.packing = "first_fit"
+    c.model.max_seq_len = 256  # RL samples prompt + up to 96 new tokens
+    c.data.eval_split = "validation"
+    c.tokenizer.train_docs = 4000
+    c.optimizer.schedule = dict(name="cosine", peak=3e-3, warmup_steps=20)
+    c.optimizer.weight_decay = 0.0
+    c.train.update(checkpoint_every=150, eval_every=150, log_every=25)
+    if size == "small":
+        c.model.update(num_layers=4, d_model=256, num_heads=4, num_kv_heads=4, mlp_dim=688)
+        c.train.update(steps=2000, batch_size=64)
     return c
 
 

@@ -3,7 +3,7 @@
     python notebooks/make_notebooks.py
 
 tests/test_notebooks.py checks that the stored notebooks are what this script writes, and executes them on
-real tiny runs. The reading and plotting logic lives in dsmath_jax/analysis.py (unit-tested); the cells only
+real tiny runs. The reading and plotting logic lives in dsmath_jax/analysis/ (unit-tested); the cells only
 name inputs, call it, print tables and save figures.
 """
 

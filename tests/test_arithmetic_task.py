@@ -1,4 +1,5 @@
-"""The arithmetic word-problem task for the CPU RL demo (dsmath_jax.rl.arithmetic)."""
+"""The arithmetic word-problem task for the CPU RL demo (dsmath_jax.data.arithmetic) and its rewards
+(dsmath_jax.rl.rewards)."""
 
 import functools
 import json
@@ -8,13 +9,19 @@ import re
 import numpy as np
 import pytest
 
+from dsmath_jax.data.arithmetic import (
+    ArithmeticProblem,
+    generate_problems,
+    texts_for_tokenizer,
+    train_test_split,
+    write_jsonl,
+)
 from dsmath_jax.data.datasets import data_source, decode_example
 from dsmath_jax.data.math_text import last_boxed
 from dsmath_jax.data.pipeline import chat_prompt
 from dsmath_jax.data.sft_data import build_sft_dataset
 from dsmath_jax.data.tokenizers import train_sentencepiece
-from dsmath_jax.rl.arithmetic import (ArithmeticProblem, check_answer, generate_problems, step_correctness,
-                                      step_end_offsets, texts_for_tokenizer, train_test_split, write_jsonl)
+from dsmath_jax.rl.rewards import check_answer, step_correctness, step_end_offsets
 
 PY_OPS = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.floordiv}
 STEP = re.compile(r"^[A-Z][^:\n]*: (\d+) ([-+*/]) (\d+) = (\d+)\.$")

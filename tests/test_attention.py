@@ -8,17 +8,23 @@ import os
 
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # libtpu takes a process lock when it loads
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from dsmath_jax.model import attention  # noqa: E402
-from dsmath_jax.model.attention import (IMPLEMENTATIONS, packed_attention, resolve_implementation,  # noqa: E402
-                                        segment_runs, splash_block_size, splash_specs)
-from dsmath_jax.parallel import DEFAULT_RULES, make_mesh  # noqa: E402
-
+from dsmath_jax.model import attention
+from dsmath_jax.model.attention import (
+    IMPLEMENTATIONS,
+    packed_attention,
+    resolve_implementation,
+    segment_runs,
+    splash_block_size,
+    splash_specs,
+)
+from dsmath_jax.parallel import DEFAULT_RULES, make_mesh
 
 # ------------------------------------------------------------------------------------------------ helpers
 
@@ -147,7 +153,9 @@ def test_splash_gradients_match_xla():
     cotangent = jnp.asarray(np.random.default_rng(5).standard_normal(q.shape, np.float32))
 
     def grads(fn):
-        loss = lambda q, k, v: jnp.sum(fn(q, k, v, segment_ids) * cotangent)
+        def loss(q, k, v):
+            return jnp.sum(fn(q, k, v, segment_ids) * cotangent)
+
         return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(q, k, v)
 
     for name, got, want in zip(("dq", "dk", "dv"), grads(splash), grads(xla)):
@@ -193,7 +201,9 @@ def test_splash_under_mesh_matches_single_device():
     np.testing.assert_allclose(np.asarray(sharded), reference_attention(q, k, v, segment_ids), rtol=1e-4, atol=1e-5)
 
     def grads(mesh, *args):
-        loss = lambda q, k, v, s: jnp.sum(splash(q, k, v, s, mesh=mesh) ** 2)
+        def loss(q, k, v, s):
+            return jnp.sum(splash(q, k, v, s, mesh=mesh) ** 2)
+
         return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(*args)
 
     for got, want in zip(grads(mesh, *placed), grads(None, q, k, v, segment_ids)):
@@ -293,12 +303,19 @@ def test_cudnn_matches_xla_on_gpu(max_segments):
     real = np.asarray(segment_ids != 0)[:, :, None, None]
 
     def run(impl):
-        fn = lambda q, k, v: packed_attention(q, k, v, segment_ids, implementation=impl, max_segments=max_segments)
-        loss = lambda q, k, v: jnp.sum(jnp.where(real, fn(q, k, v), 0).astype(jnp.float32) ** 2)
+        def fn(q, k, v):
+            return packed_attention(q, k, v, segment_ids, implementation=impl, max_segments=max_segments)
+
+        def loss(q, k, v):
+            return jnp.sum(jnp.where(real, fn(q, k, v), 0).astype(jnp.float32) ** 2)
+
         return jax.jit(fn)(q, k, v), jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(q, k, v)
 
     (out, grads), (want, want_grads) = run("cudnn"), run("xla")
-    f32 = lambda x: np.asarray(x, np.float32)
+
+    def f32(x):
+        return np.asarray(x, np.float32)
+
     np.testing.assert_allclose(np.where(real, f32(out), 0), np.where(real, f32(want), 0), rtol=2e-2, atol=2e-2)
     for got, ref in zip(grads, want_grads):
         np.testing.assert_allclose(f32(got), f32(ref), rtol=5e-2, atol=5e-2 * float(np.abs(f32(ref)).max()))
@@ -312,7 +329,7 @@ def _tpu_topology(name: str = "v5p:2x2x1"):
     from jax.experimental import topologies
     try:
         return topologies.get_topology_desc(platform="tpu", topology_name=name)
-    except Exception as exc:  # libtpu missing or too old: no TPU compiler on this host
+    except Exception as exc:  # noqa: BLE001 - libtpu missing or too old: no TPU compiler on this host
         pytest.skip(f"no TPU compiler: jax.experimental.topologies.get_topology_desc(platform='tpu', "
                     f"topology_name={name!r}) failed: {type(exc).__name__}: {exc}")
 

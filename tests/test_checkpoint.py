@@ -2,18 +2,18 @@ import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
-import pytest  # noqa: E402
-from flax import nnx  # noqa: E402
-from jax.sharding import NamedSharding  # noqa: E402
-from jax.sharding import PartitionSpec as P  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from dsmath_jax.train.checkpoint import (  # noqa: E402
-    CheckpointError,
+from dsmath_jax.train.checkpoint import (
     Checkpointer,
+    CheckpointError,
     abstract_like,
     restore_params,
 )
@@ -44,7 +44,7 @@ def _opt_state(params: dict):
     opt = optax.adamw(1e-2)
     state = opt.init(params)
     for i in range(2):  # two real updates so mu/nu/count are non-trivial
-        grads = jax.tree.map(lambda p: jnp.full_like(p, 0.1 * (i + 1)), params)
+        grads = jax.tree.map(lambda p: jnp.full_like(p, 0.1 * (i + 1)), params)  # noqa: B023 - mapped at once
         updates, state = opt.update(grads, state, params)
         params = optax.apply_updates(params, updates)
     return state
@@ -63,7 +63,7 @@ def _save_simple(directory, steps=(1,), **kw) -> dict:
     params = _params()
     with Checkpointer(directory, async_save=False, **kw) as ckpt:
         for s in steps:
-            ckpt.save(s, {"params": jax.tree.map(lambda x: x + s, params)}, metadata={"s": s})
+            ckpt.save(s, {"params": jax.tree.map(lambda x: x + s, params)}, metadata={"s": s})  # noqa: B023
     return params
 
 

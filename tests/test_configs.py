@@ -57,7 +57,6 @@ import sys
 import ml_collections
 import numpy as np
 import pytest
-
 from conftest import REPO
 
 CONFIGS = REPO / "configs"
@@ -70,7 +69,7 @@ FREE_FORM = {"model", "optimizer.schedule", "data.problems"}
 
 
 # ------------------------------------------------------------------------------------------- discovery
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def config_module(path: str):
     name = "config_" + re.sub(r"\W", "_", path.removesuffix(".py"))
     spec = importlib.util.spec_from_file_location(name, CONFIGS / path)
@@ -205,15 +204,15 @@ def base_config(path: str) -> ml_collections.ConfigDict:
     return config_module(path).get_config(None)  # mining: the file is its own schema (the full variant)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _arithmetic_problems(spec_json: str) -> int:
-    from dsmath_jax.rl.tasks import arithmetic_split
+    from dsmath_jax.data.tasks import arithmetic_split
     train, test = arithmetic_split(json.loads(spec_json))
     return len(train) + len(test)
 
 
 def check_problem_spec(spec, where: str) -> None:
-    from dsmath_jax.rl.tasks import _spec
+    from dsmath_jax.data.tasks import _spec
     spec = _spec(spec)  # the task loader's own validation: known keys and kind
     if spec["kind"] == "arithmetic":  # generating the problems checks the knobs too (cached: ~3 s each)
         assert _arithmetic_problems(json.dumps(spec, sort_keys=True)) > 0, where

@@ -15,9 +15,9 @@ from flax import nnx  # noqa: E402
 from safetensors.numpy import load_file, save_file  # noqa: E402
 
 from dsmath_jax import cli  # noqa: E402
-from dsmath_jax.commands import convert  # noqa: E402
 from dsmath_jax.data.tokenizers import HFTokenizer, SentencePieceTokenizer, train_sentencepiece  # noqa: E402
 from dsmath_jax.model import CausalLM, ModelConfig, get_params, get_preset  # noqa: E402
+from dsmath_jax.train import convert  # noqa: E402
 from dsmath_jax.train.checkpoint import Checkpointer  # noqa: E402
 from dsmath_jax.train.restore import load_run  # noqa: E402
 

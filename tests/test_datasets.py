@@ -266,11 +266,11 @@ def test_benchmarks_download_path(tmp_path, monkeypatch):
                 "solution": f"So $x=\\boxed{{{number}}}$."}))
     calls = []
 
-    def fake_download(self, urls):
+    def fake_download(self, urls):  # noqa: ARG001 - replaces a method
         calls.append(urls)
         return {split: gsm / f"{split}.jsonl" for split in urls}
 
-    def fake_download_and_extract(self, url):
+    def fake_download_and_extract(self, url):  # noqa: ARG001 - replaces a method
         calls.append(url)
         return extracted
 

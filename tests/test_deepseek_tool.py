@@ -184,18 +184,23 @@ def test_refused_program_names_the_harness_frames():
 
 
 def test_loop_contract_errors():
-    ok = lambda texts, n, stops: [("x", "stop_token") for _ in texts]
+    def ok(texts, _n, _stops):
+        return [("x", "stop_token") for _ in texts]
+
     with pytest.raises(ValueError, match="tokenizer"):
         run_tool_loop(ok, ["p"])
     with pytest.raises(ValueError, match="finish_reason"):
-        run_tool_loop(lambda texts, n, stops: [("x", "stop") for _ in texts], ["p"], concise_errors=True)
+        run_tool_loop(lambda texts, _n, _stops: [("x", "stop") for _ in texts], ["p"], concise_errors=True)
     with pytest.raises(ValueError, match="results"):
-        run_tool_loop(lambda texts, n, stops: [], ["p"], concise_errors=True)
+        run_tool_loop(lambda _texts, _n, _stops: [], ["p"], concise_errors=True)
     [trace] = run_tool_loop(ok, ["  p"], concise_errors=True)
     assert (trace.prompt, trace.transcript, trace.finished, len(trace.rounds)) == ("p", "x", True, 1)
     seen = []
     block = "```python\nprint(1)\n```"
-    code = lambda texts, n, stops: seen.append(stops) or [(block, "stop_string")] * len(texts)
+
+    def code(texts, _n, stops):
+        return seen.append(stops) or [(block, "stop_string")] * len(texts)
+
     [trace] = run_tool_loop(code, ["p"], execute=False, max_rounds=1)  # --no-execution
     assert seen == [[]] and trace.rounds[0].program == "" and trace.transcript == block
     assert dataclasses.replace(HarnessExecutor(), timeout_s=2.0).sandbox_limits().wall_seconds == 3.0

@@ -6,8 +6,16 @@ import math
 import pytest
 
 from dsmath_jax.evals.grader import Grader, is_equiv
-from dsmath_jax.evals.metrics import (accuracy, accuracy_breakdown, expected_maj_at_k, group_answers, maj_at_k,
-                                      majority_vote, mean_pass_at_k, pass_at_k)
+from dsmath_jax.evals.metrics import (
+    accuracy,
+    accuracy_breakdown,
+    expected_maj_at_k,
+    group_answers,
+    maj_at_k,
+    majority_vote,
+    mean_pass_at_k,
+    pass_at_k,
+)
 
 
 def same_number(a, b):

@@ -21,7 +21,7 @@ class ScriptedSampler:
         self.script, self.calls = script, []
         self.tokenizer = _CharTokenizer()
 
-    def generate(self, prompts, params, progress=False):
+    def generate(self, prompts, params, progress=False):  # noqa: ARG002 - the runner passes progress=
         self.calls.append((list(prompts), params))
         out = []
         for i, prompt in enumerate(prompts):
@@ -55,7 +55,7 @@ def test_deepseek_protocol_sends_the_harness_prompts_and_grades_both_ways(gsm8k,
     golds = {p.question: p.gold for p in gsm8k}
     wrong = gsm8k[3].question
 
-    def script(prompt, call):  # the last question's answer is wrong
+    def script(prompt, _call):  # the last question's answer is wrong
         question = next(q for q in golds if q in prompt)
         return ("Let's think. The answer is 0." if question == wrong else
                 f"She makes so much. The answer is {golds[question]}."), "stop_string"
@@ -85,7 +85,7 @@ def test_strict_protocol_uses_our_prompts_and_still_reports_deepseek(gsm8k, shar
     by_gold = {"18": "The answer is $18.", "3": "So it takes 3 bolts in total.", "70000": "The answer is 700.",
                "540": "The answer is 540 meters."}
 
-    def script(prompt, call):
+    def script(prompt, _call):
         question = next(q for q in golds if q in prompt)
         return by_gold[golds[question]], "stop_string"
 
@@ -116,8 +116,9 @@ def test_deepseek_protocol_rejects_modes_the_harness_lacks():
         EvalSpec(benchmarks=["gsm8k"], protocol="lenient")
 
 
-def test_deepseek_tool_loop_and_pot_through_the_runner(gsm8k, shared_data, tmp_path):
-    def tool_script(prompt, call):
+@pytest.mark.usefixtures("gsm8k")
+def test_deepseek_tool_loop_and_pot_through_the_runner(shared_data, tmp_path):
+    def tool_script(prompt, _call):
         if "```output" not in prompt:
             return "Compute it.\n```python\nprint(16 - 3 - 4)\n```", "stop_string"
         return "Times two is $\\boxed{18}$.", "stop_token"
@@ -132,7 +133,8 @@ def test_deepseek_tool_loop_and_pot_through_the_runner(gsm8k, shared_data, tmp_p
     assert [params.stop_strings for _, params in sampler.calls] == [("```output",), ("```output",)]
     assert row["deepseek_correct"] and row["strict_correct"] and summary["results"][0]["accuracy"] == 1.0
 
-    pot = ScriptedSampler(lambda prompt, call: ("\n\n\ndef solution():\n    return (16 - 3 - 4) * 2\n", "stop_string"))
+    program = "\n\n\ndef solution():\n    return (16 - 3 - 4) * 2\n"
+    pot = ScriptedSampler(lambda _prompt, _call: (program, "stop_string"))
     run_eval(pot, EvalSpec(benchmarks=["gsm8k"], mode="few_shot_pot", limit=1), str(tmp_path / "pot"),
              data_dir=str(shared_data / "benchmarks"))
     [row] = _rows(tmp_path / "pot" / "gsm8k.few_shot_pot.jsonl")

@@ -66,7 +66,7 @@ def test_prompts_follow_the_protocol(shared_data):
 
 @pytest.fixture(scope="module")
 def tiny_lm(tmp_path_factory, shared_data):
-    rows = [json.loads(l) for l in (shared_data / "benchmarks" / "gsm8k" / "train.jsonl").open()][:1500]
+    rows = [json.loads(line) for line in (shared_data / "benchmarks" / "gsm8k" / "train.jsonl").open()][:1500]
     tok = train_sentencepiece([f"{r['question']}\n{r['answer']}" for r in rows], tmp_path_factory.mktemp("t") / "spm",
                               vocab_size=512)
     model = CausalLM(get_preset("tiny", vocab_size=512, max_seq_len=4096), rngs=nnx.Rngs(0))
@@ -80,7 +80,7 @@ def test_end_to_end_eval_writes_results(tiny_lm, shared_data, tmp_path):
     summary = run_eval(sampler, spec, str(tmp_path), data_dir=str(shared_data / "benchmarks"))
     assert [r["benchmark"] for r in summary["results"]] == ["gsm8k", "math"]
     for name in ("gsm8k", "math"):
-        rows = [json.loads(l) for l in (tmp_path / f"{name}.few_shot_cot.jsonl").open()]
+        rows = [json.loads(line) for line in (tmp_path / f"{name}.few_shot_cot.jsonl").open()]
         assert len(rows) == 20
         assert {"prompt", "completion", "extracted", "gold", "correct"} <= set(rows[0])
         result = next(r for r in summary["results"] if r["benchmark"] == name)
@@ -96,7 +96,7 @@ def test_sampled_eval_reports_pass_and_maj_at_k(tiny_lm, shared_data, tmp_path):
     spec = EvalSpec(benchmarks=["gsm8k"], mode="zero_shot_cot", n=4, temperature=1.0, max_new_tokens=8, limit=4,
                     ks=(1, 4))
     summary = run_eval(sampler, spec, str(tmp_path), data_dir=str(shared_data / "benchmarks"))
-    rows = [json.loads(l) for l in (tmp_path / "gsm8k.zero_shot_cot.jsonl").open()]
+    rows = [json.loads(line) for line in (tmp_path / "gsm8k.zero_shot_cot.jsonl").open()]
     assert len(rows) == 16 and sorted({r["sample"] for r in rows}) == [0, 1, 2, 3]
     result = summary["results"][0]
     per_problem = {}
@@ -146,7 +146,7 @@ def test_program_modes_run_end_to_end(tiny_lm, shared_data, tmp_path, mode):
     sampler = Sampler(model, tok, batch_size=4, chunk_size=8)
     spec = EvalSpec(benchmarks=["gsm8k"], mode=mode, max_new_tokens=8, limit=2)
     summary = run_eval(sampler, spec, str(tmp_path), data_dir=str(shared_data / "benchmarks"))
-    rows = [json.loads(l) for l in (tmp_path / f"gsm8k.{mode}.jsonl").open()]
+    rows = [json.loads(line) for line in (tmp_path / f"gsm8k.{mode}.jsonl").open()]
     assert len(rows) == 2 and summary["results"][0]["problems"] == 2
     if mode == "few_shot_pot":
         assert all("program_error" in r and "program_output" in r for r in rows)

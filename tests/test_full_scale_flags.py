@@ -41,7 +41,6 @@ import shutil
 import ml_collections
 import numpy as np
 import pytest
-
 from conftest import REPO, load_config
 
 # ------------------------------------------------------------------------------------------- what runs
@@ -368,6 +367,12 @@ NEEDS = {"rl_grpo_process": ("rm_prm_hard",), "rl_paradigm_grpo_process": ("rm_p
          "rl_iterative_prm": ("rm_prm_hard",), "rl_iterative_orm": ("rm_orm",)}
 # Library bugs a run exposes: run name -> the bug (the test is an expected failure until it is fixed).
 KNOWN_BUGS: dict[str, str] = {}
+# Runs CI leaves to `-m slow` (CI time): each is a variant of a run CI keeps in its group, with the same flags
+# (the ORM beside the hard-label PRM, soft labels, GRPO+PS beside iterative GRPO+PS, the paradigm's RFT arms beside
+# its GRPO / DPO / PPO arms, two more eval configs beside base CoT / PoT and tool); their tiny variants run in
+# tests/test_configs.py.
+SLOW_RUNS = frozenset({"rm_orm", "rm_prm_soft", "rl_grpo_process", "rl_iterative_orm", "rl_paradigm_grpo_process",
+                       "rl_paradigm_rft", "rl_paradigm_online_rft", "eval_instruct_cot", "eval_maj_pass"})
 
 
 def _session_root(tmp_path_factory) -> pathlib.Path:
@@ -459,8 +464,8 @@ def _build_policy(path: pathlib.Path, sft_run: str) -> None:
     its layers stacked (the 7B SFT run trains with scan_layers=True; `dsmath convert --scan_layers` writes
     the same), and a Hugging Face export of it with the same tokenizer (DeepSeekMath-Base 7B, which the
     reward models start from, shares the Instruct model's tokenizer)."""
-    from dsmath_jax.commands.convert import hf_to_run
     from dsmath_jax.model import save_hf
+    from dsmath_jax.train.convert import hf_to_run
     from dsmath_jax.train.restore import load_run
     model, _ = load_run(sft_run)
     save_hf(model, path / "rm_init")
@@ -557,6 +562,8 @@ def _group_results(group: str, request) -> tuple[pathlib.Path, Local]:
         # The group's runs that this session selected (e.g. with -k), and the reward models those score with.
         selected = set()
         for item in request.session.items:
+            if any(mark.name == "skip" for mark in item.iter_markers()):
+                continue  # e.g. a slow run without -m slow
             if item.originalname == "test_full_scale_config_runs":
                 selected.add(item.callspec.params["name"])
             elif item.originalname == "test_the_rl_policy_loads_for_evaluation":
@@ -689,12 +696,15 @@ def _run_params():
             marks = [pytest.mark.xdist_group(f"full_scale_{group}")]
             if name in KNOWN_BUGS:
                 marks.append(pytest.mark.xfail(reason=KNOWN_BUGS[name], strict=True))
+            if name in SLOW_RUNS:
+                marks.append(pytest.mark.slow)
             out.append(pytest.param(name, marks=marks, id=name))
     return out
 
 
 def test_groups_run_every_family():
     assert sorted(GROUP_OF) == sorted(FAMILIES)
+    assert SLOW_RUNS <= set(GROUP_OF)
     for name, needs in NEEDS.items():  # a reward model runs before the RL runs that load it, in their group
         assert all(GROUPS[GROUP_OF[name]].index(n) < GROUPS[GROUP_OF[name]].index(name) for n in needs)
     for name in FAMILIES:

@@ -17,7 +17,7 @@ from dsmath_jax.parallel import create_sharded, make_mesh, param_shardings, shar
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory, shared_data):
-    rows = [json.loads(l) for l in (shared_data / "benchmarks" / "gsm8k" / "train.jsonl").open()][:1500]
+    rows = [json.loads(line) for line in (shared_data / "benchmarks" / "gsm8k" / "train.jsonl").open()][:1500]
     return train_sentencepiece([f"{r['question']}\n{r['answer']}" for r in rows],
                                tmp_path_factory.mktemp("tok") / "spm", vocab_size=512)
 
@@ -78,7 +78,7 @@ def test_temperature_and_top_p_match_the_distribution():
     draws = 20000
     keys = jax.random.split(jax.random.key(0), draws)
     for temperature, top_p, top_k in ((1.0, 1.0, 0), (0.7, 1.0, 0), (1.0, 0.75, 0), (1.3, 1.0, 3)):
-        tokens, _ = jax.vmap(lambda k: sample_tokens(k, logits, temperature, top_k, top_p))(keys)
+        tokens, _ = jax.vmap(lambda k: sample_tokens(k, logits, temperature, top_k, top_p))(keys)  # noqa: B023
         counts = np.bincount(np.asarray(tokens).ravel(), minlength=6)
         probs = np.asarray(jax.nn.softmax(filter_logits(logits / temperature, top_k, top_p)), np.float64)[0]
         support = probs > 0

@@ -108,7 +108,8 @@ def test_dtypes_as_objects_or_names(hf_dir):
     assert (model.config.dtype, model.config.param_dtype) == ("bfloat16", "float32")
     assert model.decoder.layers[0].attn.q_proj[...].dtype == jnp.float32
     assert load_hf(path, dtype=jnp.dtype("float16")).config.dtype == "float16"
-    with pytest.raises(ConfigError, match=r"ModelConfig.dtype=.*int32.* is not one of \['bfloat16', 'float16', 'float32'\]"):
+    with pytest.raises(ConfigError,
+                       match=r"ModelConfig.dtype=.*int32.* is not one of \['bfloat16', 'float16', 'float32'\]"):
         load_hf(path, dtype=jnp.int32)
 
 

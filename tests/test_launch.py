@@ -275,7 +275,8 @@ def test_worker_scripts_are_valid_bash(fake_cloud, subcommand):
     script = _script_of(shlex.split(out[out.index("gcloud compute tpus tpu-vm ssh"):]))
     assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
     if shutil.which("shellcheck"):
-        lint = subprocess.run(["shellcheck", "-s", "bash", "--severity=warning", "-"], input=script, capture_output=True, text=True)
+        lint = subprocess.run(["shellcheck", "-s", "bash", "--severity=warning", "-"], input=script,
+                              capture_output=True, text=True)
         assert lint.returncode == 0, lint.stdout
 
 
@@ -528,7 +529,8 @@ def test_dry_run_and_emit_mark_completed_arms(tmp_path, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 4 and all(line.startswith("dsmath pretrain --config=") for line in lines)
     assert lines[0].endswith("# completed: skipped when run") and "#" not in lines[1]
-    assert shlex.split(lines[1]) == ["dsmath", "pretrain", "--config=configs/pretrain/table1_corpora.py:openwebmath,tiny",
+    assert shlex.split(lines[1]) == ["dsmath", "pretrain",
+                                     "--config=configs/pretrain/table1_corpora.py:openwebmath,tiny",
                                      f"--workdir={root}/table1_corpora.openwebmath.tiny", "--log_level=WARNING"]
     assert sweep.main(["table1", "--tiny", "--root", str(root), "--emit", "tpu_vm"]) == 0
     script = capsys.readouterr().out.splitlines()
@@ -570,7 +572,7 @@ workdir.mkdir(parents=True, exist_ok=True)
 """
 
 
-def test_local_sweep_skips_completed_arms_blocks_on_failures_resumes_and_collects(tmp_path, monkeypatch, capsys):
+def test_local_sweep_skips_completed_arms_blocks_on_failures_resumes_and_collects(tmp_path, monkeypatch):
     fake = _executable(tmp_path / "fake_dsmath", FAKE_DSMATH_LOCAL)
     calls = tmp_path / "calls.jsonl"
     monkeypatch.setenv("CALLS", str(calls))

@@ -15,8 +15,8 @@ import math
 import pathlib
 import random
 import re
-from fractions import Fraction
 from collections import Counter
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -31,11 +31,16 @@ from apache_beam.testing.util import assert_that  # noqa: E402
 from dsmath_jax import cli  # noqa: E402
 from dsmath_jax.mining import driver, files  # noqa: E402
 from dsmath_jax.mining.benchmarks import benchmark_texts  # noqa: E402
-from dsmath_jax.mining.classifier import (load_classifier, math_scores, train_classifier,  # noqa: E402
-                                          write_training_file)
+from dsmath_jax.mining.classifier import load_classifier, math_scores, train_classifier, write_training_file  # noqa: E402
 from dsmath_jax.mining.crawl_reader import read_crawl_file  # noqa: E402
-from dsmath_jax.mining.decontamination import (Decontaminate, NgramIndex, build_ngram_index,  # noqa: E402
-                                               find_contamination, ngram_tokens, remove_segments)
+from dsmath_jax.mining.decontamination import (  # noqa: E402
+    Decontaminate,
+    NgramIndex,
+    build_ngram_index,
+    find_contamination,
+    ngram_tokens,
+    remove_segments,
+)
 from dsmath_jax.mining.dedup import MinHasher, band_keys, estimated_jaccard, shingle_hashes  # noqa: E402
 from dsmath_jax.mining.domains import AnnotationError, read_annotated_paths  # noqa: E402
 from dsmath_jax.mining.html_text import html_to_text  # noqa: E402
@@ -222,8 +227,8 @@ def _eval_tex(tex: str) -> Fraction:
 
 
 def test_tex_expressions_of_the_arithmetic_generator():
+    from dsmath_jax.data.arithmetic import generate_problems
     from dsmath_jax.mining.synthetic_crawl import tex_expression
-    from dsmath_jax.rl.arithmetic import generate_problems
 
     assert tex_expression(5, [("+", 4), ("/", 3)]) == r"\frac{5 + 4}{3}"
     assert tex_expression(2, [("+", 3), ("*", 4)]) == r"\left(2 + 3\right) \times 4"
@@ -234,8 +239,8 @@ def test_tex_expressions_of_the_arithmetic_generator():
 
 
 def test_arithmetic_crawl_needs_no_files_and_is_clean_of_the_held_out_split(tmp_path):
+    from dsmath_jax.data.arithmetic import train_test_split
     from dsmath_jax.mining.synthetic_crawl import arithmetic_source
-    from dsmath_jax.rl.arithmetic import train_test_split
 
     spec = {"n_test": 64, "seed": 3, "knobs": {"max_operand": 9, "max_value": 30, "max_steps": 2}}
     source = arithmetic_source(spec, tmp_path / "bench", seed=1)
@@ -589,5 +594,5 @@ def test_gzip_jsonl_pages_are_read(tmp_path):
     text = "The derivative of $x^2$ is $2x$, which we prove from the limit definition. " * 5
     with gzip.open(path, "wt") as f:
         f.write(json.dumps({"url": "https://a.org/x", "text": text, "title": "D"}) + "\n\n")
-    pages = list(read_crawl_file(str(path), counter=lambda *a: None))
+    pages = list(read_crawl_file(str(path), counter=lambda *_: None))
     assert [(p["url"], p["title"], p["source"]) for p in pages] == [("https://a.org/x", "D", "jsonl")]

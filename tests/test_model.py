@@ -7,8 +7,16 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from dsmath_jax.model import (CausalLM, ConfigError, ModelConfig, ScalarHeadModel, get_params, get_preset,
-                              init_cache, set_params)
+from dsmath_jax.model import (
+    CausalLM,
+    ConfigError,
+    ModelConfig,
+    ScalarHeadModel,
+    get_params,
+    get_preset,
+    init_cache,
+    set_params,
+)
 from dsmath_jax.model.layers import apply_rope
 
 TINY = get_preset("tiny")

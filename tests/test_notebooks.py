@@ -1,5 +1,5 @@
 """The notebooks (notebooks/*.ipynb) executed on real tiny runs, so they cannot rot, and the functions of
-dsmath_jax/analysis.py they call, against hand-written metrics files and the runs' own files.
+dsmath_jax/analysis/ they call, against hand-written metrics files and the runs' own files.
 
 Real inputs: the session's arithmetic SFT run (a training run directory), a 4-step GRPO run from it with
 held-out evaluations (maj@4 / pass@4), a 2-iteration mining run on a small synthetic crawl (started in a
@@ -18,8 +18,8 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import SHARED_DATA, load_config
+
 from dsmath_jax import analysis as A
 
 nbformat = pytest.importorskip("nbformat")
@@ -83,7 +83,8 @@ benchmarks, out, config = sys.argv[1:4]
 build_crawl(benchmarks, out + "/crawl", seed=0, n_questions=30, n_problems=20, n_notes=12, n_prose=100, n_seed=150,
             n_near_duplicates=6, n_url_duplicates=5, n_contaminated=4, warc_files=2)
 sys.exit(cli.main(["mine", f"--config={config}:tiny", f"--workdir={out}/mine",
-                   f"--config.input.patterns=('{out}/crawl/crawl/*',)", f"--config.seed.paths=('{out}/crawl/seed.jsonl',)",
+                   f"--config.input.patterns=('{out}/crawl/crawl/*',)",
+                   f"--config.seed.paths=('{out}/crawl/seed.jsonl',)",
                    "--config.synthetic.benchmarks_dir=", f"--config.decontamination.benchmarks_dir={benchmarks}",
                    "--config.iterations.max=2", "--config.output.tfds=False"]))
 """
@@ -175,7 +176,8 @@ def handmade_run(tmp_path_factory) -> pathlib.Path:
         {"step": 10, "time": 1.0, "loss": 3.0, "lr": 1e-3, "tokens_per_s": 100.0, "mfu": 0.1, "grad_norm": 2.0},
         {"step": 20, "time": 2.0, "loss": 2.0, "lr": 2e-3, "tokens_per_s": 200.0, "mfu": 0.2, "grad_norm": 1.0},
         {"step": 20, "time": 2.1, "eval_loss": 2.5, "eval_tokens": 64.0},
-        {"step": 30, "time": 3.0, "loss": 1.0, "lr": 1e-3, "tokens_per_s": 300.0, "mfu": 0.3, "grad_norm": float("nan")},
+        {"step": 30, "time": 3.0, "loss": 1.0, "lr": 1e-3, "tokens_per_s": 300.0, "mfu": 0.3,
+         "grad_norm": float("nan")},
         {"step": 30, "time": 3.1, "eval_loss": 1.5, "eval_tokens": 64.0},
     ], torn_tail=True)
     (run / "config.json").write_text(json.dumps({"train": {"batch_size": 4, "steps": 30}, "data": {"seq_len": 8}}))

@@ -5,12 +5,23 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from dsmath_jax.model import CausalLM, get_params, get_preset, set_params
-from dsmath_jax.parallel import (DEFAULT_RULES, batch_sharding, create_sharded, global_batch, initialize,
-                                 initialize_from_config, logical_to_spec, make_mesh, param_shardings,
-                                 rules_from_config, shard_model)
+from dsmath_jax.parallel import (
+    DEFAULT_RULES,
+    batch_sharding,
+    create_sharded,
+    global_batch,
+    initialize,
+    initialize_from_config,
+    logical_to_spec,
+    make_mesh,
+    param_shardings,
+    rules_from_config,
+    shard_model,
+)
 from dsmath_jax.train.checkpoint import Checkpointer, abstract_like
 from dsmath_jax.train.step import adamw, make_train_step
 
@@ -241,7 +252,7 @@ def test_auto_start_up_finds_the_hosts_of_a_cloud_tpu_vm_in_the_metadata_server(
     _clear_multi_host_env(monkeypatch)
     metadata, asked = {}, []
 
-    def fake_metadata(key, timeout_s=distributed._METADATA_TIMEOUT_S):
+    def fake_metadata(key, timeout_s=distributed._METADATA_TIMEOUT_S):  # noqa: ARG001 - _tpu_metadata's signature
         asked.append(key)
         return metadata.get(key)
 

@@ -15,7 +15,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import REPO
 
 from dsmath_jax.plan.compile import collective_bytes, read_memory_report

@@ -13,8 +13,17 @@ from dsmath_jax.model import CausalLM, ScalarHeadModel, get_params, get_preset
 from dsmath_jax.parallel import create_sharded, make_mesh
 from dsmath_jax.rl.grpo import rollout_batch, sequence_logprobs
 from dsmath_jax.rl.losses import PolicyLossConfig
-from dsmath_jax.rl.ppo import (critic_from_policy, critic_from_reward_model, critic_loss_fn, make_ppo_steps,
-                               ppo_advantages, ppo_batch, ppo_policy_loss_fn, ppo_token_rewards, values_for_batch)
+from dsmath_jax.rl.ppo import (
+    critic_from_policy,
+    critic_from_reward_model,
+    critic_loss_fn,
+    make_ppo_steps,
+    ppo_advantages,
+    ppo_batch,
+    ppo_policy_loss_fn,
+    ppo_token_rewards,
+    values_for_batch,
+)
 from dsmath_jax.train.step import make_train_step
 
 

@@ -1,4 +1,4 @@
-"""`dsmath quickstart` (dsmath_jax/quickstart.py): the whole pipeline, shrunk, offline (the README's command).
+"""`dsmath quickstart` (dsmath_jax/quickstart/): the whole pipeline, shrunk, offline (the README's command).
 
 One run directory goes through four invocations, which together check what a user relies on:
 
@@ -21,8 +21,8 @@ import pathlib
 import types
 
 import pytest
-
 from conftest import load_config
+
 from dsmath_jax import cli
 from dsmath_jax import quickstart as Q
 
@@ -257,8 +257,8 @@ def test_results_json_matches_each_stage(run):
     assert (wd / "mine" / "tfds" / "dsmath_corpus").is_dir()
 
     # The offline crawl: its benchmark is the held-out split GRPO is evaluated on, and the corpus is clean of it.
+    from dsmath_jax.data.tasks import load_problems
     from dsmath_jax.mining import files
-    from dsmath_jax.rl.tasks import load_problems
     manifest = read_json(wd / "mine" / "synthetic" / "manifest.json")
     assert manifest["source"] == "arithmetic" and manifest["benchmarks"] == ["arithmetic"]
     held_out = [p.question for p in load_problems(load_config("configs/rl/grpo_outcome.py:tiny").data.problems,
@@ -354,7 +354,8 @@ def test_errors_name_what_to_do(tmp_path, monkeypatch, shared_data, capsys):
     assert offline.synthetic.arithmetic.to_dict() == {k: rl_task.to_dict()[k] for k in ("n_test", "seed", "knobs")}
     on_files = Q.mine_config(str(tmp_path), Q.Options(), str(shared_data / "benchmarks"))
     assert on_files.synthetic.source == "benchmarks"
-    assert on_files.decontamination.benchmarks_dir == on_files.synthetic.benchmarks_dir == str(shared_data / "benchmarks")
+    expected = str(shared_data / "benchmarks")
+    assert on_files.decontamination.benchmarks_dir == on_files.synthetic.benchmarks_dir == expected
     # A later stage without the earlier one, bad stages and overrides, a missing configs/.
     with pytest.raises(Q.QuickstartError, match=r"starts from the pretrain stage.*--stages=pretrain,sft"):
         Q.run_quickstart(str(tmp_path / "w"), stages=["sft"])
@@ -384,6 +385,21 @@ def test_steps_scale_shrinks_every_stage_config():
     assert 1 <= g.eval.every <= g.train.steps_per_iteration
     assert (g.eval.samples, g.eval.n_problems, g.init.run_dir) == (3, 5, os.path.abspath("/nonexistent/sft"))
     assert Q.scaled(40, 0.01) == 1
+
+
+@pytest.mark.parametrize("stage", Q.STAGES)
+def test_packaged_stage_configs_equal_the_experiment_files(stage, monkeypatch):
+    """The quickstart runs without a checkout (its stage configs ship in the package); they must stay the
+    experiment files' tiny variants, with and without the benchmark directory the mining config reads."""
+    spec = Q.STAGE_CONFIGS[stage]
+    for benchmarks in (None, "/data/benchmarks"):
+        if benchmarks is None:
+            monkeypatch.delenv("DSMATH_BENCHMARKS_DIR", raising=False)
+        else:
+            monkeypatch.setenv("DSMATH_BENCHMARKS_DIR", benchmarks)
+        packaged, experiment = Q.load_config(spec), load_config(f"configs/{spec}")
+        assert packaged.to_dict() == experiment.to_dict(), stage
+        assert repr(packaged) == repr(experiment), stage
 
 
 @pytest.mark.slow

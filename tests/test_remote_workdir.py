@@ -47,7 +47,7 @@ def fake_gcs(monkeypatch, tmp_path):
     fs = FakeGCS(skip_instance_cache=True)
 
     class Backend(epath_backend._FileSystemSpecBackend):
-        def fs(self, path):
+        def fs(self, path):  # noqa: ARG002 - overrides the backend's method
             return fs
 
     monkeypatch.setitem(gpath._PREFIX_TO_BACKEND, "gs", Backend())
@@ -125,7 +125,8 @@ def test_remote_metrics_mode_writes_what_the_local_mode_writes(tmp_path, monkeyp
     assert not any(p.name.endswith(".tmp") or ".tmp." in p.name for p in (tmp_path / "remote_True").iterdir())
 
 
-def test_start_run_writes_config_json_to_gcs(fake_gcs):
+@pytest.mark.usefixtures("fake_gcs")
+def test_start_run_writes_config_json_to_gcs():
     from dsmath_jax.train.loop import start_run
     config = ml_collections.ConfigDict({"mesh": {"shape": None, "rules": None}, "distributed": {"enabled": False},
                                         "model": {"dim": 32}})
@@ -225,7 +226,7 @@ def test_reward_model_labels_round_trip_on_gcs(fake_gcs):
 def test_eval_results_are_written_to_gcs(fake_gcs, monkeypatch):
     from dsmath_jax.evals import runner
     rows = [{"id": 0, "sample": 0, "completion": "4", "correct": True}]
-    monkeypatch.setattr(runner, "evaluate_benchmark", lambda *a, **k: (
+    monkeypatch.setattr(runner, "evaluate_benchmark", lambda *_a, **_k: (
         {"benchmark": "gsm8k", "mode": "few_shot_cot", "problems": 1, "n": 1, "accuracy": 1.0, "pass@1": 1.0,
          "maj@1": 1.0}, rows))
     spec = runner.EvalSpec(benchmarks=["gsm8k"], limit=1)

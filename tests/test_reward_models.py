@@ -19,8 +19,7 @@ from dsmath_jax.parallel import create_sharded, make_mesh
 from dsmath_jax.parallel.mesh import get_params
 from dsmath_jax.rl.math_shepherd import label_steps, math_shepherd_labels, step_end_tokens
 from dsmath_jax.rl.replay import ReplayBuffer, history_count, pack_examples, unpack_examples
-from dsmath_jax.rl.reward_model import (RewardModel, RewardModelError, batch_indices, orm_loss_fn, prm_loss_fn,
-                                        rm_batch)
+from dsmath_jax.rl.reward_model import RewardModel, RewardModelError, batch_indices, orm_loss_fn, prm_loss_fn, rm_batch
 from dsmath_jax.train.checkpoint import Checkpointer, CheckpointError
 from dsmath_jax.train.step import TrainState, adamw
 
@@ -88,7 +87,7 @@ class FixedScores:
     def __init__(self, scores):
         self.scores = scores
 
-    def __call__(self, inputs, positions=None, segment_ids=None):
+    def __call__(self, inputs, positions=None, segment_ids=None):  # noqa: ARG002 - the model interface
         return self.scores
 
 
@@ -323,10 +322,10 @@ class CharTokenizer:
 
     bos_id, eos_id, pad_id, vocab_size, path = None, 3, 0, 128, None
 
-    def encode(self, text, add_bos=False, add_eos=False):
+    def encode(self, text, add_bos=False, add_eos=False):  # noqa: ARG002 - the tokenizer interface
         return [ord(c) for c in text] + ([3] if add_eos else [])
 
-    def decode(self, ids, skip_special_tokens=True):
+    def decode(self, ids, skip_special_tokens=True):  # noqa: ARG002 - the tokenizer interface
         return "".join(chr(i) for i in ids if i >= 32 or i == 10)
 
 
@@ -336,7 +335,7 @@ class PieceTokenizer:
     def __init__(self, pieces):
         self.pieces = pieces
 
-    def decode(self, ids, skip_special_tokens=True):
+    def decode(self, ids, skip_special_tokens=True):  # noqa: ARG002 - the tokenizer interface
         return "".join(self.pieces[i] for i in ids if i != 0)
 
 
@@ -412,7 +411,7 @@ def test_math_shepherd_with_a_real_sampler_and_grader(grader, small_lm):
     model, _ = small_lm
 
     class Recording(Sampler):
-        def generate(self, prompts, params=SamplingParams(), **kw):
+        def generate(self, prompts, params=SamplingParams(), **kw):  # noqa: B008 - Sampler.generate's default
             self.seen = [list(p) for p in prompts]
             return super().generate(prompts, params, **kw)
 

@@ -7,8 +7,8 @@ import json
 import jax
 import numpy as np
 import pytest
-
 from conftest import load_config
+
 from dsmath_jax.rl.loop import run_rl
 from dsmath_jax.rl.rewards import overlong_penalty
 from dsmath_jax.train.checkpoint import Checkpointer

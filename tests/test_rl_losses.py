@@ -9,10 +9,30 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dsmath_jax.rl import (K3_MAX, LOG_RATIO_CLAMP, PolicyLossConfig, dpo_loss, gae, gradient_coefficient,
-                           group_advantages, kl_k1, kl_k2, kl_k3, outcome_token_rewards, policy_loss, process_advantages, rft_loss,
-                           sequence_logprob, sft_loss, step_end_flags, step_end_indices, token_advantages,
-                           token_entropy, token_logprobs, value_loss)
+from dsmath_jax.rl import (
+    K3_MAX,
+    LOG_RATIO_CLAMP,
+    PolicyLossConfig,
+    dpo_loss,
+    gae,
+    gradient_coefficient,
+    group_advantages,
+    kl_k1,
+    kl_k2,
+    kl_k3,
+    outcome_token_rewards,
+    policy_loss,
+    process_advantages,
+    rft_loss,
+    sequence_logprob,
+    sft_loss,
+    step_end_flags,
+    step_end_indices,
+    token_advantages,
+    token_entropy,
+    token_logprobs,
+    value_loss,
+)
 
 G = 3
 LENGTHS = [7, 3, 5, 1, 6, 4]  # two groups of G = 3 outputs, ragged
@@ -365,7 +385,7 @@ def test_gspo_sequence_ratio_matches_formula():
     for beta in (0.0, 0.04):
         cfg = PolicyLossConfig(beta=beta, ratio="sequence")
         value, grad, metrics = jax_loss_and_grad(*f32(logp, old, ref, adv, mask), cfg)
-        fn = lambda lp: np_policy_objective(lp, old, ref, adv, mask, beta=beta, ratio="sequence")  # noqa: E731
+        fn = lambda lp: np_policy_objective(lp, old, ref, adv, mask, beta=beta, ratio="sequence")  # noqa: E731, B023
         assert value == pytest.approx(fn(logp), rel=1e-5, abs=1e-6)
         np.testing.assert_allclose(grad, fd_grad(fn, logp, mask), rtol=1e-4, atol=1e-6)
     seq_means = [-min(s[i] * adv[i], np.clip(s[i], 0.8, 1.2) * adv[i]) for i in range(len(s))]

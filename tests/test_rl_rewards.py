@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from dsmath_jax.data.arithmetic import generate_problems
 from dsmath_jax.evals.grader import Grader
 from dsmath_jax.model import ScalarHeadModel, get_preset
 from dsmath_jax.rl.advantages import process_advantages, step_end_indices
-from dsmath_jax.rl.arithmetic import generate_problems
 from dsmath_jax.rl.rewards import combine_rewards, format_rewards, outcome_scores, process_scores, rule_rewards
 
 

@@ -1,14 +1,15 @@
-"""RL problem sources (dsmath_jax.rl.tasks): the jsonl source, read end to end from files on disk."""
+"""RL problem sources (dsmath_jax.data.tasks): the jsonl source, read end to end from files on disk."""
 
 import json
 
 import pytest
 
-from dsmath_jax.rl.tasks import load_problems
+from dsmath_jax.data.tasks import load_problems
 
 
 def test_jsonl_source_reads_files_and_globs(tmp_path):
-    rows = [{"id": "a", "q": "1+1?", "a": "2", "response": "1+1=2. \\boxed{2}"}, {"q": "2+3?", "a": 5, "kind": "number"}]
+    rows = [{"id": "a", "q": "1+1?", "a": "2", "response": "1+1=2. \\boxed{2}"},
+            {"q": "2+3?", "a": 5, "kind": "number"}]
     (tmp_path / "one.jsonl").write_text("\n".join(json.dumps(r) for r in rows[:1]) + "\n\n", encoding="utf-8")
     (tmp_path / "two.jsonl").write_text(json.dumps(rows[1]) + "\n", encoding="utf-8")
     spec = {"kind": "jsonl", "files": [str(tmp_path / "*.jsonl")], "question_field": "q", "answer_field": "a"}

@@ -17,14 +17,22 @@ import time
 import psutil
 import pytest
 
-# One xdist worker runs every sandbox test: they count the sandbox user's processes.
-pytestmark = pytest.mark.xdist_group("sandbox")
-
 from dsmath_jax.evals import sandbox
 from dsmath_jax.evals.sandbox import ExecutionResult, SandboxLimits, isolation_report, run_python
-from dsmath_jax.evals.tool_loop import (TOOL_STOP, build_program, extract_code_blocks, format_output_block,
-                                        last_program, pot_program, run_program_of_thought, run_tool_loop,
-                                        truncate_output)
+from dsmath_jax.evals.tool_loop import (
+    TOOL_STOP,
+    build_program,
+    extract_code_blocks,
+    format_output_block,
+    last_program,
+    pot_program,
+    run_program_of_thought,
+    run_tool_loop,
+    truncate_output,
+)
+
+# One xdist worker runs every sandbox test: they count the sandbox user's processes.
+pytestmark = pytest.mark.xdist_group("sandbox")
 
 FAST = SandboxLimits(cpu_seconds=1, wall_seconds=4)
 NO_POLICY = SandboxLimits(cpu_seconds=2, wall_seconds=4, audit_policy=False)
@@ -119,7 +127,8 @@ def test_ordinary_code_and_isolation_layers(layers):
         assert not layers["read_capability"] or not layers["readonly_filesystem"]
 
 
-def test_without_process_namespaces_the_fallback_still_contains(layers):
+@pytest.mark.usefixtures("layers")
+def test_without_process_namespaces_the_fallback_still_contains():
     """With the PID/IPC/UTS namespaces switched off (as on a kernel that refuses them), the reaper is a child
     subreaper with kill sweeps: runs still work, the layers say what is missing, leftovers still fail a run."""
     limits = SandboxLimits(cpu_seconds=2, wall_seconds=4, audit_policy=False, pid_namespace=False,
@@ -450,7 +459,7 @@ def test_tool_loop_runs_code_and_continues():
     assert len(calls) == 2 and len(calls[1]) == 2
     expected = ("We need 17 * 23.\n```python\nfrom sympy import Integer\nprint(Integer(17) * 23)\n```\n"
                 "```output\n391\n```\n The product is $391$, so the answer is $\\boxed{391}$.")
-    for prompt, trace in zip(prompts, traces):
+    for _prompt, trace in zip(prompts, traces):
         assert trace.completion == expected
         assert trace.rounds == 1 and trace.generations == 2
         assert trace.programs == ["from sympy import Integer\nprint(Integer(17) * 23)"]
@@ -501,7 +510,7 @@ def _pal_gsm_programs(text: str) -> list[str]:
 def _reference(program: str, expression: str) -> str:
     namespace: dict = {}
     exec(program, namespace)  # the exemplars are our own trusted data
-    return str(eval(expression, namespace))
+    return str(eval(expression, namespace))  # noqa: S307 - our own trusted exemplars
 
 
 def test_pot_pal_gsm_exemplars(shared_data):

@@ -154,7 +154,8 @@ def _assert_caller_survived(result: dict) -> None:
 
 # ------------------------------------------------------------------------------------------- verdict forgery
 
-def test_denial_then_closing_stderr_is_still_forbidden(scratch_parent):
+@pytest.mark.usefixtures("scratch_parent")
+def test_denial_then_closing_stderr_is_still_forbidden():
     """Before: the denial travelled in the program's stderr; os.close(2) dropped it and the run was ok."""
     code = "import os\ntry:\n    os.system('true')\nexcept PermissionError:\n    pass\nos.close(2)\nprint('done')"
     result = run_python(code)
@@ -168,7 +169,8 @@ def test_denial_then_closing_stderr_is_still_forbidden(scratch_parent):
     assert not result.ok and result.error == "forbidden: filesystem" and result.returncode == 0
 
 
-def test_denial_of_a_120kb_path_is_still_forbidden(scratch_parent):
+@pytest.mark.usefixtures("scratch_parent")
+def test_denial_of_a_120kb_path_is_still_forbidden():
     """Before: the report line carried the whole path and was cut by the stderr cap: the run was ok."""
     code = ("import os\npath = '/etc/' + 'x' * 120_000\ntry:\n    open(path, 'w')\nexcept (PermissionError, OSError):\n"
             "    pass\nprint('done')")
@@ -218,7 +220,8 @@ os._exit(0)  # no report of the runner's own after the forged ones
 '''
 
 
-def test_report_key_from_frames_and_forged_records_do_not_make_ok(scratch_parent):
+@pytest.mark.usefixtures("scratch_parent")
+def test_report_key_from_frames_and_forged_records_do_not_make_ok():
     """Before: the report key sat in the runner's `cfg` (a frame above the program); a forged report in
     stderr with that key won. Now there is no key, the report channel is closed in the program, and records on
     the program's own channel can only fail a run."""
@@ -233,7 +236,8 @@ def test_report_key_from_frames_and_forged_records_do_not_make_ok(scratch_parent
     assert result.error == "forbidden: sandbox channel"
 
 
-def test_record_channel_closed_or_replaced_before_a_denial_kills_the_program(scratch_parent):
+@pytest.mark.usefixtures("scratch_parent")
+def test_record_channel_closed_or_replaced_before_a_denial_kills_the_program():
     """The audit hook writes each denial when it happens; if the channel is gone or replaced by another
     file, the hook kills the process instead of losing the record."""
     closed = "import os\nfor fd in range(3, 256):\n    try:\n        os.close(fd)\n    except OSError:\n        pass\n"
@@ -245,7 +249,8 @@ def test_record_channel_closed_or_replaced_before_a_denial_kills_the_program(scr
         assert not result.ok and result.error == "killed: SIGKILL" and result.stdout == ""
 
 
-def test_missing_or_malformed_report_fails_the_run(tmp_path, monkeypatch, scratch_parent):
+@pytest.mark.usefixtures("scratch_parent")
+def test_missing_or_malformed_report_fails_the_run(tmp_path, monkeypatch):
     """The host decides: a runner that exits cleanly without a report, or with a malformed one, fails."""
     silent = tmp_path / "silent_runner.py"
     silent.write_text("import sys\nsys.stdin.buffer.read()\nprint('all fine')\n")
@@ -401,7 +406,8 @@ same_uid.kill(); ours.kill()
     _assert_caller_survived(result)
 
 
-def test_other_runs_scratch_is_invisible(scratch_parent, layers):
+@pytest.mark.usefixtures("scratch_parent")
+def test_other_runs_scratch_is_invisible(layers):
     """Before: every run is `nobody` and sees the whole filesystem: it could list and read a concurrent run's
     scratch directory (by path, or through /proc/<pid>/cwd). Now the scratch directory's parent is an empty
     tmpfs in the run's mount namespace with only its own scratch bound back, and /proc is its own."""
@@ -536,9 +542,9 @@ result["survivors"] = settle(SANDBOX_UIDS)
 
 def test_concurrent_runs_get_distinct_uids_and_a_fork_bomb_starves_no_other_run(tmp_path, layers):
     """Before: every run was `nobody`, so RLIMIT_NPROC was one budget for all of them: a fork bomb started
-    after a run took that run's process slots, and it failed with "RuntimeError: can't start new thread". Now each concurrent run has a uid
-    of its own (its scratch directory owned by it): the bomb exhausts only its own budget, and even without a
-    PID namespace it could not signal the other run."""
+    after a run took that run's process slots, and it failed with "RuntimeError: can't start new thread". Now each
+    concurrent run has a uid of its own (its scratch directory owned by it): the bomb exhausts only its own budget,
+    and even without a PID namespace it could not signal the other run."""
     _need(layers, "distinct_uid")
     body = f'''
 other = {{}}
@@ -577,7 +583,8 @@ result["survivors"] = settle(SANDBOX_UIDS)
     "import mmap\nm = mmap.mmap(-1, 10**10)\nm[-1] = 1",
     "import numpy as np\na = np.ones((40_000, 40_000))",
 ])
-def test_memory_by_allocation_is_bounded(code, scratch_parent):
+@pytest.mark.usefixtures("scratch_parent")
+def test_memory_by_allocation_is_bounded(code):
     rss_before = psutil.Process().memory_info().rss
     result = run_python(code, limits=SandboxLimits(memory_bytes=512 << 20))
     assert not result.ok
@@ -631,7 +638,8 @@ def test_seccomp_posix_fallocate_cannot_fill_the_disk(layers, scratch_parent):
     fails outright, and the writes it could fall back to are bounded by RLIMIT_FSIZE."""
     _need(layers, "seccomp")
     code = ("import os, shutil\nfd = os.open('f', os.O_CREAT | os.O_WRONLY)\ntry:\n"
-            "    os.posix_fallocate(fd, 0, 256 << 20)\nexcept OSError as exc:\n    print(type(exc).__name__, exc.errno)\n"
+            "    os.posix_fallocate(fd, 0, 256 << 20)\nexcept OSError as exc:\n"
+            "    print(type(exc).__name__, exc.errno)\n"
             "print(os.fstat(fd).st_size <= 1 << 20, os.fstat(fd).st_blocks * 512 <= 1 << 20)")
     free_before = shutil.disk_usage(scratch_parent).free
     result = run_python(code, limits=SandboxLimits(audit_policy=False, max_file_bytes=1 << 20))
@@ -640,7 +648,8 @@ def test_seccomp_posix_fallocate_cannot_fill_the_disk(layers, scratch_parent):
     assert shutil.disk_usage(scratch_parent).free > free_before - (64 << 20)
 
 
-def test_seccomp_unshare_and_namespace_clones_are_denied(layers, scratch_parent):
+@pytest.mark.usefixtures("scratch_parent")
+def test_seccomp_unshare_and_namespace_clones_are_denied(layers):
     """unshare(2) and clone(2) with a namespace flag fail with EPERM (a user namespace would otherwise give the
     program every capability over the mounts it can then make); clone3 says ENOSYS so libc uses clone."""
     _need(layers, "seccomp")
@@ -654,7 +663,7 @@ def test_seccomp_unshare_and_namespace_clones_are_denied(layers, scratch_parent)
     assert result.stdout == "-1 1\n-1 1\n-1 38\nthread\n7\n"
 
 
-def test_seccomp_unix_socket_by_path_is_unreachable(layers, tmp_path):
+def test_seccomp_unix_socket_by_path_is_unreachable(layers):
     """A host service listening on a unix socket in a directory the program can see: socket() itself fails."""
     _need(layers, "seccomp")
     if not os.path.isdir("/var/tmp"):
@@ -678,7 +687,8 @@ def test_seccomp_unix_socket_by_path_is_unreachable(layers, tmp_path):
         shutil.rmtree(where, ignore_errors=True)
 
 
-def test_seccomp_leaves_the_math_stack_working(layers, scratch_parent):
+@pytest.mark.usefixtures("scratch_parent")
+def test_seccomp_leaves_the_math_stack_working(layers):
     _need(layers, "seccomp")
     code = ("import fractions, math, numpy as np, sympy\nx = sympy.symbols('x')\n"
             "print(sympy.solve(x**2 - 4, x), round(float(np.linalg.det(np.eye(3) * 2)), 6),\n"
@@ -775,7 +785,8 @@ def test_memory_across_processes_is_one_budget(layers, scratch_parent):
     assert run_python("print('alive')").stdout == "alive\n"
 
 
-def test_files_in_the_scratch_tmpfs_are_charged_to_the_run(layers, scratch_parent):
+@pytest.mark.usefixtures("scratch_parent")
+def test_files_in_the_scratch_tmpfs_are_charged_to_the_run(layers):
     """tmpfs pages are memory: a 512 MiB scratch directory cannot hold more than the run's 128 MiB budget, so
     writing files (like shared memory would) cannot take the host's memory either."""
     _need(layers, "cgroup_memory", "scratch_tmpfs")
@@ -787,7 +798,8 @@ def test_files_in_the_scratch_tmpfs_are_charged_to_the_run(layers, scratch_paren
     assert result.accounting["memory_peak_bytes"] <= 128 << 20
 
 
-def test_a_thread_bomb_as_root_meets_the_pids_limit(layers, scratch_parent):
+@pytest.mark.usefixtures("scratch_parent")
+def test_a_thread_bomb_as_root_meets_the_pids_limit(layers):
     """Root ignores RLIMIT_NPROC; the pids cgroup does not: with the privilege drop off (the program is root),
     `max_processes` still caps the run's tasks, and the group counts the refused forks."""
     if os.geteuid() != 0:
@@ -804,7 +816,8 @@ def test_a_thread_bomb_as_root_meets_the_pids_limit(layers, scratch_parent):
     assert contrast.ok and int(contrast.stdout) > 8, contrast
 
 
-def test_run_cgroups_are_removed_and_stragglers_killed(layers, monkeypatch, scratch_parent):
+@pytest.mark.usefixtures("scratch_parent")
+def test_run_cgroups_are_removed_and_stragglers_killed(layers, monkeypatch):
     """After every run its groups are gone; a task still in a group when the run ends is killed, counted, and
     fails the run (the host's check, independent of the PID namespace)."""
     _need(layers, "cgroup_memory", "cgroup_pids")
@@ -855,7 +868,7 @@ def test_cgroup_discovery_reads_mountinfo_and_proc_cgroup():
 
 # ------------------------------------------------------------------------------------------- filesystem view
 
-def test_host_files_and_sockets_do_not_exist_in_the_program_view(layers, shared_data, tmp_path):
+def test_host_files_and_sockets_do_not_exist_in_the_program_view(layers, shared_data):
     """Before: the benchmark files (answers included), other users' world-readable files and unix sockets by
     path were all readable or reachable. The program's root now holds only the system directories, the
     Python installation and its scratch tmpfs: none of those paths exists there."""
@@ -911,7 +924,8 @@ def test_disk_fill_stops_at_the_scratch_size(layers, scratch_parent):
     assert os.listdir(scratch_parent) == []
 
 
-def test_required_layers_include_the_cgroup_and_the_filesystem_view(layers, scratch_parent):
+@pytest.mark.usefixtures("scratch_parent")
+def test_required_layers_include_the_cgroup_and_the_filesystem_view(layers):
     """A deployment can demand the new layers; a run without them fails before the code runs."""
     _need(layers, "cgroup_memory", "cgroup_pids", "minimal_filesystem", "scratch_tmpfs")
     wanted = ("cgroup_memory", "cgroup_pids", "minimal_filesystem", "scratch_tmpfs")

@@ -30,7 +30,7 @@ def _cases(table):
 
 # ------------------------------------------------------------------------------------------ percent
 PERCENT = [
-    # (prediction, gold, kind, verdict, why)
+    # rows: prediction, gold, kind, verdict, why
     ("2500", "25", "number", False, "no x100 leniency: 2500 is not 25"),
     ("0.25", "25", "number", False, "no /100 leniency: 0.25 is not 25"),
     ("50", "0.5", "math", False, "no percent sign anywhere: one reading"),

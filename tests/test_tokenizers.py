@@ -91,7 +91,7 @@ def hf_dir(tmp_path_factory) -> Path:
 # ----------------------------------------------------------------------------- sentencepiece
 
 
-def test_sp_special_ids_and_file(sp_tok, tmp_path_factory):
+def test_sp_special_ids_and_file(sp_tok):
     assert Path(sp_tok.path).name == "math.model" and Path(sp_tok.path).is_file()
     assert not any(p.name.startswith(".") for p in Path(sp_tok.path).parent.iterdir())
     assert (sp_tok.pad_id, sp_tok.bos_id, sp_tok.eos_id) == (0, 2, 3)

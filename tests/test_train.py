@@ -18,8 +18,15 @@ import pytest
 from flax import nnx
 
 from dsmath_jax.configs import base_train_config
-from dsmath_jax.data.pipeline import (EmptyDatasetError, PipelineStats, build_dataset, chat_prompt, mix_sources,
-                                      pretrain_example_fn, sft_example_fn)
+from dsmath_jax.data.pipeline import (
+    EmptyDatasetError,
+    PipelineStats,
+    build_dataset,
+    chat_prompt,
+    mix_sources,
+    pretrain_example_fn,
+    sft_example_fn,
+)
 from dsmath_jax.data.tokenizers import train_sentencepiece
 from dsmath_jax.model import CausalLM, get_params, get_preset
 from dsmath_jax.parallel import create_sharded, make_mesh
@@ -54,14 +61,14 @@ def test_multi_step_schedule_matches_the_paper():
 # ------------------------------------------------------------------------------------------- pipelines
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory, shared_data):
-    rows = [json.loads(l) for l in (shared_data / "benchmarks" / "gsm8k" / "train.jsonl").open()][:2000]
+    rows = [json.loads(line) for line in (shared_data / "benchmarks" / "gsm8k" / "train.jsonl").open()][:2000]
     texts = [f"{r['question']}\n{r['answer']}" for r in rows]
     return train_sentencepiece(texts, tmp_path_factory.mktemp("tok") / "spm", vocab_size=512)
 
 
 @pytest.fixture(scope="module")
 def gsm8k_rows(shared_data):
-    return [json.loads(l) for l in (shared_data / "benchmarks" / "gsm8k" / "train.jsonl").open()][:400]
+    return [json.loads(line) for line in (shared_data / "benchmarks" / "gsm8k" / "train.jsonl").open()][:400]
 
 
 @pytest.mark.slow  # CI time: packing per document is checked in CI by test_model's packed-sequence test

@@ -7,7 +7,8 @@ Expected: DeepSeekMath-Instruct 7B CoT 82.9 / 46.8 / 73.2 / 84.6, tool 83.7 / 57
 DeepSeekMath-RL 7B CoT 88.2 / 51.7 / 79.6 / 88.8, tool 86.7 / 58.8 / 78.4 / 87.6.
 
 Launch (8 GPUs or TPU v5p-8; about 40 minutes for CoT, longer with tools):
-  dsmath eval --config=configs/eval/instruct_zero_shot.py:tool --model=path/to/deepseek-math-7b-rl --workdir=runs/eval_rl_tool
+  dsmath eval --config=configs/eval/instruct_zero_shot.py:tool --model=path/to/deepseek-math-7b-rl \
+    --workdir=runs/eval_rl_tool
 """
 
 from dsmath_jax.configs import parse_arg

@@ -4,7 +4,8 @@ question at temperature 0.7 on GSM8K and MATH, K = 1, 2, 4, ..., 64. RL raises M
 Add `,tiny` for the first 20 problems of each with 8 samples and 48 tokens.
 
 Launch (8 GPUs or TPU v5p-8; about 10 hours per model for MATH's 5000 x 64 samples):
-  dsmath eval --config=configs/eval/maj_pass_sweep.py --model=path/to/deepseek-math-7b-instruct --workdir=runs/fig7_instruct
+  dsmath eval --config=configs/eval/maj_pass_sweep.py --model=path/to/deepseek-math-7b-instruct \
+    --workdir=runs/fig7_instruct
   dsmath eval --config=configs/eval/maj_pass_sweep.py --model=path/to/deepseek-math-7b-rl --workdir=runs/fig7_rl
 """
 

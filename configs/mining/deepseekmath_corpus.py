@@ -77,7 +77,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.synthetic.source = "benchmarks"  # "benchmarks": GSM8K / MATH train pages from benchmarks_dir; "arithmetic":
     # pages made by the arithmetic task's generator (no files; decontaminated against the task's held-out split)
     c.synthetic.benchmarks_dir = ""  # directory with gsm8k/ and math/ train (and test) files
-    c.synthetic.arithmetic = ml_collections.ConfigDict(  # the arithmetic task (rl.tasks spec) of source=arithmetic
+    c.synthetic.arithmetic = ml_collections.ConfigDict(  # the arithmetic task (data.tasks spec) of source=arithmetic
         {"n_test": 256, "seed": 0, "knobs": {"max_operand": 9, "max_value": 30, "max_steps": 2}})
     c.synthetic.seed = 0
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable
+from typing import Any
 
 from absl import flags
 from ml_collections import config_flags
@@ -55,7 +56,8 @@ def parse_flags(argv: list[str], prog: str, *, workdir_required: bool = True, pl
         raise UsageError(f"{prog}: --config is required (e.g. --config=configs/...py:tiny)")
     error = getattr(values.config, "_error", None)  # config_flags defers a failed load to first use
     if type(values.config).__name__ == "_ErrorConfig" and error is not None:
-        raise UsageError(f"{prog}: cannot load --config={values['config'].config_filename}: {error}")
+        flag: Any = values["config"]  # ml_collections' config flag; absl's stubs type it as a plain Flag
+        raise UsageError(f"{prog}: cannot load --config={flag.config_filename}: {error}")
     compile_only = plannable and values.compile_only
     if compile_only and not values.topology:
         raise UsageError(f"{prog}: --compile_only needs --topology (e.g. --topology=v5p-128)")
@@ -119,7 +121,8 @@ def plan_main(values: flags.FlagValues, prog: str) -> int:
     try:
         topology = parse_topology(values.topology, values.num_slices)
         model = values["model"].value if "model" in values else None
-        plan = plan_command(command, values.config, topology, config_name=values["config"].config_filename,
+        config_flag: Any = values["config"]  # ml_collections' config flag; absl's stubs type it as a plain Flag
+        plan = plan_command(command, values.config, topology, config_name=config_flag.config_filename,
                             model_path=model, probes=values.probes, raise_if_not_fit=False)
     except (TopologyError, ValueError) as e:
         print(f"{prog} --compile_only: {e}", file=sys.stderr)

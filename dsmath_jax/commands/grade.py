@@ -67,7 +67,8 @@ def check_row(row: dict[str, Any]) -> tuple[str, str, str, Any]:
     try:
         kind = benchmark_kind(row["benchmark"])
     except KeyError:
-        raise ValueError(f"unknown benchmark {row['benchmark']!r} (known: {', '.join(sorted(BENCHMARK_KINDS))})")
+        known = ", ".join(sorted(BENCHMARK_KINDS))
+        raise ValueError(f"unknown benchmark {row['benchmark']!r} (known: {known})") from None
     if not isinstance(row["completion"], str):
         raise ValueError(f"field 'completion' must be a string, got {type(row['completion']).__name__}")
     if not isinstance(row["gold"], (str, int, float)) or isinstance(row["gold"], bool):
@@ -119,7 +120,7 @@ def write_jsonl_atomic(path: str, rows: list[dict[str, Any]]) -> None:
 
 
 def summarize(rows: list[dict[str, Any]], input_errors: list[tuple[int, str]]) -> dict[str, Any]:
-    per = collections.defaultdict(lambda: [0, 0])
+    per: collections.defaultdict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
     for row in rows:
         if "benchmark" in row and "line" not in row:
             cell = per[str(row["benchmark"])]
@@ -194,7 +195,7 @@ def main(argv: list[str]) -> int:
             if args.protocol == "deepseek":
                 benchmark, mode, item, completion = check_deepseek_row(row)
                 gold = deepseek.gold(benchmark, item)
-                task = (benchmark, mode, item, completion)
+                task: tuple[Any, ...] = (benchmark, mode, item, completion)
             else:
                 kind, completion, gold, options = check_row(row)
                 task = (completion, gold, kind, options, row["benchmark"] == "ocw")

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from typing import Any
 
 from absl import flags
 
@@ -36,7 +37,7 @@ EXIT_STOPPED = 3
 
 def _define_flags(values: flags.FlagValues) -> None:
     from dsmath_jax.quickstart import STAGES
-    d = dict(flag_values=values)
+    d: dict[str, Any] = dict(flag_values=values)
     flags.DEFINE_string("workdir", "runs/quickstart", "run directory: mine/, pretrain/, sft/, grpo/, results", **d)
     flags.DEFINE_string("benchmarks_dir", None, "directory with gsm8k/{train,test}.jsonl and math/{train,test}.jsonl "
                         "to make the crawl's math pages of (default: none, the arithmetic task's generator)", **d)
@@ -49,7 +50,8 @@ def _define_flags(values: flags.FlagValues) -> None:
     flags.DEFINE_float("crawl_scale", 1.0, "size of the synthetic crawl relative to the tiny mining config's", **d)
     flags.DEFINE_multi_string("set", [], "a config override of one stage, STAGE:KEY=VALUE (repeatable), "
                               "e.g. grpo:train.stop_after_steps=2", **d)
-    flags.DEFINE_string("configs_dir", None, "the repository's configs/ (default: beside the installed package)", **d)
+    flags.DEFINE_string("configs_dir", None, "a configs/ folder to read the stage configs from (default: the "
+                        "configs the package carries)", **d)
     flags.DEFINE_bool("plots", True, "draw plots/*.png (needs matplotlib)", **d)
     flags.DEFINE_string("log_level", "INFO", "logging level", **d)
 

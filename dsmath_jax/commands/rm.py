@@ -30,12 +30,29 @@ import logging
 import os
 from typing import Any
 
+import jax
+import ml_collections
 import numpy as np
 from etils import epath
+from jax.experimental import multihost_utils
+from ml_collections.config_dict import placeholder
 
 from dsmath_jax.commands.common import run_command
+from dsmath_jax.data.tasks import load_problems, prompt_text
+from dsmath_jax.data.tokenizers import check_tokenizer_fits, load_tokenizer
+from dsmath_jax.evals.grader import Grader
+from dsmath_jax.generate.sampler import Sampler, SamplingParams
+from dsmath_jax.model import ModelConfig
 from dsmath_jax.rl.config import ARITHMETIC_TINY
-from dsmath_jax.train.rundir import copy_atomic, write_atomic, write_json
+from dsmath_jax.rl.loop import check_architecture
+from dsmath_jax.rl.math_shepherd import math_shepherd_labels
+from dsmath_jax.rl.replay import pack_examples, unpack_examples
+from dsmath_jax.rl.reward_model import KINDS, RewardModel, orm_examples
+from dsmath_jax.train.loop import optimizer_from_config, start_run
+from dsmath_jax.train.restore import load_run
+from dsmath_jax.train.rundir import copy_atomic, write_atomic
+from dsmath_jax.train.runner import Runner, StepInfo
+from dsmath_jax.train.step import TrainState
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +70,7 @@ def base_rm_config():
     model: preset (the architecture a `--compile_only` plan assumes where init.run_dir cannot be read; a run
       checks it against the loaded policy), then compute overrides when loading (dtype, remat_policy,
       scan_layers, attention_impl, logits_chunk; None = as saved);
-    data: problems (list of problem specs, dsmath_jax.rl.tasks), split, limit_per_source, template (the
+    data: problems (list of problem specs, dsmath_jax.data.tasks), split, limit_per_source, template (the
       question inside the chat prompt), data_dir / benchmarks_dir (GSM8K / MATH copies), seq_len (RM rows:
       prompt + completion, longer ones cut and counted), max_steps (PRM steps per row), validation_fraction
       (share of problems held out for RM accuracy);
@@ -67,16 +84,14 @@ def base_rm_config():
     mesh: shape, rules; distributed: multi-host start-up (as the training configs);
     plan: prompt_tokens (the longest prompt a `--compile_only` plan assumes).
     """
-    import ml_collections
-    from ml_collections.config_dict import placeholder
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.kind = "orm"
     c.init = ml_collections.ConfigDict(dict(run_dir=placeholder(str), rm_init_dir=placeholder(str),
                                             step=placeholder(int)))
-    c.model = ml_collections.ConfigDict(dict(preset=placeholder(str), dtype=placeholder(str), remat_policy=placeholder(str),
-                                             scan_layers=placeholder(bool), attention_impl=placeholder(str),
-                                             logits_chunk=placeholder(int)))
+    c.model = ml_collections.ConfigDict(dict(preset=placeholder(str), dtype=placeholder(str),
+                                             remat_policy=placeholder(str), scan_layers=placeholder(bool),
+                                             attention_impl=placeholder(str), logits_chunk=placeholder(int)))
     c.data = ml_collections.ConfigDict(dict(
         problems=[], split="train", limit_per_source=placeholder(int), template="{question}",
         data_dir=placeholder(str), benchmarks_dir=placeholder(str), seq_len=1536, max_steps=64,
@@ -132,27 +147,23 @@ def _as_dict(cfg) -> dict:
 
 
 def _sync(name: str) -> None:
-    import jax
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
         multihost_utils.sync_global_devices(name)
 
 
 # ------------------------------------------------------------------------------------------- labels
 def save_labels(path: str, examples: list[dict], validation: np.ndarray, stats: dict) -> None:
     """Writes labelled examples (packed), their validation flags and the labelling stats, atomically."""
-    from dsmath_jax.rl.replay import pack_examples
     arrays = pack_examples(examples)
     arrays[_SPLIT_KEY] = np.asarray(validation, bool)
     arrays[_STATS_KEY] = np.asarray(json.dumps(stats))
     buf = io.BytesIO()
-    np.savez(buf, **arrays)
+    np.savez(buf, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as the allow_pickle flag
     write_atomic(path, buf.getvalue())
 
 
 def load_labels(path: str) -> tuple[list[dict], np.ndarray, dict]:
     """(examples, validation flags, stats) of a labels file written by :func:`save_labels`."""
-    from dsmath_jax.rl.replay import unpack_examples
     try:
         with np.load(io.BytesIO(epath.Path(path).read_bytes()), allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
@@ -170,7 +181,6 @@ def load_labels(path: str) -> tuple[list[dict], np.ndarray, dict]:
 
 
 def _problems(config):
-    from dsmath_jax.rl.tasks import load_problems
     data = config.data
     out = []
     for spec in data.problems:
@@ -198,12 +208,6 @@ def _validation_flags(problem_index: np.ndarray, num_problems: int, fraction: fl
 def label(config, policy, tokenizer, mesh, rules) -> tuple[list[dict], np.ndarray, dict]:
     """Samples the policy on the training problems and labels the samples (ORM: rule reward; PRM:
     Math-Shepherd). Returns (examples, validation flags, stats)."""
-    from dsmath_jax.evals.grader import Grader
-    from dsmath_jax.generate.sampler import Sampler, SamplingParams
-    from dsmath_jax.rl.math_shepherd import math_shepherd_labels
-    from dsmath_jax.rl.reward_model import orm_examples
-    from dsmath_jax.rl.tasks import prompt_text
-
     problems = _problems(config)
     s = config.sampling
     sampler = Sampler(policy, tokenizer, batch_size=int(s.batch_size), mesh=mesh, rules=rules)
@@ -216,9 +220,9 @@ def label(config, policy, tokenizer, mesh, rules) -> tuple[list[dict], np.ndarra
     rows = [(i, c) for i, group in enumerate(groups) for c in group]
     prompts = [prompt_ids[i] for i, _ in rows]
     golds, kinds = [problems[i].answer for i, _ in rows], [problems[i].kind for i, _ in rows]
-    stats: collections.Counter = collections.Counter()
-    stats["problems"], stats["completions"] = len(problems), len(rows)
-    stats["completions_cut_at_length"] = sum(c.finish_reason == "length" for _, c in rows)
+    counts: collections.Counter = collections.Counter()  # what labelling counts; the fractions come after
+    counts["problems"], counts["completions"] = len(problems), len(rows)
+    counts["completions_cut_at_length"] = sum(c.finish_reason == "length" for _, c in rows)
     kind = config.kind
     with Grader(max_workers=int(config.grader.workers), timeout=float(config.grader.timeout)) as grader:
         if kind == "orm":
@@ -231,13 +235,14 @@ def label(config, policy, tokenizer, mesh, rules) -> tuple[list[dict], np.ndarra
             cont = SamplingParams(max_new_tokens=int(lab.max_new_tokens), temperature=float(lab.temperature),
                                   top_p=float(s.top_p), seed=int(lab.seed))
             examples = math_shepherd_labels(sampler, grader, prompts, [c.tokens for _, c in rows], golds, kinds,
-                                            tokenizer, n=int(lab.n), mode=lab.mode, sampling=cont, stats=stats,
+                                            tokenizer, n=int(lab.n), mode=lab.mode, sampling=cont, stats=counts,
                                             progress=True)
             keep = [r for r, (_, c) in enumerate(rows) if c.tokens]  # math_shepherd_labels skips empty ones
     problem_index = np.asarray([rows[r][0] for r in keep], np.int64)
     for ex, p in zip(examples, problem_index):
         ex["problem"] = np.int64(p)
     outcome = np.asarray([float(ex["label"]) for ex in examples], np.float64)
+    stats: dict[str, Any] = dict(counts)
     stats["policy_accuracy"] = float(outcome.mean()) if len(outcome) else 0.0
     if kind == "prm":
         step_labels = np.concatenate([ex["step_labels"] for ex in examples]) if examples else np.zeros(0)
@@ -245,7 +250,7 @@ def label(config, policy, tokenizer, mesh, rules) -> tuple[list[dict], np.ndarra
     validation = _validation_flags(problem_index, len(problems), float(config.data.validation_fraction),
                                    int(config.seed))
     stats["train_examples"], stats["validation_examples"] = int((~validation).sum()), int(validation.sum())
-    return examples, validation, dict(stats)
+    return examples, validation, stats
 
 
 # ------------------------------------------------------------------------------------------- run
@@ -267,7 +272,6 @@ def _copy_tokenizer(tokenizer, workdir: str) -> None:
 
 
 def _load_model(path: str, config, mesh, rules):
-    from dsmath_jax.train.restore import load_run
     overrides = {k: v for k, v in _as_dict(config.model).items() if v is not None and k != "preset"}
     return load_run(path, mesh=mesh, rules=rules, step=config.init.get("step"), **overrides)
 
@@ -275,16 +279,6 @@ def _load_model(path: str, config, mesh, rules):
 def run(config, workdir: str) -> dict[str, Any]:
     """Labels (or reuses the labels of) and trains (or resumes) a reward model in `workdir`; returns the
     summary (also written as summary.json)."""
-    import jax
-
-    from dsmath_jax.data.tokenizers import check_tokenizer_fits, load_tokenizer
-    from dsmath_jax.model import ModelConfig
-    from dsmath_jax.rl.reward_model import KINDS, RewardModel
-    from dsmath_jax.train.checkpoint import Checkpointer
-    from dsmath_jax.train.loop import _Preemption, start_run
-    from dsmath_jax.train.metrics import MetricsWriter
-    from dsmath_jax.train.step import TrainState
-
     if config.kind not in KINDS:
         raise ValueError(f"config.kind must be one of {KINDS}, got {config.kind!r}")
     modes = ("outcome",) if config.kind == "orm" else ("hard", "soft")
@@ -296,16 +290,20 @@ def run(config, workdir: str) -> dict[str, Any]:
                          "a Hugging Face model directory), e.g. --config.init.run_dir=runs/sft_tiny")
     mesh, rules = start_run(config, workdir)
     tcfg = config.train
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=int(tcfg.keep_checkpoints),
-                        async_save=bool(tcfg.async_checkpoint))
-    start = ckpt.latest_step()
+    total, eval_every = int(tcfg.steps), int(tcfg.eval_every)
+    log_every, ckpt_every = max(int(tcfg.log_every), 1), max(int(tcfg.checkpoint_every), 1)
+    runner = Runner(workdir, total_steps=total, checkpoint_every=ckpt_every,
+                    keep_checkpoints=int(tcfg.keep_checkpoints),
+                    async_checkpoint=bool(tcfg.async_checkpoint), log_every=log_every,
+                    tensorboard=bool(tcfg.tensorboard), max_nonfinite_in_a_row=None, name="the reward model",
+                    logger=log)
+    latest = runner.latest_step()
     labels_path = os.path.join(workdir, LABELS_FILE)
     have_labels = epath.Path(labels_path).exists()
 
     policy = tokenizer = None
-    if not have_labels or start is None:
+    if not have_labels or latest is None:
         policy, tokenizer = _load_model(config.init.run_dir, config, mesh, rules)
-        from dsmath_jax.rl.loop import check_architecture
         check_architecture(policy.config, config.model.get("preset"), config.init.run_dir)
         if jax.process_index() == 0:
             _copy_tokenizer(tokenizer, workdir)
@@ -328,7 +326,8 @@ def run(config, workdir: str) -> dict[str, Any]:
 
     layout = dict(seq_len=int(config.data.seq_len), pad_id=tokenizer.pad_id if tokenizer.pad_id is not None else 0,
                   max_steps=int(config.data.max_steps), tokenizer=tokenizer)
-    if start is None:
+    if latest is None:
+        assert policy is not None  # loaded above whenever there is no checkpoint
         base = policy
         if config.init.get("rm_init_dir"):
             base, _ = _load_model(config.init.rm_init_dir, config, mesh, rules)
@@ -336,73 +335,54 @@ def run(config, workdir: str) -> dict[str, Any]:
         rm = RewardModel.init_from_lm(base, config.kind, mesh, rules, seed=int(config.seed), **layout)
         del base
     else:
-        meta = ckpt.metadata(start)
+        meta = runner.checkpointer.metadata(latest)
         if meta.get("kind") != config.kind:
             raise ValueError(f"{workdir}/checkpoints holds a {meta.get('kind')!r} reward model but config.kind is "
                              f"{config.kind!r}: use another workdir")
         rm = RewardModel.abstract(ModelConfig.from_dict(meta["model"]), config.kind, mesh, rules, **layout)
     del policy
-    from dsmath_jax.train.loop import optimizer_from_config
     optimizer, schedule = optimizer_from_config(config)
     trainer = rm.make_trainer(optimizer, int(tcfg.accum_steps), schedule=schedule)
-    if start is not None:
-        target = trainer.abstract_state()
-        restored = ckpt.restore(start, {"params": target.params, "opt_state": target.opt_state})
-        trainer.set_state(TrainState(step=np.int32(start), params=restored["params"],
-                                         opt_state=restored["opt_state"]))
-        log.info("resumed the reward model from step %d in %s", start, workdir)
-    start = trainer.step
 
-    total = int(tcfg.steps)
-    log_every, eval_every = max(int(tcfg.log_every), 1), int(tcfg.eval_every)
-    ckpt_every = max(int(tcfg.checkpoint_every), 1)
+    def restore(step: int) -> None:
+        target = trainer.abstract_state()
+        restored = runner.checkpointer.restore(step, {"params": target.params, "opt_state": target.opt_state})
+        trainer.set_state(TrainState(step=np.int32(step), params=restored["params"],
+                                     opt_state=restored["opt_state"]))
+
+    runner.resume(restore)
     batch_size, seed = int(tcfg.batch_size), int(tcfg.seed)
     eval_bs = int(tcfg.eval_batch_size)
-    writer = MetricsWriter(workdir, resume_step=start, tensorboard=bool(tcfg.tensorboard))
+    last_train, last_eval = {}, {}
 
-    def save(step: int, *, force: bool = False) -> None:
-        ckpt.save(step, {"params": trainer.state.params, "opt_state": trainer.state.opt_state},
-                  metadata=dict(rm.layout(), step=step, examples=len(train_examples)), force=force)
+    def train_chunk(step: int) -> StepInfo:
+        """Trains up to the next log, evaluation or checkpoint step; every call logs its averages."""
+        nonlocal last_train
+        chunk = min(log_every - step % log_every, ckpt_every - step % ckpt_every, total - step)
+        if eval_every:
+            chunk = min(chunk, eval_every - step % eval_every)
+        last_train = trainer.train(train_examples, chunk, batch_size, seed, start=step)
+        return StepInfo(trainer.step, {k: v for k, v in last_train.items() if k != "step"}, log=True)
 
-    def evaluate(step: int, *, write: bool = True) -> dict:
-        if not val_examples:
-            return {}
-        metrics = {f"eval_{k}": v for k, v in rm.evaluate(val_examples, eval_bs).items()}
-        if write:
-            writer.write(step, metrics)
-        return metrics
+    def evaluate(_info: StepInfo) -> dict:
+        """Held-out loss and accuracy (nothing without validation examples)."""
+        nonlocal last_eval
+        if val_examples:
+            last_eval = {f"eval_{k}": v for k, v in rm.evaluate(val_examples, eval_bs).items()}
+        return last_eval
 
-    step, status, last_train, last_eval = start, "completed", {}, {}
-    with _Preemption() as preemption:
-        try:
-            while step < total:
-                chunk = min(log_every - step % log_every, ckpt_every - step % ckpt_every, total - step)
-                if eval_every:
-                    chunk = min(chunk, eval_every - step % eval_every)
-                last_train = trainer.train(train_examples, chunk, batch_size, seed, start=step)
-                step = trainer.step
-                writer.write(step, {k: v for k, v in last_train.items() if k != "step"})
-                if eval_every and step % eval_every == 0 and step < total:
-                    last_eval = evaluate(step)
-                if preemption.requested:
-                    status = "preempted"
-                    break
-                if step % ckpt_every == 0 and step < total:
-                    save(step)
-            if ckpt.latest_step() != step:  # a rerun of a finished run has nothing new to save
-                save(step, force=True)
-            ckpt.wait()
-            if status == "completed":  # a rerun of a finished run recomputes it without a second record
-                last_eval = evaluate(step, write=step > start)
-        finally:
-            writer.close()
-            ckpt.close()
-    if step == start and status == "completed":
-        log.info("nothing to train: the reward model in %s is already at step %d", workdir, step)
-    summary = {"status": status, "kind": config.kind, "step": step, "train": last_train, "eval": last_eval,
-               "labels": label_stats, "train_examples": len(train_examples),
+    # During the run every `eval_every` steps; at the end once the final checkpoint is saved (a rerun of a
+    # finished run recomputes it for the summary without a second record).
+    runner.add_hook(evaluate, every=eval_every, at_finish=True)
+
+    def checkpoint(step: int) -> tuple[dict, dict]:
+        return ({"params": trainer.state.params, "opt_state": trainer.state.opt_state},
+                dict(rm.layout(), step=step, examples=len(train_examples)))
+
+    result = runner.run(train_chunk, checkpoint)
+    summary = {"status": result.status, "kind": config.kind, "step": result.step, "train": last_train,
+               "eval": last_eval, "labels": label_stats, "train_examples": len(train_examples),
                "validation_examples": len(val_examples), "workdir": workdir}
-    if jax.process_index() == 0:
-        write_json(os.path.join(workdir, "summary.json"), summary)
-    log.info("reward model (%s) %s at step %d: %s", config.kind, status, step, last_eval)
+    runner.write_summary(summary)
+    log.info("reward model (%s) %s at step %d: %s", config.kind, result.status, result.step, last_eval)
     return summary

@@ -10,7 +10,7 @@ import argparse
 import json
 
 from dsmath_jax.data.text_files import iter_texts
-from dsmath_jax.data.tokenizers import load_tokenizer, train_sentencepiece
+from dsmath_jax.data.tokenizers import Tokenizer, load_tokenizer, train_sentencepiece
 
 
 def main(argv: list[str]) -> int:
@@ -27,6 +27,7 @@ def main(argv: list[str]) -> int:
     encode.add_argument("--tokenizer", required=True, help="a .model file, tokenizer.json or their directory")
     encode.add_argument("text")
     args = parser.parse_args(argv)
+    tok: Tokenizer
     if args.action == "train":
         tok = train_sentencepiece(iter_texts(args.input, field=args.field), args.output,
                                   vocab_size=args.vocab_size, model_type=args.model_type)

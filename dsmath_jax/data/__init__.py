@@ -1,1 +1,1 @@
-"""Tokenizers, datasets and input pipelines."""
+"""Tokenizers, datasets and input pipelines, and the task generators (the arithmetic task, RL problem sources)."""

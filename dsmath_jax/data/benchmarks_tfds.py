@@ -215,7 +215,7 @@ def _math_example(record: dict, where: str, default_id: str | None) -> dict[str,
             "level": str(record.get("level", "")), "subject": str(subject), "id": uid}
 
 
-BENCHMARK_BUILDERS = {"gsm8k": DsmathGsm8k, "math": DsmathMath}
+BENCHMARK_BUILDERS: dict[str, type[tfds.core.GeneratorBasedBuilder]] = {"gsm8k": DsmathGsm8k, "math": DsmathMath}
 
 
 def prepare_benchmark(name: str, data_dir: str | os.PathLike, *,

@@ -250,7 +250,8 @@ def fingerprint_files(paths: Sequence[epath.Path]) -> list[list[Any]]:
 # The writer
 
 
-class _GeneratedDataset(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+# tfds has no type information here, so mypy checks the class keyword against object.__init_subclass__.
+class _GeneratedDataset(tfds.core.GeneratorBasedBuilder, skip_registration=True):  # type: ignore[call-arg]
     """A TFDS builder over given split generators, with a named dataset and post-generation checks."""
 
     VERSION = tfds.core.Version("1.0.0")  # replaced per instance
@@ -355,7 +356,7 @@ def write_dataset(
             splits={s: written.get(s, 0) for s in split_generators},
             records_read=tally.records_read, bad_records=tally.bad_records,
             bad_locations=list(tally.bad_locations), skipped=dict(tally.skipped),
-            counts={k: dict(v) for k, v in tally.counts.items()}, inputs=list(inputs), recipe=recipe)
+            counts={k: dict(v) for k, v in tally.counts.items()}, inputs=list(inputs), recipe=dict(recipe))
         if tally.bad_records and report.bad_fraction > max_bad_fraction:
             err = DataFormatError(
                 f"{name}: {tally.bad_records} of {tally.records_read} input records are malformed "
@@ -431,6 +432,7 @@ def _documents(paths: Sequence[epath.Path], *, text_field: str, min_chars: int, 
         for n, record, reason in iter_records(path, columns=[text_field, "url", "id"]):
             where = f"{path}:{n}"
             if record is None:
+                assert reason is not None  # iter_records gives a reason for every row it rejects
                 tally.bad(where, reason)
                 continue
             if text_field not in record or record[text_field] is None:
@@ -505,7 +507,7 @@ def build_text_corpus(
               "validation_inputs": fingerprint_files(val_paths), "text_field": text_field,
               "validation_fraction": validation_fraction, "min_chars": min_chars}
     tally = BuildTally()
-    opts = dict(text_field=text_field, min_chars=min_chars)
+    opts: dict[str, Any] = dict(text_field=text_field, min_chars=min_chars)
 
     def examples(docs: Iterable[tuple[str, str, str]]) -> Iterator[KeyExample]:
         for key, text, source in docs:

@@ -1,4 +1,4 @@
-"""Reading our TFDS datasets (ArrayRecord) without TensorFlow, and the one place to find the builders.
+"""Reading our TFDS datasets (ArrayRecord) without TensorFlow.
 
 Every dataset of this project is a TFDS dataset stored as ArrayRecord files under a ``data_dir``
 (``<data_dir>/<name>/<version>/``), written by one of:
@@ -20,54 +20,20 @@ imported), which Grain consumes directly::
 TFDS returns ``Text`` features as UTF-8 ``bytes``; :func:`decode_example` turns an element into
 ``str`` values (and numpy scalars into Python ones).
 
-The builders are also importable from here (``from dsmath_jax.data.datasets import
-build_text_corpus``); they are loaded on first use so that this module stays a light reader.
+This module is the light reader the builders themselves use; it imports none of them (import a builder
+from its own module).
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from etils import epath
 
-if TYPE_CHECKING:  # re-exported lazily below (PEP 562)
-    from dsmath_jax.data.benchmarks_tfds import prepare_benchmark
-    from dsmath_jax.data.corpus import CorpusReport, DatasetReport, build_text_corpus
-    from dsmath_jax.data.sft_data import SFTSource, build_sft_dataset
-
-__all__ = [
-    "data_source",
-    "decode_example",
-    "build_text_corpus",
-    "build_sft_dataset",
-    "prepare_benchmark",
-    "DatasetReport",
-    "CorpusReport",
-    "SFTSource",
-]
-
-_LAZY = {
-    "build_text_corpus": "dsmath_jax.data.corpus",
-    "DatasetReport": "dsmath_jax.data.corpus",
-    "CorpusReport": "dsmath_jax.data.corpus",
-    "build_sft_dataset": "dsmath_jax.data.sft_data",
-    "SFTSource": "dsmath_jax.data.sft_data",
-    "prepare_benchmark": "dsmath_jax.data.benchmarks_tfds",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__all__ = ["data_source", "decode_example"]
 
 
 def data_source(name: str, split: str, *, data_dir: str | os.PathLike):

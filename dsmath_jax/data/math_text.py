@@ -4,13 +4,15 @@
   the MATH gold answer of a reference solution, and the DeepSeekMath instruct models' final answer.
 * :func:`gsm8k_final_answer` -- the number after ``####`` in a GSM8K reference solution.
 * :func:`strip_calculator_annotations` -- removes GSM8K's ``<<48/2=24>>`` calculator annotations.
+* :func:`gsm8k_cot_response` -- a GSM8K reference solution as a chain-of-thought target (the SFT data and
+  the reference responses of the RL problems).
 """
 
 from __future__ import annotations
 
 import re
 
-__all__ = ["last_boxed", "gsm8k_final_answer", "strip_calculator_annotations"]
+__all__ = ["last_boxed", "gsm8k_final_answer", "strip_calculator_annotations", "gsm8k_cot_response"]
 
 # `\boxed` or `\fbox` as a whole LaTeX command (not `\boxedsomething`).
 _BOX_COMMAND = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
@@ -92,3 +94,14 @@ def gsm8k_final_answer(solution: str) -> str:
 def strip_calculator_annotations(text: str) -> str:
     """Remove GSM8K calculator annotations: ``"48/2 = <<48/2=24>>24"`` becomes ``"48/2 = 24"``."""
     return _CALCULATOR_ANNOTATION.sub("", text)
+
+
+def gsm8k_cot_response(solution: str) -> str:
+    r"""A GSM8K reference solution as a chain-of-thought target.
+
+    The ``<<..>>`` calculator annotations are removed and the final ``#### N`` line becomes
+    ``The final answer is $\boxed{N}$.``
+    """
+    answer = gsm8k_final_answer(solution)
+    reasoning = strip_calculator_annotations(solution.rpartition("####")[0]).rstrip()
+    return f"{reasoning}\nThe final answer is $\\boxed{{{answer}}}$."

@@ -142,7 +142,7 @@ def mix_sources(sources: Sequence[tuple[str, Sequence, float]], *, seed: int = 0
     return grain.MapDataset.mix(datasets, list(weights / weights.sum()))
 
 
-def build_dataset(sources: Sequence[tuple[str, Sequence, float]], example_fn: Callable, *, seq_len: int,
+def build_dataset(sources: Sequence[tuple[str, Any, float]], example_fn: Callable, *, seq_len: int,
                   batch_size: int, seed: int = 0, shuffle: bool = True, epochs: int | None = None,
                   packing: str = "concat", shard_index: int = 0, shard_count: int = 1,
                   num_packing_bins: int | None = None, max_drop_fraction: float = 0.99) -> grain.IterDataset:

@@ -45,9 +45,9 @@ Sources (:class:`SFTSource`, or the equivalent dict):
   ``{"question", "response", "format"?, "source"?}`` or
   ``{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": r}], "format"?}``;
 * ``{"kind": "gsm8k", "local_dir": dir or None}`` -- GSM8K train as chain of thought (see
-  :func:`gsm8k_cot_response`);
+  :func:`~dsmath_jax.data.math_text.gsm8k_cot_response`);
 * ``{"kind": "arithmetic", "arithmetic": {"n_train": ..., "seed": ...}}`` -- the train problems of the
-  small arithmetic task (:mod:`dsmath_jax.rl.arithmetic`, :mod:`dsmath_jax.rl.tasks`) with their step-by-step
+  small arithmetic task (:mod:`dsmath_jax.data.arithmetic`, :mod:`dsmath_jax.data.tasks`) with their step-by-step
   responses;
 * ``{"kind": "math", "local_dir": dir or None}`` -- MATH train rows that have a reference solution
   (with its ``\boxed{}`` answer), as chain of thought; rows without one are skipped and counted (the
@@ -62,18 +62,26 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from etils import epath
 
 from dsmath_jax.data.benchmarks_tfds import prepare_benchmark
-from dsmath_jax.data.corpus import (BuildTally, DatasetReport, expand_files, fingerprint_files, in_validation,
-                                    iter_records, write_dataset)
+from dsmath_jax.data.corpus import (
+    BuildTally,
+    DatasetReport,
+    expand_files,
+    fingerprint_files,
+    in_validation,
+    iter_records,
+    write_dataset,
+)
 from dsmath_jax.data.datasets import data_source, decode_example
-from dsmath_jax.data.math_text import gsm8k_final_answer, last_boxed, strip_calculator_annotations
+from dsmath_jax.data.math_text import gsm8k_cot_response, last_boxed
+from dsmath_jax.data.tasks import arithmetic_split
 
-__all__ = ["FORMATS", "SFTSource", "build_sft_dataset", "check_response_format", "gsm8k_cot_response"]
+__all__ = ["FORMATS", "SFTSource", "build_sft_dataset", "check_response_format"]
 
 FORMATS = ("cot", "pot", "tool")
 SOURCE_KINDS = ("jsonl", "gsm8k", "math", "arithmetic")
@@ -89,14 +97,14 @@ class SFTSource:
 
     ``kind`` is ``"jsonl"`` (``files``, and ``default_format`` for rows without a ``format``),
     ``"gsm8k"`` or ``"math"`` (``local_dir``: a benchmark directory, or ``None`` to download), or
-    ``"arithmetic"`` (``arithmetic``: the task spec of :mod:`dsmath_jax.rl.tasks`; its train problems).
+    ``"arithmetic"`` (``arithmetic``: the task spec of :mod:`dsmath_jax.data.tasks`; its train problems).
     """
 
     kind: str
     files: tuple[str, ...] = ()
     local_dir: str | None = None
     default_format: str = "cot"
-    arithmetic: Mapping[str, Any] | None = None  # kind "arithmetic": the spec of dsmath_jax.rl.tasks
+    arithmetic: Mapping[str, Any] | None = None  # kind "arithmetic": the spec of dsmath_jax.data.tasks
 
     def __post_init__(self) -> None:
         if self.kind not in SOURCE_KINDS:
@@ -136,17 +144,6 @@ def check_response_format(fmt: str, response: str) -> str | None:
     return None
 
 
-def gsm8k_cot_response(solution: str) -> str:
-    r"""A GSM8K reference solution as a chain-of-thought target.
-
-    The ``<<..>>`` calculator annotations are removed and the final ``#### N`` line becomes
-    ``The final answer is $\boxed{N}$.``
-    """
-    answer = gsm8k_final_answer(solution)
-    reasoning = strip_calculator_annotations(solution.rpartition("####")[0]).rstrip()
-    return f"{reasoning}\nThe final answer is $\\boxed{{{answer}}}$."
-
-
 def _parse_row(record: dict[str, Any], default_format: str) -> tuple[str, str, str] | str:
     """(question, response, format) of a JSONL row, or the reason it is malformed."""
     if "messages" in record:
@@ -182,6 +179,7 @@ def _examples(index: int, source: SFTSource, data_dir: epath.Path, tally: BuildT
             for n, record, reason in iter_records(path):
                 where = f"{path}:{n}"
                 if record is None:
+                    assert reason is not None  # iter_records gives a reason for every row it rejects
                     tally.bad(where, reason)
                     continue
                 parsed = _parse_row(record, source.default_format)
@@ -197,7 +195,7 @@ def _examples(index: int, source: SFTSource, data_dir: epath.Path, tally: BuildT
         return
 
     if source.kind == "arithmetic":
-        from dsmath_jax.rl.tasks import arithmetic_split
+        assert source.arithmetic is not None  # the source's spec requires it for this kind
         for i, p in enumerate(arithmetic_split(source.arithmetic)[0]):
             tally.accept(format="cot", source="arithmetic")
             yield f"{index}:{i}", {"question": p.question, "response": p.response, "format": "cot", "source": p.id}
@@ -252,6 +250,7 @@ def build_sft_dataset(
         if s.kind == "jsonl":
             entry.update(inputs=fingerprint_files(expand_files(s.files)), default_format=s.default_format)
         elif s.kind == "arithmetic":
+            assert s.arithmetic is not None  # the source's spec requires it for this kind
             entry.update(arithmetic=dict(s.arithmetic))
         else:
             entry.update(download=s.local_dir is None)
@@ -263,6 +262,7 @@ def build_sft_dataset(
         for index, source in enumerate(parsed):
             yield from _examples(index, source, root, counting)
 
+    generators: dict[str, Callable[[], Iterator[tuple[str, dict[str, str]]]]]
     if validation_fraction > 0:
         generators = {
             "train": lambda: ((k, ex) for k, ex in stream(tally)
@@ -273,7 +273,7 @@ def build_sft_dataset(
     else:
         generators = {"train": lambda: stream(tally)}
 
-    described = [f"{s.kind}:{list(s.files)}" if s.kind == "jsonl" else f"arithmetic:{dict(s.arithmetic)}"
+    described = [f"{s.kind}:{list(s.files)}" if s.kind == "jsonl" else f"arithmetic:{dict(s.arithmetic or {})}"
                  if s.kind == "arithmetic" else f"{s.kind}:{s.local_dir or 'download'}" for s in parsed]
     inputs = [f for s in parsed for f in s.files] + [d for d in described if not d.startswith("jsonl:")]
     return write_dataset(

@@ -18,7 +18,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from dsmath_jax.data.benchmarks_tfds import prepare_benchmark
+from dsmath_jax.data.corpus import build_text_corpus
 from dsmath_jax.data.datasets import data_source, decode_example
+from dsmath_jax.data.sft_data import build_sft_dataset
 
 KINDS = ("tfds", "corpus", "gsm8k", "math", "sft")
 _SPEC_KEYS = {"kind", "name", "weight", "split", "field", "files", "text_field", "validation_fraction",
@@ -67,13 +70,11 @@ def resolve_source(spec: Mapping[str, Any], split: str, *, data_dir: str, benchm
         src = data_source(spec["name"], spec.get("split", split), data_dir=data_dir)
         return MappedSource(src, lambda r: {"text": r[field]}, name)
     if kind == "corpus":
-        from dsmath_jax.data.corpus import build_text_corpus
         build_text_corpus(spec["name"], spec["files"], data_dir=data_dir, text_field=spec.get("text_field", "text"),
                           validation_fraction=spec.get("validation_fraction", 0.0),
                           max_bad_fraction=spec.get("max_bad_fraction", 0.001))
         return MappedSource(data_source(spec["name"], split, data_dir=data_dir), lambda r: {"text": r["text"]}, name)
     if kind in ("gsm8k", "math"):
-        from dsmath_jax.data.benchmarks_tfds import prepare_benchmark
         builder = prepare_benchmark(kind, data_dir, local_dir=benchmarks_dir)
         src = data_source(builder.name, "test" if split == "validation" else split, data_dir=data_dir)
         if kind == "gsm8k":
@@ -81,8 +82,7 @@ def resolve_source(spec: Mapping[str, Any], split: str, *, data_dir: str, benchm
                                                 "question": r["question"], "answer": r["answer"]}, name)
         return MappedSource(src, lambda r: {"text": f"{r['problem']}\n{r['solution'] or r['answer']}",
                                             "question": r["problem"], "answer": r["answer"]}, name)
-    # kind == "sft"
-    from dsmath_jax.data.sft_data import build_sft_dataset
+    # the "sft" kind
     subs = [dict(s, local_dir=s.get("local_dir") or benchmarks_dir) if s.get("kind") in ("gsm8k", "math") else dict(s)
             for s in (x.to_dict() if hasattr(x, "to_dict") else x for x in spec["sources"])]
     build_sft_dataset(spec["name"], subs, data_dir=data_dir, validation_fraction=spec.get("validation_fraction", 0.0),

@@ -21,7 +21,8 @@ import itertools
 import json
 import logging
 import os
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import sentencepiece as spm
 import tokenizers as hf_tokenizers
@@ -135,8 +136,8 @@ class SentencePieceTokenizer(Tokenizer):
             return self.sp.decode(ids)
         # sentencepiece always drops control tokens; render them literally between runs.
         out: list[str] = []
-        for is_ctrl, run in itertools.groupby(ids, key=self.sp.is_control):
-            run = list(run)
+        for is_ctrl, group in itertools.groupby(ids, key=self.sp.is_control):
+            run = list(group)
             out.append("".join(map(self.sp.id_to_piece, run)) if is_ctrl else self.sp.decode(run))
         return "".join(out)
 

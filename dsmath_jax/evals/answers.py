@@ -369,7 +369,7 @@ def choice_letters(text: str | None, options: Sequence[str] | str | None = None)
     return None
 
 
-# "Answer: B", "answer (C)", "正确答案是B", "选 D", "the correct option is A" (not "option A fails ...")
+# Cues like "Answer: B", "answer (C)", "正确答案是B", "选 D", "the correct option is A" (not "option A fails ...")
 _CHOICE_CUE = re.compile(r"(?:(?i:answer|(?:correct|right|best) (?:option|choice))|答案|选)"
                          r"\s*(?:(?i:is)|是|为|应选|应为)?\s*[:：]?\s*"
                          r"(\(?[A-E]\)?(?:\s*(?:(?:,|，|、|和|and)\s*)?\(?[A-E]\)?)*)(?![A-Za-z])")

@@ -157,10 +157,12 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in [
               language="zh"),
     Benchmark("gaokao_mathcloze", "math", "gaokao/mathcloze.jsonl",
               f"{DEEPSEEK_MATH_DATA}/agieval/gaokao-mathcloze.jsonl", _gaokao_cloze, language="zh",
-              cot=FewShot("cot_gaokao_mathcloze_5_shot.txt", "\n\n\n问题 6.   {question}\n问题 6的解析:   ", ("\n问题 ",))),
+              cot=FewShot("cot_gaokao_mathcloze_5_shot.txt", "\n\n\n问题 6.   {question}\n问题 6的解析:   ",
+                          ("\n问题 ",))),
     Benchmark("gaokao_mathqa", "choice", "gaokao/mathqa.jsonl", f"{DEEPSEEK_MATH_DATA}/agieval/gaokao-mathqa.jsonl",
               _gaokao_qa, language="zh",
-              cot=FewShot("cot_gaokao_mathqa_5_shot.txt", "\n\n\n问题 6.    {question}\n问题 6的解析:   ", ("\n问题 ",))),
+              cot=FewShot("cot_gaokao_mathqa_5_shot.txt", "\n\n\n问题 6.    {question}\n问题 6的解析:   ",
+                          ("\n问题 ",))),
     Benchmark("sat", "choice", "sat/test.jsonl", f"{DEEPSEEK_MATH_DATA}/sat/test.jsonl", _sat,
               cot=FewShot("cot_math_sat_4_shot.txt", "\n\nProblem:\n{question}\nSolution:\n", ("\nProblem:",))),
     Benchmark("ocw", "math", "ocw/test.jsonl", f"{DEEPSEEK_MATH_DATA}/ocw/test.jsonl", _ocw,
@@ -182,7 +184,7 @@ def get_benchmark(name: str) -> Benchmark:
 
 def few_shot_text(filename: str) -> str:
     """The exemplar block shipped with the package (dsmath_jax/evals/few_shot)."""
-    return resources.files("dsmath_jax.evals").joinpath("few_shot", filename).read_text(encoding="utf-8")
+    return resources.files("dsmath_jax.evals").joinpath("few_shot").joinpath(filename).read_text(encoding="utf-8")
 
 
 def _cache_dir() -> str:

@@ -81,7 +81,7 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from fractions import Fraction
-from typing import Any, Self
+from typing import Any
 
 from dsmath_jax.evals.answers import (
     ANSWER_KINDS,
@@ -224,7 +224,7 @@ def _letter_answer(p: str, g: str) -> bool | None:
     if not mg:
         return None
     mp = _LONE_LETTER.fullmatch(p) or re.fullmatch(r"\(([A-E])\)[^()]*", p)
-    return bool(mp) and mp.group(1) == mg.group(1)
+    return mp is not None and mp.group(1) == mg.group(1)
 
 
 def _equiv_math(pred: str, gold: str, tol: _Tolerance, depth: int) -> bool:
@@ -247,11 +247,14 @@ def _equiv_math(pred: str, gold: str, tol: _Tolerance, depth: int) -> bool:
             return verdict
     if not tol.symbolic:
         return False
-    if (a is None) != (b is None):  # a plain number against a closed form: compare values
-        value = _numeric_value(p if a is None else g)
+    # a plain number against a closed form: compare values
+    if a is None and b is not None:
+        value = _numeric_value(p)
         if value is not None:
-            if a is None:
-                return _numbers_equal(_Number(value), b, g, tol)
+            return _numbers_equal(_Number(value), b, g, tol)
+    elif a is not None and b is None:
+        value = _numeric_value(g)
+        if value is not None:
             return _numbers_equal(a, _Number(value), "", tol)
     if _symbolic_equal(p, g):
         return True
@@ -464,7 +467,7 @@ class _CheckTimeout(BaseException):
     """Raised by SIGALRM inside a worker. A BaseException, so checkers' `except Exception` cannot swallow it."""
 
 
-def _on_alarm(signum, frame):
+def _on_alarm(_signum, _frame):
     raise _CheckTimeout()
 
 
@@ -603,10 +606,11 @@ class Grader:
         self._lock = threading.Lock()
         self._closed = False
         self._start_failures = 0
-        self.stats = collections.Counter()  # checks, timeouts, kills, crashes, restarts, start_failures
+        # checks, timeouts, kills, crashes, restarts, start_failures
+        self.stats: collections.Counter[str] = collections.Counter()
 
     # -- lifecycle
-    def __enter__(self) -> Self:
+    def __enter__(self) -> Grader:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -35,7 +35,7 @@ from typing import Any
 from dsmath_jax.evals import deepseek
 from dsmath_jax.evals.benchmarks import Problem, get_benchmark, load_benchmark
 from dsmath_jax.evals.deepseek import tool as deepseek_tool
-from dsmath_jax.evals.grader import Grader
+from dsmath_jax.evals.grader import Grader, Verdict
 from dsmath_jax.evals.metrics import accuracy_breakdown, group_answers, pass_at_k
 from dsmath_jax.evals.prompts import MODES, build_prompt
 from dsmath_jax.evals.sandbox import SandboxLimits
@@ -98,16 +98,17 @@ def _samples(sampler: Sampler, spec: EvalSpec, benchmark: str, prompts: list[str
                   "tokens": len(c.tokens)} for c in per_prompt] for per_prompt in results]
     if spec.mode == "few_shot_pot":
         results = sampler.generate(prompts, params, progress=True)
-        flat = [c for per_prompt in results for c in per_prompt]
+        completions = [c for per_prompt in results for c in per_prompt]
+        executed: Sequence[tuple[str, str | None]]  # (program output, error) per completion
         if spec.protocol == "deepseek":  # the harness's program cut, execution context and answer value
-            executed = deepseek_tool.pal_answers([c.text for c in flat], benchmark=benchmark)
+            executed = deepseek_tool.pal_answers([c.text for c in completions], benchmark=benchmark)
         else:
-            runs = [run_program_of_thought(c.text) for c in flat]
+            runs = [run_program_of_thought(c.text) for c in completions]
             executed = [(r.stdout.strip() if r.ok else "", r.error) for r in runs]
         # The strict grader reads a program's printed output as the last "```output" block, whole.
         rows = [{"completion": c.text, "answer_text": out, "strict_text": f"```output\n{out}\n```",
                  "program_output": out, "program_error": err or None, "finish_reason": c.finish_reason,
-                 "tokens": len(c.tokens)} for c, (out, err) in zip(flat, executed)]
+                 "tokens": len(c.tokens)} for c, (out, err) in zip(completions, executed)]
         return [rows[i * spec.n:(i + 1) * spec.n] for i in range(len(prompts))]
     # tool-integrated: every sample is its own trajectory
     expanded = [p for p in prompts for _ in range(spec.n)]
@@ -119,13 +120,15 @@ def _samples(sampler: Sampler, spec: EvalSpec, benchmark: str, prompts: list[str
                                    seed=spec.seed + 7919 * calls["count"])
         return [c for [c] in sampler.generate(texts, step)]
 
+    flat: list[dict[str, Any]]
     if spec.protocol == "deepseek":
-        traces = deepseek_tool.run_tool_loop(
+        harness_traces = deepseek_tool.run_tool_loop(
             lambda texts, budget, stop: [(c.text, c.finish_reason) for c in sample(texts, budget, stop)],
             expanded, max_new_tokens=spec.max_new_tokens, max_rounds=spec.max_tool_rounds,
             tokenizer=sampler.tokenizer)
         flat = [{"completion": t.transcript, "answer_text": t.transcript, "rounds": len(t.rounds),
-                 "program_output": t.program_output, "finish_reason": t.rounds[-1].finish_reason} for t in traces]
+                 "program_output": t.program_output, "finish_reason": t.rounds[-1].finish_reason}
+                for t in harness_traces]
     else:
         def generate(texts: list[str]) -> list[str]:
             return [c.text + (TOOL_STOP if c.stop == TOOL_STOP else "")
@@ -137,15 +140,23 @@ def _samples(sampler: Sampler, spec: EvalSpec, benchmark: str, prompts: list[str
     return [flat[i * spec.n:(i + 1) * spec.n] for i in range(len(prompts))]
 
 
+def _record(problem: Problem) -> dict[str, Any]:
+    """The file's record of a loaded problem (`load_benchmark` keeps it: the harness reads its own fields)."""
+    if problem.record is None:
+        raise ValueError(f"problem {problem.benchmark}/{problem.id} has no source record for DeepSeek-Math's harness")
+    return problem.record
+
+
 def evaluate_benchmark(sampler: Sampler, name: str, spec: EvalSpec, grader: Grader, *,
                        data_dir: str | None = None) -> tuple[dict[str, Any], list[dict]]:
     """Runs one benchmark; returns (metrics, result rows)."""
     benchmark = get_benchmark(name)
     problems: list[Problem] = load_benchmark(name, data_dir, limit=spec.limit)
     graded_by_deepseek = (name, spec.mode) in deepseek.PROTOCOL
-    items = [deepseek.process(name, p.record, p.index) if graded_by_deepseek else None for p in problems]
-    if spec.protocol == "deepseek":
-        built = [deepseek.build_prompt(name, item, spec.mode) for item in items]
+    harness_items = [deepseek.process(name, _record(p), p.index) for p in problems] if graded_by_deepseek else []
+    items: Sequence[dict[str, Any] | None] = harness_items if graded_by_deepseek else [None] * len(problems)
+    if spec.protocol == "deepseek":  # EvalSpec checked that the harness defines (name, mode): harness_items is full
+        built = [deepseek.build_prompt(name, item, spec.mode) for item in harness_items]
     else:
         built = [build_prompt(benchmark, p, spec.mode) for p in problems]
     prompts = [prompt for prompt, _ in built]
@@ -154,17 +165,22 @@ def evaluate_benchmark(sampler: Sampler, name: str, spec: EvalSpec, grader: Grad
     # OCW's golds are physical quantities given to a few significant figures (the strict grader's sig_figs rule)
     strict = grader.grade([(s.get("strict_text", s["answer_text"]), p.gold, benchmark.kind, p.options,
                             name == "ocw") for p, _, s in flat])
-    harness = (grader.grade_deepseek([(name, spec.mode, item, s["answer_text"]) for _, item, s in flat])
-               if graded_by_deepseek else [None] * len(flat))
+    harness: Sequence[Verdict | None] = (
+        grader.grade_deepseek([(name, spec.mode, item, s["answer_text"]) for _, item, s in flat])
+        if graded_by_deepseek else [None] * len(flat))
     rows, per_problem = [], []
     verdicts = iter(zip(strict, harness))
     for p, prompt, per in zip(problems, prompts, samples):
         graded = []
         for k, s in enumerate(per):
             v_strict, v_deepseek = next(verdicts)
-            v = v_deepseek if spec.protocol == "deepseek" else v_strict
+            v = v_strict
+            if spec.protocol == "deepseek":
+                assert v_deepseek is not None  # graded_by_deepseek holds for every protocol="deepseek" spec
+                v = v_deepseek
             rows.append({"benchmark": name, "mode": spec.mode, "protocol": spec.protocol, "id": p.id, "sample": k,
-                         "prompt": prompt, **{key: val for key, val in s.items() if key not in ("answer_text", "strict_text")},
+                         "prompt": prompt,
+                         **{key: val for key, val in s.items() if key not in ("answer_text", "strict_text")},
                          "extracted": v.extracted, "gold": p.gold, "correct": v.correct, "error": v.error,
                          "strict_extracted": v_strict.extracted, "strict_correct": v_strict.correct,
                          "deepseek_extracted": v_deepseek and v_deepseek.extracted,

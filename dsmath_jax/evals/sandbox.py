@@ -71,8 +71,8 @@ Isolation layers and what each needs from the host (`ExecutionResult.isolation` 
    or in another one on this host: an abstract unix socket named after the uid is bound while the run
    lasts); its scratch directory is owned by it. So RLIMIT_NPROC is a budget per run (a fork bomb in one run
    cannot starve another), concurrent runs cannot signal or read each other even without a PID namespace,
-   files of others are read-only or unreadable to it (/etc/shadow included) and it cannot signal host
-   processes. With no slot free it runs as `nobody`. If the Python installation sits under a directory others cannot enter (e.g.
+   files of others are read-only or unreadable to it (/etc/shadow included) and it cannot signal host processes. With
+   no slot free it runs as `nobody`. If the Python installation sits under a directory others cannot enter (e.g.
    /root, mode 0700), the mount namespace covers that directory with an empty tmpfs and bind-mounts only the
    installation back (`hidden_paths`); without a mount namespace the program instead keeps one capability,
    CAP_DAC_READ_SEARCH (`read_capability`). Not root: the program keeps our uid and, inside its user namespace,
@@ -423,6 +423,7 @@ def _pump(proc: subprocess.Popen, payload: bytes, deadline: float, out: _Capture
           report_fd: int, report: _Report) -> bool:
     """Feeds stdin and drains stdout/stderr (to EOF) and the report channel (to its end) until `deadline`;
     True if the deadline hit."""
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None  # all three are pipes
     sel = selectors.DefaultSelector()
     view, pos = memoryview(payload), 0
     stdin_fd = proc.stdin.fileno()
@@ -588,7 +589,7 @@ def _remove_tree(path: str, time_budget_s: float = 60.0) -> str | None:
         return None
     except KeyboardInterrupt:
         raise
-    except BaseException as exc:
+    except BaseException as exc:  # noqa: BLE001 - any failure is reported as text, not raised
         return f"{type(exc).__name__}: {exc}"
 
 
@@ -638,9 +639,11 @@ def _run_as(code: str, limits: SandboxLimits, stdin: str, start: float, ids: _Ru
     cleanup_error = None
     group = create_run_cgroup(int(limits.total_memory_bytes), int(limits.max_processes) + 1) \
         if limits.cgroup else RunCgroup(why="off")
-    accounting, cgroup_left = {}, 0
+    accounting: dict[str, int] = {}
+    cgroup_left = 0
     try:
         if ids.uid is not None:
+            assert ids.gid is not None  # a run's ids are taken together
             try:
                 os.chown(scratch, ids.uid, ids.gid)  # the run's uid owns its scratch directory
             except OSError:  # e.g. a filesystem that refuses chown: run without the privilege drop
@@ -683,6 +686,7 @@ def _run_as(code: str, limits: SandboxLimits, stdin: str, start: float, ids: _Ru
     finally:
         if proc is not None:
             for stream in (proc.stdout, proc.stderr, proc.stdin):
+                assert stream is not None  # all three are pipes
                 try:
                     stream.close()
                 except OSError:

@@ -123,7 +123,7 @@ class RunCgroup:
         return out
 
     def _tasks(self) -> set[int]:
-        pids = set()
+        pids: set[int] = set()
         for path in self.procs_files():
             try:
                 pids.update(int(p) for p in _read(path).split())
@@ -180,7 +180,7 @@ class RunCgroup:
             for directory in sorted(set(self.dirs.values())):
                 _remove(directory, deadline)
             return accounting, len(left)
-        except Exception:  # the caller's result must not depend on a cleanup hiccup
+        except Exception:  # noqa: BLE001 - the caller's result must not depend on a cleanup hiccup
             return {}, 0
 
 
@@ -229,6 +229,7 @@ def _sweep_stale(parent: str) -> None:
 def _v2_parent() -> tuple[str | None, str]:
     """A cgroup v2 directory whose children get memory and pids, or (None, why not)."""
     named = os.environ.get(CGROUP_ENV)
+    parent: str | None
     if named:
         parent = named
     else:
@@ -270,7 +271,7 @@ def _v1_parents() -> tuple[dict[str, str], str]:
         paths = parse_proc_cgroup(_read("/proc/self/cgroup"))
     except OSError as exc:
         return {}, f"cgroup v1: {exc}"
-    out = {}
+    out: dict[str, str] = {}
     for controller in ("memory", "pids"):
         for root, point, _, options in mounts:
             if controller in options and controller in paths:

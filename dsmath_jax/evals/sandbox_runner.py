@@ -844,7 +844,7 @@ def record_writer(fd):
             view = memoryview(data)
             while view:
                 view = view[write(fd, view):]
-        except BaseException:
+        except BaseException:  # noqa: BLE001 - a report that cannot be written ends the run
             kill(getpid(), signal.SIGKILL)
     return record
 
@@ -884,11 +884,11 @@ def install_policy(scratch, record):
             if abspath(p) in devices:
                 return True
             p = realpath(p)
-        except Exception:
+        except Exception:  # noqa: BLE001 - an unresolvable path is outside: fail closed
             return False
         return p == scratch or p.startswith(prefix)
 
-    def on_open(event, args):
+    def on_open(_event, args):
         path, mode, flags = (tuple(args) + (None, None, None))[:3]
         writing = (isinstance(flags, int) and flags & WRITE) or (
             isinstance(mode, str) and any(c in mode for c in "wax+"))
@@ -901,8 +901,8 @@ def install_policy(scratch, record):
                 is_dir = S_ISDIR(stat_path(path).st_mode)
             except FileNotFoundError:
                 return
-            except Exception:
-                is_dir = True  # cannot tell: fail closed
+            except Exception:  # noqa: BLE001 - cannot tell: fail closed
+                is_dir = True
             if is_dir:
                 deny("filesystem", f"open directory {path!r}")
 
@@ -916,7 +916,7 @@ def install_policy(scratch, record):
         return check
 
     def category(name):
-        def check(event, args):
+        def check(event, _args):
             deny(name, event)
         return check
 
@@ -931,17 +931,17 @@ def install_policy(scratch, record):
     neutered = {"_posixsubprocess": "process", "_posixshmem": "filesystem", "posix": "process",
                 "_ctypes": "native code"}
 
-    def on_import(event, args):
+    def on_import(_event, args):
         if args and args[0] in neutered:
             deny(neutered[args[0]], f"importing {args[0]} afresh")
 
-    def on_sqlite(event, args):
+    def on_sqlite(_event, args):
         if args and args[0] not in (":memory:", "", b":memory:", b"") and not inside(args[0]):
             deny("filesystem", f"sqlite3.connect({args[0]!r})")
 
     protected = []
 
-    def on_setattr(event, args):
+    def on_setattr(_event, args):
         if args and any(args[0] is obj for obj in protected):
             deny("introspection", "modifying the sandbox policy")
 
@@ -972,10 +972,10 @@ def install_policy(scratch, record):
         table[event] = paths(path_idx, fd_idx)
 
     # calls without an audit event: replaced (and their modules may not be imported afresh)
-    def refuse_fork_exec(*args, **kwargs):
+    def refuse_fork_exec(*_args, **_kwargs):
         deny("process", "_posixsubprocess.fork_exec")
 
-    def refuse_shm_open(*args, **kwargs):
+    def refuse_shm_open(*_args, **_kwargs):
         deny("filesystem", "_posixshmem.shm_open")
 
     def guarded(name, function):
@@ -1031,7 +1031,7 @@ def run_program(cfg, libc, records_fd, layers, base_tasks):
             raise OSError(f"required isolation layers unavailable: {', '.join(missing)}")
         if cfg["audit_policy"]:
             install_policy(scratch, record)
-    except BaseException as exc:
+    except BaseException as exc:  # noqa: BLE001 - any setup failure is reported, then exit
         record({"kind": "setup", "error_line": f"{type(exc).__name__}: {exc}", "layers": layers})
         os._exit(70)
     record({"kind": "ready", "layers": layers})
@@ -1046,11 +1046,11 @@ def run_program(cfg, libc, records_fd, layers, base_tasks):
         tb = exc.__traceback__.tb_next if exc.__traceback__ is not None else None  # drop our own frame
         try:
             text = "".join(traceback.format_exception(type(exc), exc, tb))
-        except BaseException:
+        except BaseException:  # noqa: BLE001 - the program's exception may break formatting
             text = f"{type(exc).__name__}: {exc}\n"
         try:
             sys.stderr.flush()
-        except BaseException:
+        except BaseException:  # noqa: BLE001, S110 - the program may have broken stderr
             pass
         try:
             os.write(2, text.encode("utf-8", "replace"))
@@ -1066,20 +1066,20 @@ def run_program(cfg, libc, records_fd, layers, base_tasks):
     except SystemExit as exc:
         if exc.code not in (None, 0):
             outcome = failed(exc)
-    except BaseException as exc:
+    except BaseException as exc:  # noqa: BLE001 - whatever the program raises is its outcome
         if isinstance(exc, MemoryError):
             namespace.clear()
         outcome = failed(exc)
     for stream in (sys.stdout, sys.__stdout__, sys.stderr, sys.__stderr__):
         try:
             stream.flush()
-        except BaseException:
+        except BaseException:  # noqa: BLE001, S110 - the program may have broken its streams
             pass
     ok = outcome["status"] == "ok"
     try:
         # not through `record`: a code that closed the channel and ended normally is judged by its exit status
         os.write(records_fd, (json.dumps(outcome) + "\n").encode("utf-8", "replace"))
-    except BaseException:
+    except BaseException:  # noqa: BLE001, S110 - a closed channel: the exit status decides
         pass
     os._exit(0 if ok else 1)
 

@@ -187,7 +187,8 @@ def _execute(executor: Executor, programs: list[str], limits: SandboxLimits,
 
 
 def run_tool_loop(generate: Callable[[list[str]], list[str]], prompts: Sequence[str], *, max_rounds: int = 2,
-                  limits: SandboxLimits = SandboxLimits(), executor: Executor = run_python,
+                  limits: SandboxLimits = SandboxLimits(),  # noqa: B008 - a frozen dataclass
+                  executor: Executor = run_python,
                   max_workers: int | None = None, concise: bool = True) -> list[ToolTrace]:
     """Runs the tool-integrated protocol (module docstring) for a batch; one `ToolTrace` per prompt.
 
@@ -249,7 +250,7 @@ def pot_program(text: str) -> tuple[str, str | None]:
     return text, None
 
 
-def run_program_of_thought(code_text: str, *, limits: SandboxLimits = SandboxLimits(),
+def run_program_of_thought(code_text: str, *, limits: SandboxLimits = SandboxLimits(),  # noqa: B008 - frozen
                            executor: Executor = run_python) -> ExecutionResult:
     """Executes a program-of-thought completion; `stdout` and `answer` hold its answer (see `pot_program`).
 

@@ -29,8 +29,15 @@ from jax.sharding import Mesh, NamedSharding
 from dsmath_jax.data.tokenizers import Tokenizer
 from dsmath_jax.model.loops import scan_unroll
 from dsmath_jax.model.transformer import CausalLM, KVCache, init_cache
-from dsmath_jax.parallel.mesh import (DEFAULT_RULES, Rules, activation_sharding, get_params, logical_to_spec,
-                                      make_mesh, param_shardings)
+from dsmath_jax.parallel.mesh import (
+    DEFAULT_RULES,
+    Rules,
+    activation_sharding,
+    get_params,
+    logical_to_spec,
+    make_mesh,
+    param_shardings,
+)
 
 log = logging.getLogger(__name__)
 
@@ -130,10 +137,10 @@ class Sampler:
     With a mesh, the sampler holds its own copy of the weights in the compute dtype on `decode_mesh(mesh,
     tensor_parallel)` (made by `update_params`, once per set of weights, not per token); `release_params`
     frees it between rollouts. `model` may be abstract (`nnx.eval_shape`): the jitted prefill and decode can
-    then be lowered for planning (`executables`) but not run.
+    then be lowered for planning (`executables`) but not run; such a sampler needs no `tokenizer` (None).
     """
 
-    def __init__(self, model: CausalLM, tokenizer: Tokenizer, *, batch_size: int = 8, chunk_size: int = 32,
+    def __init__(self, model: CausalLM, tokenizer: Tokenizer | None, *, batch_size: int = 8, chunk_size: int = 32,
                  prefill_chunk: int = 256, mesh: Mesh | None = None, rules: Rules = DEFAULT_RULES,
                  add_bos: bool = True, tensor_parallel: int | None = None):
         self.tokenizer = tokenizer
@@ -155,12 +162,11 @@ class Sampler:
         dt = self.config.compute_dtype
         self.params_shape = jax.tree.map(
             lambda x: jax.ShapeDtypeStruct(x.shape, dt if jnp.issubdtype(x.dtype, jnp.floating) else x.dtype), shapes)
+        self.params_sharding: dict | None = None
         if self.mesh is not None:
             self.params_sharding = param_shardings(model, self.mesh, rules)
             self.params_shape = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
                                              self.params_shape, self.params_sharding)
-        else:
-            self.params_sharding = None
         cast = lambda p: jax.tree.map(  # noqa: E731
             lambda x: x.astype(dt) if jnp.issubdtype(x.dtype, jnp.floating) else x, p)
         self._to_layout = jax.jit(cast, out_shardings=self.params_sharding)
@@ -304,8 +310,14 @@ class Sampler:
                 ("decode_step", decode_one, (self.params_shape, cache, row_i, key))]
 
     # ---------------------------------------------------------------------------------- host side
+    def _require_tokenizer(self) -> Tokenizer:
+        """The tokenizer, which encoding prompts and decoding completions need."""
+        if self.tokenizer is None:
+            raise ValueError("this Sampler was built without a tokenizer (for planning): it cannot generate")
+        return self.tokenizer
+
     def encode_prompts(self, prompts: Sequence[str | Sequence[int]]) -> list[list[int]]:
-        return [list(p) if not isinstance(p, str) else self.tokenizer.encode(p, add_bos=self.add_bos)
+        return [list(p) if not isinstance(p, str) else self._require_tokenizer().encode(p, add_bos=self.add_bos)
                 for p in prompts]
 
     def generate(self, prompts: Sequence[str | Sequence[int]], params: SamplingParams = SamplingParams(),
@@ -317,7 +329,8 @@ class Sampler:
                 raise ValueError(f"prompt {i} is empty")
         stop_ids = params.stop_token_ids
         if stop_ids is None:
-            stop_ids = () if self.tokenizer.eos_id is None else (self.tokenizer.eos_id,)
+            eos_id = self._require_tokenizer().eos_id
+            stop_ids = () if eos_id is None else (eos_id,)
         rows = [(p, s) for p in range(len(encoded)) for s in range(params.n)]
         results: list[list[Completion | None]] = [[None] * params.n for _ in encoded]
         chunks = range(0, len(rows), self.batch_size)
@@ -398,7 +411,7 @@ class Sampler:
 
     def _find_stop_string(self, row_tokens: np.ndarray, stop_strings: Sequence[str]) -> tuple[str, int] | None:
         """(stop string, number of tokens up to and including the one completing it), or None."""
-        text = self.tokenizer.decode(row_tokens.tolist())
+        text = self._require_tokenizer().decode(row_tokens.tolist())
         first = None
         for stop in stop_strings:
             at = text.find(stop)
@@ -408,7 +421,7 @@ class Sampler:
             return None
         stop, _ = first
         for n in range(1, len(row_tokens) + 1):  # the shortest token prefix whose text contains it
-            if stop in self.tokenizer.decode(row_tokens[:n].tolist()):
+            if stop in self._require_tokenizer().decode(row_tokens[:n].tolist()):
                 return stop, n
         return stop, len(row_tokens)
 
@@ -424,8 +437,8 @@ class Sampler:
                 end, reason, stop = hit[1], "stop_string", hit[0]
         tokens, logprobs = row[:end], lps[:end]
         text_tokens = tokens[:-1] if reason == "stop_token" else tokens
-        text = self.tokenizer.decode(text_tokens)
-        if reason == "stop_string":
+        text = self._require_tokenizer().decode(text_tokens)
+        if isinstance(stop, str):  # ended by a stop string (a stop token is an int): the text ends before it
             text = text[:text.find(stop)]
         return Completion(prompt_index=p, sample_index=s, tokens=tokens, logprobs=logprobs, text=text,
                           finish_reason=reason, stop=stop)

@@ -2,10 +2,11 @@
 the evaluation sets, as (benchmark, text) pairs.
 
 Reads a directory laid out like the project's benchmark data (`gsm8k/test.jsonl`, `math/test.jsonl`,
-`math500/`, `cmath/`, `mgsm_zh/`, `gaokao/`, `sat/`, `ocw/`, `mmlu_stem/`, and `arithmetic/` for the
-arithmetic task's held-out split); missing files are logged in one warning that names them, not an error. Final-answer labels (a number, an option letter) are not texts: as 1-2 grams
-they are below the 3-gram minimum and would match any page. `decontamination.build_ngram_index`
-takes any iterable of (benchmark, text), so an evaluation registry can replace this reader.
+`math500/`, `cmath/`, `mgsm_zh/`, `gaokao/`, `sat/`, `ocw/`, `mmlu_stem/`, and `arithmetic/` for the arithmetic task's
+held-out split); missing files are logged in one warning that names them, not an error. Final-answer labels (a number,
+an option letter) are not texts: as 1-2 grams they are below the 3-gram minimum and would match any page.
+`decontamination.build_ngram_index` takes any iterable of (benchmark, text), so an evaluation registry can replace
+this reader.
 """
 
 from __future__ import annotations

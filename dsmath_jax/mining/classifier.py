@@ -53,12 +53,14 @@ def write_training_file(path: str, positives: Iterable[str], negatives: Iterable
         while pos_next is not None or neg_next is not None:
             take_pos = neg_next is None or (pos_next is not None and rng.random() < 0.5)
             if take_pos:
+                assert pos_next is not None  # take_pos implies it
                 line = classifier_text(pos_next, max_chars)
                 if line:
                     f.write(f"{POSITIVE} {line}\n")
                     n_pos += 1
                 pos_next = next(pos_iter, None)
             else:
+                assert neg_next is not None  # not take_pos implies it
                 line = classifier_text(neg_next, max_chars)
                 if line:
                     f.write(f"{NEGATIVE} {line}\n")

@@ -10,10 +10,10 @@ Formats, by file name:
 
 Counters (`metrics.count`), so the stats show what was dropped and why:
 `files_read`, `files_empty`, `files_without_records`, `files_truncated` (the file ends inside a record, or its tail is
-unreadable), `records_truncated` (a record cut off by the end of its file), `records_corrupt` (a record
-that could not be parsed; reading resumes at the next record), `records_not_html`, `records_http_error`, `pages_too_large`, `pages_non_utf8` (decoded by
-their declared or detected charset), `pages_undecodable` (binary or unknown encoding), `pages_parse_error`,
-`pages_too_short`, `jsonl_bad_lines`, `pages_read`.
+unreadable), `records_truncated` (a record cut off by the end of its file), `records_corrupt` (a record that could not
+be parsed; reading resumes at the next record), `records_not_html`, `records_http_error`, `pages_too_large`,
+`pages_non_utf8` (decoded by their declared or detected charset), `pages_undecodable` (binary or unknown encoding),
+`pages_parse_error`, `pages_too_short`, `jsonl_bad_lines`, `pages_read`.
 """
 
 from __future__ import annotations
@@ -76,7 +76,9 @@ def decode_bytes(data: bytes, declared: str | None) -> tuple[str | None, bool]:
             pass
     from resiliparse.parse.encoding import detect_encoding
 
-    candidates.append(detect_encoding(data))
+    detected = detect_encoding(data)
+    if detected is not None:
+        candidates.append(detected)
     for encoding in candidates:
         try:
             text = data.decode(encoding, errors="replace")
@@ -147,7 +149,7 @@ def iter_warc_pages(stream: BinaryIO, name: str, *, max_page_bytes: int, min_tex
             counter("records_corrupt", 1)
             nxt = _next_member(stream, record_start + 1, gzipped)
             logger.warning("%s: corrupt WARC record at byte %d (%s: %s); %s", name, record_start,
-                           type(e).__name__, e, "resuming at byte %d" % nxt if nxt is not None else "stopping")
+                           type(e).__name__, e, f"resuming at byte {nxt}" if nxt is not None else "stopping")
             resyncs += 1
             if nxt is None or resyncs > _MAX_RESYNCS:
                 counter("files_truncated", 1)

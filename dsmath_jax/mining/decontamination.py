@@ -25,7 +25,7 @@ import io
 import json
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import apache_beam as beam
@@ -95,7 +95,7 @@ class NgramIndex:
         for length, (h, s) in self.short.items():
             arrays[f"short_{length}"], arrays[f"short_source_{length}"] = h, s
         buf = io.BytesIO()
-        np.savez(buf, **arrays)
+        np.savez(buf, allow_pickle=True, **arrays)  # numpy's default, named so **arrays maps to its **kwds
         tmp = path + ".tmp"
         with FileSystems.create(tmp) as f:
             f.write(buf.getvalue())
@@ -104,7 +104,7 @@ class NgramIndex:
         FileSystems.rename([tmp], [path])
 
     @classmethod
-    def load(cls, path: str) -> "NgramIndex":
+    def load(cls, path: str) -> NgramIndex:
         with FileSystems.open(path) as f:
             data = np.load(io.BytesIO(f.read()))
         meta = json.loads(bytes(data["meta"]).decode())
@@ -220,8 +220,8 @@ class Decontaminate(beam.DoFn):
         self.mode = mode
         self.min_text_chars = min_text_chars
         self.tokenizer_path = tokenizer_path
-        self._index: NgramIndex | None = None
-        self._count_tokens = None
+        self._index: NgramIndex | None = None  # both loaded by `setup` on the worker
+        self._count_tokens: Callable[[str], int] | None = None
 
     def setup(self):
         from dsmath_jax.mining.tokens import token_counter
@@ -230,14 +230,16 @@ class Decontaminate(beam.DoFn):
         self._count_tokens = token_counter(self.tokenizer_path)
 
     def process(self, page: Page):
+        index, count_tokens = self._index, self._count_tokens
+        assert index is not None and count_tokens is not None, "Beam calls setup() before process()"
         if self.mode == "page":
-            found = find_contamination(page["text"], self._index)
+            found = find_contamination(page["text"], index)
             if not found:
                 yield page
                 return
             text = ""
         else:
-            text, found = remove_segments(page["text"], self._index)
+            text, found = remove_segments(page["text"], index)
             if not found:
                 yield page
                 return
@@ -247,7 +249,7 @@ class Decontaminate(beam.DoFn):
             count("decontaminated_segments", 1)
             record["segments_removed"] = True
             yield beam.pvalue.TaggedOutput(self.REMOVED, record)
-            yield {**page, "text": text, "tokens": self._count_tokens(text)}
+            yield {**page, "text": text, "tokens": count_tokens(text)}
             return
         count("decontaminated_pages", 1)
         count(f"decontaminated_pages_{found[0][0]}", 1)

@@ -139,7 +139,7 @@ class _Signatures(beam.DoFn):
 
     def __init__(self, num_perm: int, bands: int, shingle_size: int, seed: int):
         self.num_perm, self.bands, self.shingle_size, self.seed = num_perm, bands, shingle_size, seed
-        self._hasher = None
+        self._hasher: MinHasher | None = None
 
     def setup(self):
         self._hasher = MinHasher(self.num_perm, self.seed)
@@ -148,6 +148,7 @@ class _Signatures(beam.DoFn):
         shingles = shingle_hashes(page["text"], self.shingle_size)
         if len(shingles) == 0:
             return
+        assert self._hasher is not None  # made in setup()
         sig = self._hasher.signature(shingles)
         member = (_url_rank(page["url"]), page["url"])
         for key in band_keys(sig, self.bands):

@@ -178,7 +178,8 @@ def read_annotated_paths(path: str) -> set[tuple[str, str]]:
         reader = csv.DictReader(io.TextIOWrapper(f, encoding="utf-8", newline=""))
         missing = {"domain", "path", "is_math"} - set(reader.fieldnames or [])
         if missing:
-            raise AnnotationError(f"{path}: missing columns {sorted(missing)} (expected at least domain, path, is_math)")
+            raise AnnotationError(f"{path}: missing columns {sorted(missing)} "
+                                  "(expected at least domain, path, is_math)")
         marked: set[tuple[str, str]] = set()
         for row in reader:
             value = (row["is_math"] or "").strip().lower()

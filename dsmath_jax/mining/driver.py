@@ -303,8 +303,9 @@ def run_iteration(config: ml_collections.ConfigDict, workdir: str, iteration: in
         top_domains=config.domains.top, batch_size=config.classifier.batch_size,
         max_chars=config.classifier.max_chars, tokenizer_path=config.tokenizer or None))
 
-    n_paths = sort_csv(files.join(tmp, "paths.csv"), [("domain_collected_fraction", True, True), ("domain", False, False),
-                                                      ("pages", True, True), ("path", False, False)])
+    n_paths = sort_csv(files.join(tmp, "paths.csv"), [("domain_collected_fraction", True, True),
+                                                      ("domain", False, False), ("pages", True, True),
+                                                      ("path", False, False)])
     n_domains = sort_csv(files.join(tmp, "domains.csv"), [("collected", True, True), ("domain", False, False)])
     report = iteration_report(iteration, counters, tmp, n_pos=n_pos, n_neg=n_neg, n_paths=n_paths,
                               n_math_domains=n_domains, math_paths=math_paths)

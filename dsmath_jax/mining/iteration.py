@@ -81,8 +81,11 @@ def build_training_data_pipeline(pipeline: beam.Pipeline, *, pages_pattern: str,
     under = (pages
              | "UnderMathPaths" >> beam.Filter(under_math_path, math_paths)
              | "KeyUnder" >> beam.Map(lambda p: (p["url"], p)))
-    previous = (read_jsonl(pipeline, previous_collected, label="ReadPrevious")
-                | "KeyPrevious" >> beam.Map(lambda r: (r["url"], r["iteration"])))
+    if previous_collected:
+        collected = read_jsonl(pipeline, previous_collected, label="ReadPrevious")
+    else:  # nothing collected before (what read_jsonl gives when no file matches)
+        collected = pipeline | "ReadPreviousEmpty" >> beam.Create([])
+    previous = collected | "KeyPrevious" >> beam.Map(lambda r: (r["url"], r["iteration"]))
     additions = ({"page": under, "previous": previous}
                  | "JoinPrevious" >> beam.CoGroupByKey()
                  | "Uncollected" >> beam.FlatMap(_uncollected))

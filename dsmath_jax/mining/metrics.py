@@ -16,7 +16,7 @@ NAMESPACE = "dsmath_mining"
 logger = logging.getLogger(__name__)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _counter(name: str):
     return Metrics.counter(NAMESPACE, name)
 

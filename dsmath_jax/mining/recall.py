@@ -37,7 +37,8 @@ def budget_threshold(quantiles: list[Rank], total_tokens: int, budget: float) ->
     if budget <= 0:
         return (math.inf, math.inf)
     q = 1.0 - budget / total_tokens
-    return tuple(quantiles[min(len(quantiles) - 1, int(math.floor(q * (len(quantiles) - 1))))])
+    lo, hi = quantiles[min(len(quantiles) - 1, int(math.floor(q * (len(quantiles) - 1))))]  # a list when read from JSON
+    return (lo, hi)
 
 
 def flag_collected(page: Page, cut: dict, min_score: float = 0.0) -> Page:

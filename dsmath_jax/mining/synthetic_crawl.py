@@ -7,7 +7,7 @@ Nothing here is random filler. The math pages come from a `CrawlSource`, one of:
   contamination is GSM8K / MATH *test* problems (`gsm8k/test.jsonl`, `math/test.jsonl`);
 * `arithmetic_source(spec, dir)`: needs no files, so the quickstart runs offline. Word problems and
   TeX expressions (`Evaluate $\\frac{9 + 9}{2} - 3$.`) made by the arithmetic task's generator
-  (`dsmath_jax.rl.arithmetic`) from the task's knobs and another seed. The benchmark is the task's
+  (`dsmath_jax.data.arithmetic`) from the task's knobs and another seed. The benchmark is the task's
   held-out test split, written to `<dir>/arithmetic/test.jsonl` for decontamination, and the planted
   contamination is test questions.
 
@@ -58,7 +58,9 @@ from typing import Any
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
+from dsmath_jax.data.arithmetic import generate_problems, train_test_split
 from dsmath_jax.data.text_files import iter_jsonl
+from dsmath_jax.mining.benchmarks import benchmark_texts
 from dsmath_jax.mining.urls import normalize_url, url_domain, url_path_prefix
 
 logger = logging.getLogger(__name__)
@@ -161,8 +163,9 @@ def _mathml(tex: str, display: bool) -> str:
             f'<mi>{html.escape(tex[:10])}</mi></math>')
 
 
-def _latex_img(tex: str, display: bool) -> str:
-    return f'<img class="latex" src="/latex.php?latex={hashlib.md5(tex.encode()).hexdigest()}" alt="{html.escape(tex)}">'
+def _latex_img(tex: str, _display: bool) -> str:
+    digest = hashlib.md5(tex.encode()).hexdigest()
+    return f'<img class="latex" src="/latex.php?latex={digest}" alt="{html.escape(tex)}">'
 
 
 RENDERERS = {"katex": _katex, "mathjax": _mathjax, "mathml": _mathml, "latex_img": _latex_img}
@@ -264,7 +267,7 @@ def _perturb_html(body: str, text: str, rng: random.Random, n_changes: int) -> t
     for word in rng.sample(words, min(n_changes, len(words))):
         new = word[::-1]
         pattern = re.compile(rf"(>[^<]*?)\b{word}\b")
-        body = pattern.sub(lambda m: m.group(1) + new, body, count=1)
+        body = pattern.sub(lambda m: m.group(1) + new, body, count=1)  # noqa: B023 - used in this iteration
         text = re.sub(rf"\b{word}\b", new, text, count=1)
     return body, text
 
@@ -281,8 +284,7 @@ class BenchmarkOverlap:
 
     def __init__(self, benchmarks_dir: str | os.PathLike, n: int = 10, min_n: int = 3,
                  benchmarks: tuple[str, ...] | None = None):
-        from dsmath_jax.mining.benchmarks import benchmark_texts
-        from dsmath_jax.mining.decontamination import ngram_tokens
+        from dsmath_jax.mining.decontamination import ngram_tokens  # imports Apache Beam (the `beam` extra)
 
         self.n, self.min_n, self._tokens = n, min_n, ngram_tokens
         self.ngrams: set[str] = set()
@@ -305,7 +307,7 @@ class BenchmarkOverlap:
 
 def _short_test_problems(benchmarks_dir: Path) -> list[str]:
     """MATH test problems of 3-9 n-gram tokens (matched exactly, not by 10-grams)."""
-    from dsmath_jax.mining.decontamination import ngram_tokens
+    from dsmath_jax.mining.decontamination import ngram_tokens  # imports Apache Beam (the `beam` extra)
 
     out = []
     for _, rec in iter_jsonl(benchmarks_dir / "math" / "test.jsonl"):
@@ -316,7 +318,7 @@ def _short_test_problems(benchmarks_dir: Path) -> list[str]:
 
 def _clean(items: list, text_of, overlap: BenchmarkOverlap, need: int) -> list:
     """The first `need` items whose text shares nothing with the benchmarks."""
-    out = []
+    out: list = []
     for it in items:
         if len(out) >= need:
             break
@@ -352,7 +354,7 @@ class CrawlSource:
     benchmarks: tuple[str, ...] | None = None  # the benchmarks of benchmarks_dir it is clean of; None: all
 
     @functools.cached_property
-    def overlap(self) -> "BenchmarkOverlap":
+    def overlap(self) -> BenchmarkOverlap:
         return BenchmarkOverlap(self.benchmarks_dir, benchmarks=self.benchmarks)
 
 
@@ -392,11 +394,9 @@ def arithmetic_source(spec: Mapping[str, Any], benchmarks_dir: str | os.PathLike
                       n_word: int = 4000, n_tex: int = 4000) -> CrawlSource:
     """Word problems and TeX expressions from the arithmetic task's generator (the task's knobs, seeds
     derived from `seed` and distinct from the task's), with the task's held-out test split (`spec`: the
-    arithmetic spec of `dsmath_jax.rl.tasks`, {n_test, seed, knobs}) as the benchmark: written to
+    arithmetic spec of `dsmath_jax.data.tasks`, {n_test, seed, knobs}) as the benchmark: written to
     `<benchmarks_dir>/arithmetic/test.jsonl` and planted. Items whose question is a test question are
     left out; `build_crawl` also drops those sharing an n-gram with the test split."""
-    from dsmath_jax.rl.arithmetic import generate_problems, train_test_split
-
     spec = dict(spec.to_dict() if hasattr(spec, "to_dict") else spec)
     knobs = dict(spec.get("knobs") or {})
     task_seed = int(spec.get("seed", 0))
@@ -677,8 +677,8 @@ def _write_bad_input(out: Path, rng: random.Random, paragraphs: list[str], pages
         url = normalize_url(url)
         pages[url] = {"kind": "other", "site": url_domain(url), "path": url_path_prefix(url), "style": "plain",
                       "title": title, "text": text, "split": "train"}
-    bad.update({"files_truncated": 1, "records_truncated": 1, "records_corrupt": 1, "pages_non_utf8": 1, "pages_undecodable": 1,
-                "pages_too_large": 1, "records_http_error": 1, "records_not_html": 1, "files_empty": 2,
-                "jsonl_bad_lines": 1})
+    bad.update({"files_truncated": 1, "records_truncated": 1, "records_corrupt": 1, "pages_non_utf8": 1,
+                "pages_undecodable": 1, "pages_too_large": 1, "records_http_error": 1, "records_not_html": 1,
+                "files_empty": 2, "jsonl_bad_lines": 1})
     return ["crawl/bad-truncated.warc.gz", "crawl/bad-corrupt.warc.gz", "crawl/bad-misc.warc.gz",
             "crawl/empty.warc.gz", "crawl/empty.jsonl", "crawl/pages.jsonl"]

@@ -35,7 +35,8 @@ import jax
 import jax.numpy as jnp
 from jax._src.cudnn import fused_attention_stablehlo as cudnn_fused  # jax's cuDNN binding (private)
 from jax.experimental.pallas.ops.tpu import splash_attention as splash
-from jax.sharding import Mesh, PartitionSpec as P
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
 from dsmath_jax.parallel.mesh import DEFAULT_RULES, logical_to_spec
 
@@ -87,7 +88,7 @@ def mesh_platform(mesh: Mesh | None) -> str:
     "cpu". GPUs are reported as "cuda" or "rocm" where the device's client says which.
     """
     devices = getattr(mesh, "devices", None)
-    if devices is not None and getattr(devices, "size", 0):
+    if devices is not None and getattr(devices, "size", 0) > 0:
         device = devices.flat[0]
         platform = device.platform
         client = getattr(device, "client", None)

@@ -133,7 +133,8 @@ class ModelConfig:
             raise ConfigError(f"ModelConfig.attention_impl={self.attention_impl!r} must be None or one of "
                               f"{ATTENTION_IMPLS}")
         if not isinstance(self.logits_chunk, int) or isinstance(self.logits_chunk, bool) or self.logits_chunk < 0:
-            raise ConfigError(f"ModelConfig.logits_chunk must be an int >= 0 (0 = unchunked), got {self.logits_chunk!r}")
+            raise ConfigError("ModelConfig.logits_chunk must be an int >= 0 (0 = unchunked), "
+                              f"got {self.logits_chunk!r}")
         if self.rope_theta <= 0 or self.rms_norm_eps <= 0 or self.initializer_range <= 0:
             raise ConfigError("ModelConfig.rope_theta, rms_norm_eps and initializer_range must be > 0")
         for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
@@ -153,6 +154,7 @@ class ModelConfig:
     def num_params(self, *, include_embedding: bool = True) -> int:
         d, h, k, hd, f, v = (self.d_model, self.num_heads, self.num_kv_heads, self.head_dim, self.mlp_dim,
                              self.vocab_size)
+        assert k is not None and hd is not None  # derived in __post_init__
         per_layer = d * h * hd + 2 * d * k * hd + h * hd * d + 3 * d * f + 2 * d
         total = self.num_layers * per_layer + d + d * v
         return total + (d * v if include_embedding else 0)
@@ -161,11 +163,12 @@ class ModelConfig:
         """Training FLOPs per token (forward + backward): 6 N plus the attention term of PaLM's MFU formula."""
         seq_len = seq_len or self.max_seq_len
         n = self.num_params(include_embedding=False)
+        assert self.head_dim is not None  # derived in __post_init__
         return 6.0 * n + 12.0 * self.num_layers * self.num_heads * self.head_dim * seq_len
 
     def replace(self, **changes: Any) -> ModelConfig:
         _check_keys(changes, "ModelConfig.replace")
-        rederive = {name: None for name in self._derived if name not in changes}
+        rederive: dict[str, Any] = {name: None for name in self._derived if name not in changes}
         return dataclasses.replace(self, **rederive, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -195,43 +198,46 @@ class ModelConfig:
     @classmethod
     def from_hf_config(cls, hf: Mapping[str, Any] | str | os.PathLike, **overrides: Any) -> ModelConfig:
         """Reads a Hugging Face `LlamaForCausalLM` config (a dict, a config.json path or its directory)."""
-        if not isinstance(hf, Mapping):
+        cfg: Mapping[str, Any]
+        if isinstance(hf, Mapping):
+            cfg = hf
+        else:
             path = os.fspath(hf)
             if os.path.isdir(path):
                 path = os.path.join(path, "config.json")
             try:
                 with open(path, encoding="utf-8") as f:
-                    hf = json.load(f)
+                    cfg = json.load(f)
             except FileNotFoundError:
                 raise FileNotFoundError(f"no Hugging Face config at {path}: expected a config.json") from None
             except json.JSONDecodeError as e:
                 raise ConfigError(f"{path} is not valid JSON: {e}") from e
-        arch = hf.get("architectures") or ["LlamaForCausalLM"]
-        model_type = hf.get("model_type", "llama")
+        arch = cfg.get("architectures") or ["LlamaForCausalLM"]
+        model_type = cfg.get("model_type", "llama")
         if model_type != "llama" and "LlamaForCausalLM" not in arch:
             raise ConfigError(f"config.json describes model_type={model_type!r} {arch}; only Llama-style "
                               "decoders (LlamaForCausalLM, as DeepSeek-Coder/DeepSeekMath use) are supported")
         for key, ok in (("tie_word_embeddings", False), ("attention_bias", False), ("mlp_bias", False)):
-            if hf.get(key, ok) != ok:
-                raise ConfigError(f"config.json has {key}={hf[key]!r}; DeepSeek/Llama models here need {key}={ok}")
-        if hf.get("hidden_act", "silu") != "silu":
-            raise ConfigError(f"config.json has hidden_act={hf['hidden_act']!r}; the SwiGLU MLP needs 'silu'")
-        rope = hf.get("rope_parameters") or {}
-        scaling = hf.get("rope_scaling")
+            if cfg.get(key, ok) != ok:
+                raise ConfigError(f"config.json has {key}={cfg[key]!r}; DeepSeek/Llama models here need {key}={ok}")
+        if cfg.get("hidden_act", "silu") != "silu":
+            raise ConfigError(f"config.json has hidden_act={cfg['hidden_act']!r}; the SwiGLU MLP needs 'silu'")
+        rope = cfg.get("rope_parameters") or {}
+        scaling = cfg.get("rope_scaling")
         rope_type = rope.get("rope_type", "default") if rope else (scaling or {}).get("type", "default")
         if rope_type not in ("default", None):
             raise ConfigError(f"config.json asks for rope scaling {rope_type!r}; only unscaled rotary embeddings "
                               "(DeepSeekMath's) are implemented")
-        theta = rope.get("rope_theta", hf.get("rope_theta", 10000.0))
+        theta = rope.get("rope_theta", cfg.get("rope_theta", 10000.0))
         values = dict(
-            vocab_size=hf["vocab_size"], d_model=hf["hidden_size"], num_layers=hf["num_hidden_layers"],
-            num_heads=hf["num_attention_heads"], num_kv_heads=hf.get("num_key_value_heads"),
-            head_dim=hf.get("head_dim"), mlp_dim=hf["intermediate_size"], rope_theta=float(theta),
-            rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-            max_seq_len=int(hf.get("max_position_embeddings", 4096)),
-            initializer_range=float(hf.get("initializer_range", 0.02)),
-            bos_token_id=hf.get("bos_token_id"), eos_token_id=_first(hf.get("eos_token_id")),
-            pad_token_id=hf.get("pad_token_id"))
+            vocab_size=cfg["vocab_size"], d_model=cfg["hidden_size"], num_layers=cfg["num_hidden_layers"],
+            num_heads=cfg["num_attention_heads"], num_kv_heads=cfg.get("num_key_value_heads"),
+            head_dim=cfg.get("head_dim"), mlp_dim=cfg["intermediate_size"], rope_theta=float(theta),
+            rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+            max_seq_len=int(cfg.get("max_position_embeddings", 4096)),
+            initializer_range=float(cfg.get("initializer_range", 0.02)),
+            bos_token_id=cfg.get("bos_token_id"), eos_token_id=_first(cfg.get("eos_token_id")),
+            pad_token_id=cfg.get("pad_token_id"))
         values.update(overrides)
         return cls(**values)
 

@@ -19,8 +19,8 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
-from typing import Any, Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import jax
 import numpy as np
@@ -71,6 +71,7 @@ def _param_map(cfg: ModelConfig, rope_layout: str = "half") -> list[tuple[tuple,
     if rope_layout not in ("half", "interleaved"):
         raise ValueError(f"rope_layout must be 'half' or 'interleaved', got {rope_layout!r}")
     d, h, k, hd = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    assert k is not None and hd is not None  # derived in ModelConfig.__post_init__
     ident = lambda w: w  # noqa: E731
 
     def qk(heads):
@@ -107,6 +108,7 @@ def _param_map(cfg: ModelConfig, rope_layout: str = "half") -> list[tuple[tuple,
 
 def _expected_shape(p: _Param, cfg: ModelConfig) -> tuple[int, ...]:
     d, h, k, hd, f, v = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.mlp_dim, cfg.vocab_size
+    assert k is not None and hd is not None  # derived in ModelConfig.__post_init__
     name = p.hf_name
     for suffix, shape in (("embed_tokens.weight", (v, d)), ("lm_head.weight", (v, d)), ("norm.weight", (d,)),
                           ("layernorm.weight", (d,)), ("q_proj.weight", (h * hd, d)),
@@ -173,9 +175,9 @@ def load_hf(path: str | os.PathLike, *, dtype: Any = "float32", param_dtype: Any
             rope_layout: str = "half", **config_overrides: Any) -> CausalLM:
     """Loads a Hugging Face `LlamaForCausalLM` directory (config.json + safetensors) into a `CausalLM`.
 
-    dtype: compute dtype; param_dtype: storage dtype (default: float32 master weights for training; pass
-    "bfloat16" to halve memory for inference); both as names or dtype objects (`jnp.bfloat16`). With `mesh`, parameters are sharded by the logical-axis
-    `rules`; without, they go to the default device. The returned model's `.config` describes it.
+    dtype: compute dtype; param_dtype: storage dtype (default: float32 master weights for training; pass "bfloat16" to
+    halve memory for inference); both as names or dtype objects (`jnp.bfloat16`). With `mesh`, parameters are sharded
+    by the logical-axis `rules`; without, they go to the default device. The returned model's `.config` describes it.
     """
     from dsmath_jax.parallel.mesh import DEFAULT_RULES, param_shardings, rules_from_config
 
@@ -216,8 +218,8 @@ def load_hf(path: str | os.PathLike, *, dtype: Any = "float32", param_dtype: Any
     finally:
         reader.close()
     pure = get_params(model)
-    for path, value in loaded.items():
-        _set(pure, path, value)
+    for param_path, value in loaded.items():
+        _set(pure, param_path, value)
     set_params(model, pure)
     extra = set(reader.weight_map) - {p.hf_name for _, ps in _param_map(cfg) for p in ps}
     extra = {n for n in extra if not n.endswith("rotary_emb.inv_freq")}
@@ -305,6 +307,7 @@ def save_hf(model: CausalLM, path: str | os.PathLike, *, dtype: Any = None,
         flush()
         if not writer:
             return path
+        assert tmp is not None  # made above whenever there is something to write
         if len(files) == 1:
             os.replace(os.path.join(tmp, files[0]), os.path.join(tmp, SINGLE_FILE))
         else:

@@ -68,6 +68,7 @@ class Attention(nnx.Module):
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         d, h, k, hd, pd = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.weight_dtype
+        assert k is not None and hd is not None  # derived in ModelConfig.__post_init__
         std = cfg.initializer_range
         self.q_proj = param(rngs, (d, h, hd), ("embed", "q_heads", "head_dim"), pd, std=std)
         self.k_proj = param(rngs, (d, k, hd), ("embed", "kv_heads", "head_dim"), pd, std=std)
@@ -102,6 +103,7 @@ class Attention(nnx.Module):
             out = packed_attention(q, k, v, mask, implementation=self.implementation, mesh=mesh, rules=rules)
         else:
             k_all, v_all, layer = kv
+            assert index is not None, "a cached forward passes the cache's write index"
             start = (layer, 0, 0, index, 0)
             k_all = jax.lax.dynamic_update_slice(k_all, k.transpose(0, 2, 1, 3)[None].astype(k_all.dtype), start)
             v_all = jax.lax.dynamic_update_slice(v_all, v.transpose(0, 2, 1, 3)[None].astype(v_all.dtype), start)

@@ -38,7 +38,9 @@ class KVCache(NamedTuple):
     k: Array  # [layers, batch, kv_heads, max_len, head_dim] (heads-major: decoding reads it without a transpose)
     v: Array  # [layers, batch, kv_heads, max_len, head_dim]
     mask: Array  # [batch, max_len] bool: slot holds a real token
-    index: Array  # [] int32: next slot to write
+    # [] int32: next slot to write. mypy rejects a NamedTuple field that shadows a tuple method (tuple.index);
+    # the field is the cache's API (`KVCache(index=...)`, `cache.index`), and Python allows it.
+    index: Array  # type: ignore[assignment]
     next_positions: Array  # [batch] int32: rotary position of each row's next real token
 
     @property
@@ -149,10 +151,11 @@ class Decoder(nnx.Module):
 
         carry = (h, kv[0], kv[1])
         if cfg.scan_layers:
-            def step(carry, block, layer):
+            def cached_step(carry, block, layer):
                 return cached(carry, block, layer), None
             layers = jnp.arange(cfg.num_layers, dtype=jnp.int32)
-            carry, _ = nnx.scan(step, in_axes=(nnx.Carry, 0, 0), out_axes=(nnx.Carry, 0))(carry, self.layers, layers)
+            carry, _ = nnx.scan(cached_step, in_axes=(nnx.Carry, 0, 0), out_axes=(nnx.Carry, 0))(
+                carry, self.layers, layers)
         else:
             for i, block in enumerate(self.layers):
                 carry = cached(carry, block, i)

@@ -112,12 +112,14 @@ def initialize(*, enabled: bool | str = "auto", coordinator_address: str | None 
 
 def initialize_from_config(cfg: Mapping[str, Any] | None) -> bool:
     """`initialize(**cfg)` for a config's `distributed` block (missing keys take the defaults)."""
-    cfg = dict(cfg.to_dict() if hasattr(cfg, "to_dict") else (cfg or {}))
+    values: dict[str, Any] = {}
+    if cfg is not None:
+        values = dict(cfg.to_dict() if hasattr(cfg, "to_dict") else cfg)  # an ml-collections ConfigDict or a dict
     allowed = {"enabled", "coordinator_address", "num_processes", "process_id", "timeout_s"}
-    unknown = set(cfg) - allowed
+    unknown = set(values) - allowed
     if unknown:
         raise ValueError(f"unknown key(s) {sorted(unknown)} in the distributed config; allowed: {sorted(allowed)}")
-    return initialize(**cfg)
+    return initialize(**values)
 
 
 def global_batch(local: Mapping[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:

@@ -13,13 +13,13 @@ import contextvars
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import jax
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-
+from jax.sharding import AbstractMesh, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
 )
 
 Rules = Sequence[tuple[str, Any]]
+ModuleT = TypeVar("ModuleT", bound=nnx.Module)  # a model class, kept through the helpers that return it
 
 
 def rules_with(**changes: Any) -> tuple[tuple[str, Any], ...]:
@@ -124,12 +125,12 @@ def rules_from_config(rules: Any | None) -> tuple[tuple[str, Any], ...]:
 
 
 def logical_to_spec(logical_axes: Sequence[str | None], rules: Rules = DEFAULT_RULES, *,
-                    shape: Sequence[int] | None = None, mesh: Mesh | None = None) -> P:
+                    shape: Sequence[int] | None = None, mesh: Mesh | AbstractMesh | None = None) -> P:
     """Maps logical axis names to a PartitionSpec.
 
     A mesh axis is used at most once per array (first come, first served), and, when `shape` and `mesh`
     are given, a mesh axis that does not divide the dimension is dropped (that dimension is replicated
-    over it) so any model fits any mesh.
+    over it) so any model fits any mesh. Only the mesh's axis sizes are read: an `AbstractMesh` will do.
     """
     table = dict(rules)
     used: set[str] = set()
@@ -165,7 +166,7 @@ def get_params(model: nnx.Module) -> dict:
     return nnx.to_pure_dict(nnx.state(model, nnx.Param))
 
 
-def set_params(model: nnx.Module, params: dict) -> nnx.Module:
+def set_params(model: ModuleT, params: dict) -> ModuleT:
     state = nnx.state(model, nnx.Param)
     nnx.replace_by_pure_dict(state, params)
     nnx.update(model, state)
@@ -220,7 +221,7 @@ def shard_model(model: nnx.Module, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> 
     return set_params(model, jax.tree.map(jax.device_put, get_params(model), shardings))
 
 
-def create_sharded(make_model: Callable[[], nnx.Module], mesh: Mesh, rules: Rules = DEFAULT_RULES) -> nnx.Module:
+def create_sharded(make_model: Callable[[], ModuleT], mesh: Mesh, rules: Rules = DEFAULT_RULES) -> ModuleT:
     """Builds a model with every parameter created directly in its shard (no full host copy).
 
     `make_model` builds the model (seeded through its own `nnx.Rngs`); it is traced once abstractly to

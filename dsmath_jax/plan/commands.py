@@ -126,6 +126,7 @@ def _abstract_state(fns, model) -> Any:
 
 def _forward_flops(cfg: ModelConfig, tokens: float, context: int) -> float:
     """Model FLOPs of a forward pass: 2N per token plus attention (4 L H d per token and context position)."""
+    assert cfg.head_dim is not None  # derived in ModelConfig.__post_init__
     return tokens * (2.0 * cfg.num_params(include_embedding=False)
                      + 4.0 * cfg.num_layers * cfg.num_heads * cfg.head_dim * context)
 
@@ -141,6 +142,7 @@ def attention_kernel_flops(cfg: ModelConfig, mesh, rows: int, seq: int, *, train
     if resolve_implementation(cfg.attention_impl, mesh_platform(mesh)) != "splash":
         return 0.0
     block, padded = splash_block_size(seq)
+    assert cfg.head_dim is not None  # derived in ModelConfig.__post_init__
     blocks = padded // block
     causal = (blocks * (blocks + 1) / 2) / blocks ** 2
     forward = 4.0 * padded ** 2 * cfg.num_heads * cfg.head_dim * causal * cfg.num_layers * rows
@@ -355,11 +357,11 @@ def plan_rl(config: ml_collections.ConfigDict, topology: Topology, *, config_nam
         exes.append(Executable("policy_train_step", run.fns.train_step, (state, batch_spec(n)), calls=mu,
                                resident=others("policy_params", "policy_optimizer"), units=micro,
                                model_flops=cfg.flops_per_token(seq) * rows * seq, kernel_flops=train_kernel))
-        if critic_state is not None:
+        if run.critic_fns is not None and critic_state is not None:
             exes.append(Executable("critic_train_step", run.critic_fns.train_step, (critic_state, batch_spec(n)),
                                    calls=mu, resident=others("critic_params", "critic_optimizer"), units=micro,
                                    model_flops=cfg.flops_per_token(seq) * rows * seq, kernel_flops=train_kernel))
-        if rm_trainer is not None:
+        if rm is not None and rm_trainer is not None:
             bs = int(c.rm_update.batch_size)
             rm_state = shaped(rm_trainer.state, rm_trainer.fns.state_sharding)
             rm_batch = {"inputs": _rows((bs, seq), jnp.int32, rm_trainer.fns.batch_sharding),
@@ -453,7 +455,8 @@ def plan_rm(config: ml_collections.ConfigDict, topology: Topology, *, config_nam
                                units=accum, model_flops=rcfg.flops_per_token(seq) * bs * seq,
                                kernel_flops=attention_kernel_flops(rm_cfg, mesh, bs, seq, training=True)))
         eval_rows = int(c.train.eval_batch_size)
-        exes.append(Executable("rm_scores", rm._scores, (state.params, _rows((eval_rows, seq), jnp.int32, rm.row_sharding),
+        eval_tokens = _rows((eval_rows, seq), jnp.int32, rm.row_sharding)
+        exes.append(Executable("rm_scores", rm._scores, (state.params, eval_tokens,
                                                          _rows((eval_rows, seq), jnp.int32, rm.row_sharding)),
                                calls=0, resident=("rm_optimizer",), note="held-out evaluation"))
         resident["rm_optimizer"] = device_bytes(state.opt_state)
@@ -499,7 +502,7 @@ def plan_eval(config: ml_collections.ConfigDict, topology: Topology, *, config_n
 def plan_command(command: str, config, topology: Topology, *, config_name: str, model_path: str | None = None,
                  probes: bool = True, raise_if_not_fit: bool = True) -> Plan:
     """The plan of `dsmath <command>` with this config on `topology` (see the module docstring)."""
-    kw = dict(config_name=config_name, probes=probes, raise_if_not_fit=raise_if_not_fit)
+    kw: dict[str, Any] = dict(config_name=config_name, probes=probes, raise_if_not_fit=raise_if_not_fit)
     if command in ("pretrain", "sft"):
         return plan_train(config, topology, command=command, **kw)
     if command == "rl":

@@ -146,11 +146,12 @@ def compile_executable(fn: Any, args: tuple, *, dump: bool = True, cost: bool = 
         options = dict(options or {}, **({"xla_dump_to": tmp} if dump else {}))
         try:
             compiled = lowered.compile(compiler_options=options) if options else lowered.compile()
-        except Exception as e:  # noqa: BLE001 - the compiler's errors are JaxRuntimeError/XlaRuntimeError
+        except Exception as e:  # the compiler's errors are JaxRuntimeError/XlaRuntimeError
             message = str(e)
             if "RESOURCE_EXHAUSTED" not in message:
                 raise
-            total, top = _oom_bytes(message), []
+            total = _oom_bytes(message)
+            top: list[Buffer] = []
             reports = glob.glob(os.path.join(tmp, "*memory-usage-report.txt"))
             if reports:
                 report_total, top = read_memory_report(max(reports, key=os.path.getsize))

@@ -145,13 +145,15 @@ class Plan:
         parts = [e.seconds * e.calls if e.seconds is not None else None for e in self.executables if e.calls]
         if any(p is None for p in parts):
             return None
-        return float(sum(parts))
+        return float(sum(p for p in parts if p is not None))
 
     @property
     def flops_per_step(self) -> float | None:
         """XLA's FLOPs of one step over all chips (its counts are per chip: one SPMD program per device)."""
         parts = [e.flops * e.calls if e.flops is not None else None for e in self.executables if e.calls]
-        return None if any(p is None for p in parts) else float(sum(parts)) * self.topology.num_chips
+        if any(p is None for p in parts):
+            return None
+        return float(sum(p for p in parts if p is not None)) * self.topology.num_chips
 
     @property
     def model_flops_per_step(self) -> float:
@@ -206,10 +208,12 @@ class Plan:
             mf = f"{e.model_flops / 1e12:.2f}" if e.model_flops else "-"
             sec = f"{e.seconds:.4f}" if e.seconds is not None else "-"
             lines.append(f"  {e.name:<22}{e.calls:>8g}{e.compiled.total_bytes / GIB:>10.2f}G"
-                         f"{e.resident_bytes / GIB:>10.2f}G{e.peak_bytes / GIB:>8.2f}G{fits:>6}{tf:>12}{mf:>10}{sec:>10}")
+                         f"{e.resident_bytes / GIB:>10.2f}G{e.peak_bytes / GIB:>8.2f}G"
+                         f"{fits:>6}{tf:>12}{mf:>10}{sec:>10}")
         lines.append("")
         peak = self.peak
-        lines.append(f"  peak {peak.peak_bytes / GIB:.2f} GiB of {self.hbm_bytes / GIB:.2f} GiB per chip (at {peak.name}); "
+        lines.append(f"  peak {peak.peak_bytes / GIB:.2f} GiB of {self.hbm_bytes / GIB:.2f} GiB per chip "
+                     f"(at {peak.name}); "
                      f"headroom {100 * self.headroom:.1f}%: {'fits' if self.fits else 'DOES NOT FIT'}")
         if self.step_seconds is not None:
             mfu = f", predicted MFU {100 * self.mfu:.1f}%" if self.mfu else ""
@@ -276,7 +280,7 @@ PROBE_OPTIONS = {"xla_tpu_enable_windowed_einsum_for_all_gather": "false",
                  "xla_tpu_enable_windowed_einsum_for_reduce_scatter": "false"}
 
 
-def _probe_costs(build: Callable[[int, bool], Build], num_layers: int) -> dict[str, tuple[CompiledInfo, ...]]:
+def _probe_costs(build: Callable[[int, bool], Build]) -> dict[str, tuple[CompiledInfo, ...]]:
     """name -> (cost at 1 layer, cost at 2 layers) of every executable, built as probes (no loops)."""
     out: dict[str, list[CompiledInfo]] = {}
     for layers in (1, 2):
@@ -305,7 +309,7 @@ def make_plan(*, command: str, config_name: str, topology: Topology, mesh, model
     when it does not fit and `raise_if_not_fit`)."""
     t0 = time.perf_counter()
     full = build(None, False)
-    costs = _probe_costs(build, num_layers) if probes else {}
+    costs = _probe_costs(build) if probes else {}
     chip = topology.chip
     plans = []
     for exe in full.executables:

@@ -21,6 +21,7 @@ import dataclasses
 import math
 import os
 import re
+from typing import Any
 
 GIB = 2 ** 30
 
@@ -101,7 +102,9 @@ def parse_topology(name: str, num_slices: int = 1) -> Topology:
     if not grid_match and not count_match:
         raise TopologyError(f"topology {name!r}: expected a slice name like v5p-128, v4-32, v5e-16, v6e-64 or a "
                             "chip grid like v5p:4x4x4, v5e:4x4")
-    kind = (grid_match or count_match).group(1)
+    match = grid_match or count_match
+    assert match is not None  # one of them matched (checked above)
+    kind = match.group(1)
     kind = ALIASES.get(kind, kind)
     if kind not in CHIPS:
         raise TopologyError(f"topology {name!r}: unknown chip {kind!r}; known: {sorted(CHIPS)} "
@@ -112,6 +115,7 @@ def parse_topology(name: str, num_slices: int = 1) -> Topology:
         if len(grid) != chip.dims:
             raise TopologyError(f"topology {name!r}: a {chip.name} grid has {chip.dims} dimensions")
     else:
+        assert count_match is not None  # grid_match is None here
         cores = int(count_match.group(2))
         if cores % chip.cores_per_chip:
             raise TopologyError(f"topology {name!r}: {chip.name} slices count {chip.cores_per_chip} TensorCores per "
@@ -134,7 +138,7 @@ def _abstract_devices(topology: Topology):
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     from jax.experimental import topologies  # loads libtpu on first use: only when planning
 
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
     grid = topology.grid
     if topology.chip.name == "v4":
         kwargs["chip_config_name"] = "megacore"
@@ -145,7 +149,7 @@ def _abstract_devices(topology: Topology):
         kwargs["num_slices"] = topology.num_slices
     try:
         desc = topologies.get_topology_desc(platform="tpu", topology_name=topology.compiler_name, **kwargs)
-    except Exception as e:  # noqa: BLE001 - libtpu missing or refusing: say what to install
+    except Exception as e:  # libtpu missing or refusing: say what to install
         raise TopologyError(
             f"cannot make the compile-only devices of {topology.compiler_name} ({type(e).__name__}: {e}). "
             "Planning for TPUs needs libtpu: pip install \"jax[tpu]\" (the same version as jax)") from e

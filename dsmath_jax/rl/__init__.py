@@ -4,10 +4,10 @@
 * `grpo`: one GRPO update: rollout batches from sampled groups, reference log-probs, the loss for the
   shared train step.
 * `rewards`: rule (the harness's equivalence checker) and format rewards, outcome / process reward-model
-  read-outs, weighted combinations.
-* `arithmetic`: a small arithmetic word-problem task (exact answers, step-by-step solutions) for CPU runs.
-* `loop`: Algorithm 1, the RL loop for every method (`dsmath rl`); `config`: its schema; `tasks`: questions
-  with gold answers and prompts.
+  read-outs, weighted combinations; the arithmetic task's exact-answer and per-step rewards (the task
+  itself, and the questions with gold answers and prompts, are data: `dsmath_jax.data.arithmetic`,
+  `dsmath_jax.data.tasks`).
+* `loop`: Algorithm 1, the RL loop for every method (`dsmath rl`); `config`: its schema.
 * `reward_model`, `math_shepherd`, `replay`: ORM / PRM training (`dsmath rm`), Math-Shepherd process labels,
   the replay buffer of iterative RL; `ppo`: the critic, KL-shaped token rewards and GAE for PPO.
 * `losses`: the unified paradigm of Table 10 (SFT, RFT, DPO, PPO, GRPO and the Dr. GRPO / DAPO / GSPO
@@ -15,16 +15,43 @@
   log-probs, entropies and KL estimators.
 """
 
-from dsmath_jax.rl.advantages import (gae, group_advantages, outcome_token_rewards, process_advantages,
-                                      step_end_flags, step_end_indices, token_advantages)
+from dsmath_jax.rl.advantages import (
+    gae,
+    group_advantages,
+    outcome_token_rewards,
+    process_advantages,
+    step_end_flags,
+    step_end_indices,
+    token_advantages,
+)
 from dsmath_jax.rl.grpo import grpo_loss_fn, reference_logprobs, rollout_batch, sequence_logprobs
-from dsmath_jax.rl.rewards import (combine_rewards, format_rewards, outcome_scores, process_scores,
-                                   rule_rewards)
-from dsmath_jax.rl.losses import (AGGREGATIONS, K3_MAX, KL_ESTIMATORS, LOG_RATIO_CLAMP, PolicyLossConfig, aggregate, dpo_loss,
-                                  gradient_coefficient, kl_k1, kl_k2, kl_k3, policy_loss, rft_loss,
-                                  sequence_logprob, sft_loss, token_entropy, token_logprobs, value_loss)
+from dsmath_jax.rl.losses import (
+    AGGREGATIONS,
+    K3_MAX,
+    KL_ESTIMATORS,
+    LOG_RATIO_CLAMP,
+    PolicyLossConfig,
+    aggregate,
+    dpo_loss,
+    gradient_coefficient,
+    kl_k1,
+    kl_k2,
+    kl_k3,
+    policy_loss,
+    rft_loss,
+    sequence_logprob,
+    sft_loss,
+    token_entropy,
+    token_logprobs,
+    value_loss,
+)
+from dsmath_jax.rl.rewards import combine_rewards, format_rewards, outcome_scores, process_scores, rule_rewards
 
-__all__ = ["combine_rewards", "format_rewards", "outcome_scores", "process_scores", "rule_rewards", "grpo_loss_fn", "reference_logprobs", "rollout_batch", "sequence_logprobs", "gae", "group_advantages", "outcome_token_rewards", "process_advantages", "step_end_flags",
-           "step_end_indices", "token_advantages", "AGGREGATIONS", "K3_MAX", "KL_ESTIMATORS", "LOG_RATIO_CLAMP", "PolicyLossConfig",
-           "aggregate", "dpo_loss", "gradient_coefficient", "kl_k1", "kl_k2", "kl_k3", "policy_loss",
-           "rft_loss", "sequence_logprob", "sft_loss", "token_entropy", "token_logprobs", "value_loss"]
+__all__ = [
+    "gae", "group_advantages", "outcome_token_rewards", "process_advantages", "step_end_flags", "step_end_indices",
+    "token_advantages", "AGGREGATIONS", "K3_MAX", "KL_ESTIMATORS", "LOG_RATIO_CLAMP", "PolicyLossConfig", "aggregate",
+    "dpo_loss", "gradient_coefficient", "kl_k1", "kl_k2", "kl_k3", "policy_loss", "rft_loss", "sequence_logprob",
+    "sft_loss", "token_entropy", "token_logprobs", "value_loss", "grpo_loss_fn", "reference_logprobs",
+    "rollout_batch", "sequence_logprobs", "combine_rewards", "format_rewards", "outcome_scores", "process_scores",
+    "rule_rewards",
+]

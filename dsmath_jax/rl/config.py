@@ -25,14 +25,10 @@ from __future__ import annotations
 import ml_collections
 from ml_collections.config_dict import placeholder
 
+from dsmath_jax.data.arithmetic import ARITHMETIC_TINY
 from dsmath_jax.parallel.mesh import rules_with
 
 METHODS = ("sft", "rft", "online_rft", "dpo", "ppo", "grpo")
-# The small task at CPU scale (dsmath_jax.rl.arithmetic): one or two operations on amounts up to 9, results up
-# to 30. The SFT stage (configs/sft/arithmetic.py) trains on its train problems, RL samples from the same
-# problems, and evaluation uses its held-out test problems.
-ARITHMETIC_TINY = dict(kind="arithmetic", n_train=20000, n_test=256, seed=0,
-                       knobs=dict(max_operand=9, max_value=30, max_steps=2))
 REWARDS = ("rule", "orm", "prm", "step_rule")
 
 
@@ -44,9 +40,10 @@ def base_rl_config() -> ml_collections.ConfigDict:
     c.init = ml_collections.ConfigDict(dict(run_dir=placeholder(str), step=placeholder(int)))
     # The policy's architecture comes from init.run_dir; `preset` names it for `--compile_only` plans made where
     # that directory cannot be read (a run checks that they agree). The rest are compute settings.
-    c.model = ml_collections.ConfigDict(dict(preset=placeholder(str), dtype=placeholder(str), param_dtype=placeholder(str),
-                                             remat_policy=placeholder(str), scan_layers=placeholder(bool),
-                                             attention_impl=placeholder(str), logits_chunk=placeholder(int)))
+    c.model = ml_collections.ConfigDict(dict(preset=placeholder(str), dtype=placeholder(str),
+                                             param_dtype=placeholder(str), remat_policy=placeholder(str),
+                                             scan_layers=placeholder(bool), attention_impl=placeholder(str),
+                                             logits_chunk=placeholder(int)))
     c.data = ml_collections.ConfigDict(dict(
         problems=dict(kind="arithmetic", n_train=20000, n_test=256, seed=0),
         template="{question}",  # the question inside the chat prompt, e.g. with the zero-shot instruction
@@ -111,8 +108,9 @@ def paper_grpo(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.optimizer.schedule = dict(name="constant", peak=1e-6, warmup_steps=0)
     # Training: tensor parallelism over 8 chips (heads, MLP, vocabulary, and the residual stream between blocks:
     # `rules_with(act_embed="tensor")`) x FSDP over the rest (8 on v5p-128), one rollout per chip group per
-    # micro-batch (128 micro-batches of 8), the frozen reference in host memory between its forwards. The compile-only plan of this config on
-    # v5p-128 (experiments/results/plans.md) and experiments/benchmarks/rl_memory.py measure what it needs.
+    # micro-batch (128 micro-batches of 8), the frozen reference in host memory between its forwards. The compile-only
+    # plan of this config on v5p-128 (experiments/results/plans.md) and experiments/benchmarks/rl_memory.py measure
+    # what it needs.
     c.mesh.shape = dict(data=1, fsdp=-1, tensor=8)
     c.mesh.rules = rules_with(act_embed="tensor")
     c.train.update(iterations=1, steps_per_iteration=9000, mu=1, accum_steps=128, checkpoint_every=50, log_every=1,

@@ -23,6 +23,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from dsmath_jax.generate.sampler import Completion
+from dsmath_jax.model.transformer import CausalLM
 from dsmath_jax.parallel.mesh import DEFAULT_RULES, Rules
 from dsmath_jax.rl.losses import PolicyLossConfig, policy_loss
 from dsmath_jax.train.step import make_forward
@@ -86,7 +87,7 @@ def check_response_logprobs(name: str, logp: Any, weights: Any,
                          f"dtype, masked logits) or its forward produced NaN")
 
 
-def sequence_logprobs(model: nnx.Module, batch: Batch) -> jax.Array:
+def sequence_logprobs(model: CausalLM, batch: Batch) -> jax.Array:
     """Per-token log-probs [rows, seq] of `batch["targets"]` under `model` (float32), from the LM head in
     blocks of positions (`CausalLM.token_logprobs`), so the full logits never exist."""
     return model.token_logprobs(batch["inputs"], batch["targets"], None, batch.get("segment_ids"))[0]
@@ -121,18 +122,18 @@ def reference_logprobs(graphdef: nnx.GraphDef, ref_params: Any, batch: Batch) ->
     return sequence_logprobs(nnx.merge(graphdef, ref_params), batch)
 
 
-def grpo_loss_fn(config: PolicyLossConfig = PolicyLossConfig(), entropy: bool = True):
+def grpo_loss_fn(config: PolicyLossConfig = PolicyLossConfig(), entropy: bool = True):  # noqa: B008 - frozen
     """The GRPO objective (PAPER.md §4.1, Eq. 3) on a rollout batch with `old_logp`, `ref_logp`,
     `advantages` ([rows, seq] or [rows]) and `weights` as the completion mask: the loss `dsmath rl` trains
     with (and, with beta 0 and GAE advantages, PPO's policy loss), for `make_train_step`. With `entropy`, the
     policy's mean entropy over the response tokens is a metric (no gradient)."""
 
-    def loss(model: nnx.Module, batch: Batch):
+    def loss(model: CausalLM, batch: Batch):
         logp, ent = model.token_logprobs(batch["inputs"], batch["targets"], None, batch.get("segment_ids"),
                                          entropy=entropy)
         total, weight, metrics = policy_loss(logp, batch["old_logp"], batch.get("ref_logp"), batch["advantages"],
                                              batch["weights"], config=config)
-        if entropy:
+        if ent is not None:  # computed when `entropy` is set
             m = batch["weights"].astype(jnp.float32)
             ent = jax.lax.stop_gradient(ent)
             metrics = dict(metrics, entropy=(ent * m).sum() / jnp.maximum(m.sum(), 1.0))

@@ -23,7 +23,6 @@ truncated outputs, rollout and train tokens/s, and held-out greedy accuracy (plu
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import time
@@ -34,27 +33,31 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from etils import epath
 from flax import nnx
-from tqdm.auto import tqdm
 
+from dsmath_jax.data.tasks import Problem, load_problems, prompt_text
 from dsmath_jax.evals.grader import Grader
 from dsmath_jax.evals.metrics import maj_at_k
 from dsmath_jax.generate.sampler import Completion, Sampler, SamplingParams
-from dsmath_jax.parallel import global_batch
 from dsmath_jax.model import ModelConfig, ScalarHeadModel, get_preset
+from dsmath_jax.parallel import global_batch
 from dsmath_jax.parallel.mesh import get_params, param_shardings
-from dsmath_jax.rl import losses
+from dsmath_jax.rl import losses, ppo
 from dsmath_jax.rl.advantages import group_advantages, process_advantages, token_advantages
 from dsmath_jax.rl.config import METHODS, REWARDS
 from dsmath_jax.rl.grpo import check_response_logprobs, grpo_loss_fn, make_reference_forward, rollout_batch
 from dsmath_jax.rl.math_shepherd import step_end_tokens
-from dsmath_jax.rl.rewards import combine_rewards, format_rewards, overlong_penalty
-from dsmath_jax.rl.tasks import Problem, load_problems, prompt_text
+from dsmath_jax.rl.replay import ReplayBuffer
+from dsmath_jax.rl.reward_model import RewardModel
+from dsmath_jax.rl.rewards import combine_rewards, format_rewards, overlong_penalty, step_correctness
 from dsmath_jax.train import schedules
 from dsmath_jax.train.checkpoint import Checkpointer, abstract_like
-from dsmath_jax.train.loop import NonFiniteLossError, _Preemption, start_run
-from dsmath_jax.train.metrics import MetricsWriter
-from dsmath_jax.train.restore import load_run
+from dsmath_jax.train.loop import start_run
+from dsmath_jax.train.metrics import read_metrics
+from dsmath_jax.train.restore import load_run, run_tokenizer_files
+from dsmath_jax.train.rundir import copy_atomic
+from dsmath_jax.train.runner import Runner, StepInfo
 from dsmath_jax.train.step import TrainState, adamw, make_train_step
 
 log = logging.getLogger(__name__)
@@ -142,6 +145,7 @@ class Rollout:
     step_ends: np.ndarray | None = None  # [rows, max_steps] target positions where steps end (-1 none)
     sampled_rows: int = 0
     generated_tokens: int = 0
+    parts: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # {reward_<name>: [rows]} per reward
 
 
 # ------------------------------------------------------------------------------------------ the run
@@ -219,7 +223,6 @@ class RLRun:
         self._build(model)
         self.state = self.fns.init_state(get_params(model))
         if self.critic_fns is not None:
-            from dsmath_jax.rl import ppo
             critic = ppo.critic_from_policy(model, self.mesh, self.rules, int(c.seed))
             self.critic_state = self.critic_fns.init_state(get_params(critic))
             del critic
@@ -247,7 +250,6 @@ class RLRun:
         accum = int(c.train.accum_steps)
         self.critic_fns = self.critic_state = None
         if c.method == "ppo":
-            from dsmath_jax.rl import ppo
             if self.loss_config.beta != 0:
                 self.loss_config = dataclasses.replace(self.loss_config, beta=0.0)  # PPO's KL is in the reward
             critic = nnx.eval_shape(lambda: ScalarHeadModel(model.config, rngs=nnx.Rngs(0)))
@@ -293,10 +295,6 @@ class RLRun:
 
     def _copy_tokenizer(self):
         """Copies the init run's tokenizer (tokenizer.model, or tokenizer.json and its configs) into the workdir."""
-        from etils import epath
-
-        from dsmath_jax.train.restore import run_tokenizer_files
-        from dsmath_jax.train.rundir import copy_atomic
         if jax.process_index() != 0:
             return
         for name in run_tokenizer_files(self.config.init.run_dir):
@@ -307,7 +305,8 @@ class RLRun:
     def _encode(self, problems: Sequence[Problem]) -> tuple[list[list[int] | None], int]:
         tmpl, limit = self.config.data.template, int(self.config.data.max_prompt_tokens)
         bos = self.tokenizer.bos_id is not None
-        out, dropped = [], 0
+        out: list[list[int] | None] = []
+        dropped = 0
         for p in problems:
             ids = self.tokenizer.encode(prompt_text(p, tmpl), add_bos=bos)
             if len(ids) > limit:
@@ -319,13 +318,12 @@ class RLRun:
 
     @staticmethod
     def _response(p: Problem) -> str:
-        if not getattr(p, "response", None):
+        response = getattr(p, "response", None)
+        if not response:
             raise ValueError(f"method 'sft' needs gold responses; problem {p.id} has none")
-        return p.response
+        return response
 
     def _setup_reward_model(self):
-        from dsmath_jax.rl.replay import ReplayBuffer
-        from dsmath_jax.rl.reward_model import RewardModel
         c = self.config
         self.reward_model = RewardModel.load(c.reward.rm_dir, self.mesh, self.rules)
         want = "orm" if c.reward.kind == "orm" else "prm"
@@ -386,20 +384,19 @@ class RLRun:
     def _step_rewards(self, problems, prompt_ids, completions, correct) -> dict[str, np.ndarray]:
         """Process rewards: one per step, at the target position of the step's last token. The final step
         (the answer line) is scored like the others: by the PRM, or by the rule reward for `step_rule`."""
-        from dsmath_jax.rl.arithmetic import step_correctness
         c = self.config
         rows = [(p, ids, x) for p, ids, group in zip(problems, prompt_ids, completions) for x in group]
         ends_tok = [(sp.text, list(sp.ends)) for sp in (step_end_tokens(self.tokenizer, x.tokens) for _, _, x in rows)]
         max_steps = max(1, max(len(e) for _, e in ends_tok))
         step_ends = np.full((len(rows), max_steps), -1, np.int32)
-        for r, ((p, ids, x), (_, ends)) in enumerate(zip(rows, ends_tok)):
+        for r, ((_, ids, _), (_, ends)) in enumerate(zip(rows, ends_tok)):
             for k, e in enumerate(ends):
                 pos = len(ids) - 1 + e  # target position of completion token e
                 if pos < self.seq_len:
                     step_ends[r, k] = pos
         rewards = np.zeros(step_ends.shape, np.float32)
         if c.reward.kind == "step_rule":
-            for r, ((p, _, x), (text, ends)) in enumerate(zip(rows, ends_tok)):
+            for r, ((p, _, _), (text, ends)) in enumerate(zip(rows, ends_tok)):
                 if p.intermediates is None:
                     raise ValueError(f"reward.kind='step_rule' needs problems with step results (the arithmetic "
                                      f"task); problem {p.id} has none")
@@ -546,6 +543,7 @@ class RLRun:
             del ref
             check_response_logprobs("reference", gbatch["ref_logp"], gbatch["weights"], self._row_name(ro))
         if c.method == "ppo":
+            assert ro is not None  # PPO samples (only "sft" has no rollout)
             self._ppo_prepare(ro, gbatch, record)
         t1 = time.perf_counter()
         updates = []
@@ -553,6 +551,7 @@ class RLRun:
             self.state, metrics = self.fns.train_step(self.state, gbatch)
             updates.append(metrics)
             if c.method == "ppo":
+                assert self.critic_fns is not None  # PPO always has its critic
                 self.critic_state, cm = self.critic_fns.train_step(self.critic_state, gbatch)
                 updates[-1] = dict(metrics, **{f"critic_{k}": v for k, v in cm.items()})
         updates = jax.device_get(updates)
@@ -587,16 +586,15 @@ class RLRun:
             "sampled_rows": float(ro.sampled_rows),
             "rollout_time_s": seconds, "rollout_tokens_per_s": ro.generated_tokens / max(seconds, 1e-9),
         }
-        for k, v in getattr(ro, "parts", {}).items():
+        for k, v in ro.parts.items():
             out[f"{k}_mean"] = float(np.mean(v))
-        if ro.step_rewards is not None:
-            m = ro.step_ends >= 0
+        if ro.step_rewards is not None and ro.step_ends is not None:
+            m = np.asarray(ro.step_ends >= 0)
             out["step_reward_mean"] = float(ro.step_rewards[m].mean()) if m.any() else 0.0
             out["steps_per_response"] = float(m.sum(1).mean())
         return out
 
     def _ppo_prepare(self, ro: Rollout, gbatch: dict, record: dict) -> None:
-        from dsmath_jax.rl import ppo
         pc = self.config.ppo
         values = self._values(self.critic_state.params, gbatch)
         scores = jnp.asarray(ro.rewards * np.repeat(ro.keep, self.G), jnp.float32)
@@ -612,7 +610,6 @@ class RLRun:
     def _rm_examples(self, ro: Rollout) -> list[dict]:
         """Training examples for the reward model from this step's samples: ORM labels are the rule reward;
         PRM labels are per-step correctness where the task can check steps, else the outcome on every step."""
-        from dsmath_jax.rl.arithmetic import step_correctness
         out = []
         cap = int(self.config.rm_update.samples_per_step) or None
         r = 0
@@ -670,7 +667,7 @@ class RLRun:
         return out
 
     # -------------------------------------------------------------------------------------- checkpoints
-    def _items(self, position: int) -> dict:
+    def _items(self) -> dict:
         items = {"params": self.state.params, "opt_state": self.state.opt_state}
         if self.ref_params is not None:
             items["ref_params"] = self.ref_params
@@ -689,7 +686,7 @@ class RLRun:
         saved = ckpt.item_names(step)
         if "ref_params" in saved:
             targets["ref_params"] = abstract_like(jax.eval_shape(self._frozen, tmpl.params), ss.params)
-        if self.critic_state is not None:
+        if self.critic_state is not None and self.critic_fns is not None:
             ct = jax.eval_shape(lambda s: s, self.critic_state)
             cs = self.critic_fns.state_sharding
             targets.update(critic_params=abstract_like(ct.params, cs.params),
@@ -710,7 +707,6 @@ class RLRun:
             self.critic_state = TrainState(step=jax.device_put(np.int32(step * self.mu), cs.step),
                                            params=got["critic_params"], opt_state=got["critic_opt_state"])
         if self.rm_trainer is not None:
-            from dsmath_jax.rl.replay import ReplayBuffer
             self.rm_trainer.set_state(TrainState(step=self.rm_trainer.state.step, params=got["rm_params"],
                                                  opt_state=got["rm_opt_state"]))
             self.reward_model.params = self.rm_trainer.state.params
@@ -720,94 +716,74 @@ class RLRun:
 
     # -------------------------------------------------------------------------------------- the loop
     def run(self) -> dict[str, Any]:
+        """Plugs the RL step and its hooks into the shared run loop (:class:`~dsmath_jax.train.runner.Runner`)."""
         self._setup()
         c = self.config
         tc = c.train
-        ckpt = Checkpointer(os.path.join(self.workdir, "checkpoints"), max_to_keep=int(tc.keep_checkpoints),
-                            async_save=bool(tc.async_checkpoint))
-        start = ckpt.latest_step()
+        nan = float("nan")
+        runner = Runner(self.workdir, total_steps=self.total_steps, checkpoint_every=int(tc.checkpoint_every),
+                        keep_checkpoints=int(tc.keep_checkpoints), async_checkpoint=bool(tc.async_checkpoint),
+                        log_every=int(tc.log_every), tensorboard=bool(tc.get("tensorboard", True)),
+                        max_nonfinite_in_a_row=int(tc.max_nonfinite_in_a_row),
+                        stop_after_steps=int(tc.stop_after_steps or 0), name="RL", logger=log,
+                        progress=f"rl:{c.method}",
+                        postfix=lambda info: {"reward": f"{info.metrics.get('reward_mean', nan):.3f}",
+                                              "acc": f"{info.metrics.get('accuracy', nan):.3f}"},
+                        nonfinite_hint="Lower the learning rate or check the rewards.")
         position = 0
-        if start is not None:
-            position = self._restore(ckpt, start)
-            log.info("resumed RL from step %d in %s", start, self.workdir)
-        else:
-            start = 0
-        writer = MetricsWriter(self.workdir, resume_step=start, tensorboard=bool(tc.get("tensorboard", True)))
-        status, step = "completed", start
         evals: dict[int, dict] = {}
-        bad, skipped = 0, 0
-        max_bad = int(tc.max_nonfinite_in_a_row)
+
+        def restore(step: int) -> None:
+            nonlocal position
+            position = self._restore(runner.checkpointer, step)
+
+        runner.resume(restore)
+
+        def rl_step(step: int) -> StepInfo:
+            nonlocal position
+            if self.needs_ref and (step % self.M == 0 or self.ref_params is None):
+                self.ref_params = self._frozen(self.state.params)  # the reference <- the policy
+                if tc.reference_on_host:
+                    self.ref_params = self._to_host(self.ref_params)
+            record, position = self.step(step + 1, position)
+            return StepInfo(step + 1, record)
+
+        def iteration(info: StepInfo) -> dict:
+            return {"iteration": (info.step - 1) // self.M + 1, "skipped_steps": runner.skipped}
+
+        def evaluate(info: StepInfo) -> dict:
+            evals[info.step] = self.evaluate()
+            info.log = True  # a step with an evaluation is logged off the log_every grid too
+            return evals[info.step]
+
+        runner.add_hook(iteration, every=1, at_end=True, into_record=True)
+        if self.rm_trainer is not None:  # Algorithm 1: the reward model trains at the end of each iteration
+            runner.add_hook(lambda info: self._update_reward_model(info.step // self.M), every=self.M, at_end=True,
+                            into_record=True)
         eval_every = int(c.eval.every)
+        if c.eval.n_problems and (eval_every or c.eval.at_start):
+            runner.add_hook(evaluate, every=eval_every, at_start=bool(c.eval.at_start), at_end=bool(eval_every),
+                            into_record=True)
 
-        def save(at: int, force: bool = False):
-            ckpt.save(at, self._items(position), metadata={
+        def checkpoint(at: int) -> tuple[dict, dict]:
+            return self._items(), {
                 "step": at, "data_position": position, "iteration": (at - 1) // self.M + 1 if at else 0,
-                "method": c.method, "model": self.model_cfg.to_dict()}, force=force)
+                "method": c.method, "model": self.model_cfg.to_dict()}
 
-        progress = tqdm(total=self.total_steps, initial=start, desc=f"rl:{c.method}",
-                        disable=jax.process_index() != 0, dynamic_ncols=True)
-        with Grader() as self.grader, _Preemption() as preemption:
-            try:
-                if start == 0 and c.eval.at_start and c.eval.n_problems:
-                    evals[0] = self.evaluate()
-                    writer.write(0, evals[0])
-                while step < self.total_steps:
-                    if self.needs_ref and (step % self.M == 0 or self.ref_params is None):
-                        self.ref_params = self._frozen(self.state.params)  # the reference <- the policy
-                        if tc.reference_on_host:
-                            self.ref_params = self._to_host(self.ref_params)
-                    record, position = self.step(step + 1, position)
-                    step += 1
-                    if record["finite"]:
-                        bad = 0
-                    else:
-                        bad, skipped = bad + 1, skipped + 1
-                        log.warning("RL step %d: non-finite loss/gradient (loss=%s): update skipped", step,
-                                    record.get("loss"))
-                        if bad >= max_bad:
-                            raise NonFiniteLossError(f"{bad} consecutive RL steps (up to {step}) had a non-finite "
-                                                     "loss or gradient; lower the learning rate or check rewards")
-                    record["iteration"] = (step - 1) // self.M + 1
-                    record["skipped_steps"] = skipped
-                    if step % self.M == 0 and self.rm_trainer is not None:
-                        record.update(self._update_reward_model(step // self.M))
-                    if eval_every and c.eval.n_problems and (step % eval_every == 0 or step == self.total_steps):
-                        evals[step] = self.evaluate()
-                        record.update(evals[step])
-                    if step % int(tc.log_every) == 0 or step == self.total_steps or step in evals:
-                        writer.write(step, record)
-                    progress.set_postfix(reward=f"{record.get('reward_mean', float('nan')):.3f}",
-                                         acc=f"{record.get('accuracy', float('nan')):.3f}")
-                    progress.update(1)
-                    if preemption.requested:
-                        status = "preempted"
-                        break
-                    if tc.stop_after_steps and step - start >= int(tc.stop_after_steps) and step < self.total_steps:
-                        status = "stopped"
-                        break
-                    if step % int(tc.checkpoint_every) == 0 and step < self.total_steps:
-                        save(step)
-                if ckpt.latest_step() != step:
-                    save(step, force=True)
-                ckpt.wait()
-            finally:
-                progress.close()
-                writer.close()
-                ckpt.close()
-        summary = {"status": status, "step": step, "method": c.method, "reward": c.reward.kind,
-                   "skipped_steps": skipped, "evals": {str(k): v for k, v in evals.items()}, "workdir": self.workdir}
+        with Grader() as self.grader:
+            result = runner.run(rl_step, checkpoint)
+        summary = {"status": result.status, "step": result.step, "method": c.method, "reward": c.reward.kind,
+                   "skipped_steps": result.skipped, "evals": {str(k): v for k, v in evals.items()},
+                   "workdir": self.workdir}
         history = _eval_history(self.workdir)
         if history:
             summary["eval_history"] = history
             summary["initial_eval"], summary["final_eval"] = history[0], history[-1]
-        if jax.process_index() == 0:
-            from dsmath_jax.train.rundir import write_atomic
-            write_atomic(os.path.join(self.workdir, "summary.json"), json.dumps(summary, indent=2))
+        runner.write_summary(summary)
         return summary
 
 
 def _eval_history(workdir: str) -> list[dict]:
-    from dsmath_jax.train.metrics import read_metrics
     try:
         rows = read_metrics(os.path.join(workdir, "metrics.jsonl"))
     except FileNotFoundError:

@@ -28,7 +28,8 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
-__all__ = ["LOG_RATIO_CLAMP", "K3_MAX", "kl_k1", "kl_k2", "kl_k3", "KL_ESTIMATORS", "AGGREGATIONS", "PolicyLossConfig", "policy_loss",
+__all__ = ["LOG_RATIO_CLAMP", "K3_MAX", "kl_k1", "kl_k2", "kl_k3", "KL_ESTIMATORS", "AGGREGATIONS", "PolicyLossConfig",
+           "policy_loss",
            "aggregate", "value_loss", "dpo_loss", "sequence_logprob", "sft_loss", "rft_loss",
            "gradient_coefficient", "token_logprobs", "token_entropy"]
 
@@ -175,8 +176,9 @@ def policy_loss(logp: jax.Array, old_logp: jax.Array, ref_logp: jax.Array | None
     under pi_old and pi_ref (treated as constants; ref_logp may be None when beta = 0); advantages:
     [batch, seq] per token or [batch] per sequence (constants); mask: [batch, seq] response tokens.
     Metrics: pg_loss (the clipped-surrogate part of the loss) and kl_loss (the KL part before the factor
-    beta), both aggregated like the loss; token means over the mask: kl, ratio_mean, advantage_mean, clip_frac_low / clip_frac_high (tokens whose clip is active: r < 1 - eps with A < 0,
-    r > 1 + eps_high with A > 0; their gradient is zero), clip_frac (both).
+    beta), both aggregated like the loss; token means over the mask: kl, ratio_mean, advantage_mean,
+    clip_frac_low / clip_frac_high (tokens whose clip is active: r < 1 - eps with A < 0, r > 1 + eps_high with
+    A > 0; their gradient is zero), clip_frac (both).
     """
     c = config
     m = _f32(mask)

@@ -125,7 +125,7 @@ def label_steps(correct: np.ndarray, mode: str) -> np.ndarray:
     correct = np.asarray(correct, bool)
     if correct.ndim != 2 or correct.shape[1] == 0:
         raise ValueError(f"verdicts must be [steps, n] with n >= 1, got shape {correct.shape}")
-    return (correct.any(axis=1) if mode == "hard" else correct.mean(axis=1)).astype(np.float32)
+    return np.asarray(correct.any(axis=1) if mode == "hard" else correct.mean(axis=1), np.float32)
 
 
 def math_shepherd_labels(sampler, grader, prompt_ids: Sequence[Sequence[int]],

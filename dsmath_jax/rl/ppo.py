@@ -44,11 +44,11 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from dsmath_jax.model.transformer import CausalLM, ScalarHeadModel
-from dsmath_jax.parallel.mesh import DEFAULT_RULES, Rules, get_params, param_shardings, set_params
+from dsmath_jax.parallel.mesh import DEFAULT_RULES, ModuleT, Rules, get_params, param_shardings, set_params
 from dsmath_jax.rl.advantages import gae, outcome_token_rewards
 from dsmath_jax.rl.grpo import grpo_loss_fn, make_reference_forward, on_forward_inputs
 from dsmath_jax.rl.losses import PolicyLossConfig, value_loss
-from dsmath_jax.train.step import StepFns, make_forward, make_train_step
+from dsmath_jax.train.step import LossFn, StepFns, make_forward, make_train_step
 
 Batch = Mapping[str, jax.Array]
 
@@ -57,7 +57,7 @@ __all__ = ["critic_from_policy", "critic_from_reward_model", "values_for_batch",
 
 
 # ------------------------------------------------------------------------------------------ the critic
-def _copy_sharded(model: nnx.Module, mesh: Mesh, rules: Rules) -> nnx.Module:
+def _copy_sharded(model: ModuleT, mesh: Mesh, rules: Rules) -> ModuleT:
     """Places every parameter of `model` on the mesh as fresh buffers (never aliases of another model's
     arrays, which a donated train step of that model would delete)."""
     shardings = param_shardings(model, mesh, rules)
@@ -173,7 +173,7 @@ def ppo_batch(batch: Batch, scores: jax.Array, ref_logp: jax.Array, values: jax.
 
 
 # ------------------------------------------------------------------------------------------ losses
-def critic_loss_fn(clip_eps: float = 0.2) -> Callable[[nnx.Module, Batch], tuple[jax.Array, jax.Array, dict]]:
+def critic_loss_fn(clip_eps: float = 0.2) -> LossFn:
     """A loss for `make_train_step` on a `ScalarHeadModel` critic: PPO's clipped value loss
     (`losses.value_loss`, token mean over ``weights``) of V(s_t) against ``returns``, clipped around
     ``old_values``. Batch keys: ``inputs``, ``weights``, ``old_values``, ``returns`` and optional
@@ -191,7 +191,7 @@ def critic_loss_fn(clip_eps: float = 0.2) -> Callable[[nnx.Module, Batch], tuple
     return loss
 
 
-def ppo_policy_loss_fn(config: PolicyLossConfig = PolicyLossConfig(beta=0.0)):
+def ppo_policy_loss_fn(config: PolicyLossConfig = PolicyLossConfig(beta=0.0)):  # noqa: B008 - a frozen dataclass
     """A loss for `make_train_step` on the policy: PPO's clipped surrogate (DeepSeekMath Eq. 1, Schulman et
     al. 2017) with per-token GAE ``advantages``, ``old_logp`` and ``weights`` from the batch.
 
@@ -204,7 +204,7 @@ def ppo_policy_loss_fn(config: PolicyLossConfig = PolicyLossConfig(beta=0.0)):
                          "PolicyLossConfig(beta=0.0) (a KL in the loss is GRPO's, see grpo_loss_fn)")
     inner = grpo_loss_fn(config)
 
-    def loss(model: nnx.Module, batch: Batch):
+    def loss(model: CausalLM, batch: Batch):
         if "advantages" not in batch:
             raise KeyError(f"ppo_policy_loss_fn: batch needs 'advantages' (see ppo_batch); got keys {sorted(batch)}")
         return inner(model, batch)
@@ -229,7 +229,8 @@ class PPOStepFns(NamedTuple):
 
 def make_ppo_steps(policy: CausalLM, critic: ScalarHeadModel, optimizer: optax.GradientTransformation,
                    critic_optimizer: optax.GradientTransformation, mesh: Mesh, rules: Rules = DEFAULT_RULES, *,
-                   loss_config: PolicyLossConfig = PolicyLossConfig(beta=0.0), value_clip: float = 0.2,
+                   loss_config: PolicyLossConfig = PolicyLossConfig(beta=0.0),  # noqa: B008 - a frozen dataclass
+                   value_clip: float = 0.2,
                    accum_steps: int = 1) -> PPOStepFns:
     """Builds the two train steps of PPO (policy: :func:`ppo_policy_loss_fn`; critic: :func:`critic_loss_fn`)
     and the two forward passes an update needs (reference log-probs, old values), all on `mesh`.

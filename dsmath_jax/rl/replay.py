@@ -96,7 +96,7 @@ def unpack_examples(arrays: Mapping[str, Any]) -> list[dict[str, Any]]:
     if len(set(sizes.values())) != 1:
         raise ValueError(f"packed examples: fields hold different numbers of examples: {sizes}")
     n = next(iter(sizes.values()))
-    out = [{} for _ in range(n)]
+    out: list[dict[str, Any]] = [{} for _ in range(n)]
     for key, ragged in sorted(fields.items()):
         if ragged:
             offsets, values = arrays[key + _OFFSETS], arrays[key + _VALUES]

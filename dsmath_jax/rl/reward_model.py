@@ -38,12 +38,19 @@ import numpy as np
 import optax
 from etils import epath
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from dsmath_jax.data.tokenizers import Tokenizer, check_tokenizer_fits
 from dsmath_jax.model import CausalLM, ModelConfig, ScalarHeadModel
-from dsmath_jax.parallel.mesh import DEFAULT_RULES, Rules, activation_sharding, batch_sharding, get_params
-from dsmath_jax.parallel.mesh import param_shardings
+from dsmath_jax.parallel.mesh import (
+    DEFAULT_RULES,
+    Rules,
+    activation_sharding,
+    batch_sharding,
+    get_params,
+    param_shardings,
+)
 from dsmath_jax.rl.rewards import outcome_scores, process_scores
 from dsmath_jax.train.checkpoint import Checkpointer, CheckpointError, abstract_like
 from dsmath_jax.train.step import StepFns, TrainState, make_train_step
@@ -143,14 +150,15 @@ def rm_batch(examples: Sequence[Example], seq_len: int, pad_id: int = 0, kind: s
     rows = len(examples)
     out = {"inputs": np.full((rows, seq_len), pad_id, np.int32), "segment_ids": np.zeros((rows, seq_len), np.int32),
            "weights": np.zeros((rows, seq_len), np.float32)}
+    step_columns = 0  # PRM: steps kept per row
     if kind == "orm":
         out["labels"] = np.zeros((rows, 1), np.float32)
     else:
         if max_steps is None:
             max_steps = max((len(ex["step_ends"]) for ex in examples), default=1)
-        max_steps = max(int(max_steps), 1)
-        out["step_ends"] = np.full((rows, max_steps), -1, np.int32)
-        out["step_labels"] = np.zeros((rows, max_steps), np.float32)
+        step_columns = max(int(max_steps), 1)
+        out["step_ends"] = np.full((rows, step_columns), -1, np.int32)
+        out["step_labels"] = np.zeros((rows, step_columns), np.float32)
     truncated = dropped_rows = dropped_steps = 0
     for r, ex in enumerate(examples):
         tokens = np.asarray(ex["tokens"])
@@ -167,7 +175,7 @@ def rm_batch(examples: Sequence[Example], seq_len: int, pad_id: int = 0, kind: s
         labels = np.asarray(ex["step_labels"], np.float32)
         keep = ends < n
         ends, labels = ends[keep], labels[keep]
-        kept = min(len(ends), max_steps)
+        kept = min(len(ends), step_columns)
         dropped_steps += len(keep) - kept
         out["step_ends"][r, :kept] = ends[:kept]
         out["step_labels"][r, :kept] = labels[:kept]

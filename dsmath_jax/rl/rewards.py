@@ -1,5 +1,7 @@
 """Rewards for RL (PAPER.md §4): rule rewards from the evaluation harness's checker, a format reward,
-the read-out of outcome and process reward models, and weighted combinations.
+the read-out of outcome and process reward models, and weighted combinations; the arithmetic task's exact
+rule reward (:func:`check_answer`) and per-step process reward (:func:`step_correctness`, on the step lines
+of :func:`step_lines`; the task itself is :mod:`dsmath_jax.data.arithmetic`).
 
 Shapes: completions are strings (one per sampled row); reward-model scores are [rows, seq] float32 from a
 `ScalarHeadModel` run over prompt + completion; `mask` [rows, seq] marks completion positions.
@@ -7,14 +9,21 @@ Shapes: completions are strings (one per sampled row); reward-model scores are [
 
 from __future__ import annotations
 
+import functools
+import operator
+import re
 from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dsmath_jax.data.arithmetic import ArithmeticProblem
 from dsmath_jax.data.math_text import last_boxed
 from dsmath_jax.evals.grader import Grader
+
+_STEP_RESULT = re.compile(r"=\s*(-?\d+)")
+_BOX = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 
 
 def rule_rewards(grader: Grader, completions: Sequence[str], golds: Sequence[str], kind: str = "math",
@@ -86,4 +95,45 @@ def combine_rewards(rewards: Mapping[str, np.ndarray], weights: Mapping[str, flo
     shapes = {k: np.shape(rewards[k]) for k in weights}
     if len(set(shapes.values())) != 1:
         raise ValueError(f"rewards have different shapes: {shapes}")
-    return sum(float(w) * np.asarray(rewards[k], np.float32) for k, w in weights.items())
+    return functools.reduce(operator.add, [float(w) * np.asarray(rewards[k], np.float32) for k, w in weights.items()])
+
+
+def check_answer(completion: str, answer: str) -> bool:
+    r"""The arithmetic task's rule reward: whether the last ``\boxed{}`` of ``completion`` is exactly
+    ``answer``, ignoring whitespace (``\boxed{ 12 }`` matches ``"12"``; ``12.0``, ``012`` or a missing box
+    do not)."""
+    boxed = last_boxed(completion)
+    if boxed is None:
+        return False
+    return re.sub(r"\s+", "", boxed) == re.sub(r"\s+", "", str(answer)) != ""
+
+
+def step_lines(completion: str) -> list[tuple[int, int]]:
+    r"""``(start, end)`` character spans of the step lines of ``completion``: its non-blank lines without a
+    ``\boxed`` / ``\fbox`` (the final-answer line is not a step), in order; ``end`` excludes the newline."""
+    spans = []
+    pos = 0
+    for line in completion.split("\n"):
+        end = pos + len(line)
+        if line.strip() and not _BOX.search(line):
+            spans.append((pos, end))
+        pos = end + 1
+    return spans
+
+
+def step_end_offsets(completion: str) -> list[int]:
+    """The character offset just past each step line of ``completion`` (the ends that
+    :func:`step_correctness` scores), for mapping step rewards onto tokens."""
+    return [end for _, end in step_lines(completion)]
+
+
+def step_correctness(completion: str, problem: ArithmeticProblem | Sequence[int]) -> list[bool]:
+    """One flag per generated step line (:func:`step_lines`): whether its last ``= N`` equals the true
+    result of the step at that position (``problem.intermediates``, or the sequence of intermediate
+    results itself). A line without ``= N``, or beyond the problem's number of steps, is ``False``."""
+    truth = list(problem.intermediates if isinstance(problem, ArithmeticProblem) else problem)
+    flags = []
+    for k, (start, end) in enumerate(step_lines(completion)):
+        found = _STEP_RESULT.findall(completion[start:end])
+        flags.append(bool(found) and k < len(truth) and int(found[-1]) == truth[k])
+    return flags

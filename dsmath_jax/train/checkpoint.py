@@ -66,19 +66,14 @@ def abstract_like(tree: PyTree, shardings: PyTree | None = None) -> PyTree:
     The sharding comes from the matching leaf of ``shardings`` (same structure, ``None`` leaves
     allowed) if given, else from the array's own ``.sharding`` (numpy arrays get none).
     """
-    leaves, treedef = jax.tree.flatten(tree)
-    if shardings is None:
-        shards = [None] * len(leaves)
-    else:
-        shards = treedef.flatten_up_to(shardings)
-
-    def one(x: Any, s: Any) -> Any:
+    def one(x: Any, s: Any = None) -> Any:
         if not (hasattr(x, "shape") and hasattr(x, "dtype")):
             return x
         s = s if s is not None else getattr(x, "sharding", None)
         return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
 
-    return treedef.unflatten([one(x, s) for x, s in zip(leaves, shards)])
+    # tree.map flattens `shardings` up to `tree`'s structure, so None leaves of `shardings` are kept as leaves
+    return jax.tree.map(one, tree) if shardings is None else jax.tree.map(one, tree, shardings)
 
 
 def _is_data_iterator(x: Any) -> bool:
@@ -200,7 +195,7 @@ class Checkpointer:
         try:
             meta = self._mngr.restore(step, args=ocp.args.Composite(
                 **{METADATA_ITEM: ocp.args.JsonRestore()}))[METADATA_ITEM]
-        except Exception as e:  # noqa: BLE001 - anything Orbax/epath raises means unreadable
+        except Exception as e:  # anything Orbax/epath raises means unreadable
             raise CheckpointError(f"cannot read {self._where(step, METADATA_ITEM)} (expected the "
                                   f"JSON written by Checkpointer.save): {_short(e)}") from e
         if not isinstance(meta, dict) or _BOOKKEEPING not in meta:
@@ -225,7 +220,7 @@ class Checkpointer:
         try:
             saved_tree = ocp.StandardCheckpointHandler().metadata(
                 self.directory / str(step) / item).tree
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise CheckpointError(f"cannot read the array metadata of {self._where(step, item)} "
                                   f"(corrupt or incomplete checkpoint): {_short(e)}") from e
         saved = {_path_str(p): m for p, m in jax.tree_util.tree_flatten_with_path(saved_tree)[0]}
@@ -282,7 +277,7 @@ class Checkpointer:
                 try:
                     self._mngr.restore(step, args=ocp.args.Composite(
                         **{item: grain.checkpoint.CheckpointRestore(target)}))
-                except Exception as e:  # noqa: BLE001
+                except Exception as e:
                     raise CheckpointError(f"cannot restore {self._where(step, item)} into the data iterator "
                                           f"(was the dataset or its config changed?): {_short(e)}") from e
                 out[item] = target
@@ -294,14 +289,14 @@ class Checkpointer:
             try:
                 tree = self._mngr.restore(step, args=ocp.args.Composite(
                     **{item: ocp.args.StandardRestore(abstract)}))[item]
-            except Exception as e:  # noqa: BLE001 - tensorstore/Orbax errors on corrupt data
+            except Exception as e:  # tensorstore/Orbax errors on corrupt data
                 raise CheckpointError(f"cannot read {self._where(step, item)} (corrupt or "
                                       f"incomplete checkpoint): {type(e).__name__}: {e}") from e
             keys = book["prng_keys"].get(item, {})
             if keys:
                 tree = jax.tree_util.tree_map_with_path(
-                    lambda p, x: (jax.random.wrap_key_data(x, impl=keys[_path_str(p)])
-                                  if _path_str(p) in keys else x), tree)
+                    lambda p, x, keys=keys: (jax.random.wrap_key_data(x, impl=keys[_path_str(p)])
+                                             if _path_str(p) in keys else x), tree)
             out[item] = tree
         logger.info("restored step %d (%s) from %s", step, ", ".join(targets), self.directory)
         return out

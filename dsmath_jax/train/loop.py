@@ -1,21 +1,21 @@
-"""The training loop shared by pre-training and SFT (and, later, reward models).
+"""Pre-training and SFT: their set-up, and the step and hooks they plug into the shared run loop
+(:class:`~dsmath_jax.train.runner.Runner`).
 
 `train(config, workdir, task="pretrain" | "sft")`:
   start-up (multi-host, mesh) -> tokenizer (given, or trained on the training data for small runs) ->
   model (fresh, from a Hugging Face directory, or params from a checkpoint) -> optimizer and schedule ->
   resume from `<workdir>/checkpoints` if a checkpoint is there -> the loop.
 
-The loop saves params, optimizer state and the data iterator together, so a resumed run sees exactly the
+Checkpoints hold params, optimizer state and the data iterator together, so a resumed run sees exactly the
 batches it would have seen; SIGTERM (TPU preemption) saves and exits cleanly; a non-finite loss skips the
-update, and `max_nonfinite_in_a_row` of them stop the run with an error. Metrics go to
-`<workdir>/metrics.jsonl` and TensorBoard.
+update, and `max_nonfinite_in_a_row` of them stop the run with an error (the runner's guard). Metrics go to
+`<workdir>/metrics.jsonl` and TensorBoard; the held-out loss every `train.eval_every` steps is a row of its own.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import signal
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -25,53 +25,24 @@ import ml_collections
 import numpy as np
 from etils import epath
 from flax import nnx
-from tqdm.auto import tqdm
 
 from dsmath_jax.data.pipeline import PipelineStats, build_dataset, pretrain_example_fn, sft_example_fn
 from dsmath_jax.data.sources import resolve_source, source_name
 from dsmath_jax.data.tokenizers import Tokenizer, check_tokenizer_fits, load_tokenizer, train_sentencepiece
 from dsmath_jax.model import CausalLM, ModelConfig, load_hf
 from dsmath_jax.model.config import COMPUTE_FIELDS
-from dsmath_jax.parallel import (create_sharded, global_batch, initialize_from_config, make_mesh,
-                                 rules_from_config)
+from dsmath_jax.parallel import create_sharded, global_batch, initialize_from_config, make_mesh, rules_from_config
 from dsmath_jax.parallel.mesh import get_params, param_shardings, set_params
 from dsmath_jax.train import schedules
-from dsmath_jax.train.checkpoint import Checkpointer, abstract_like, restore_params
-from dsmath_jax.train.metrics import MetricsWriter
+from dsmath_jax.train.checkpoint import abstract_like, restore_params
 from dsmath_jax.train.mfu import mfu
-from dsmath_jax.train.rundir import write_atomic, write_json
+from dsmath_jax.train.rundir import write_atomic
+from dsmath_jax.train.runner import NonFiniteLossError, Runner, StepInfo, StopRun
 from dsmath_jax.train.step import TrainState, adamw, make_train_step
 
 log = logging.getLogger(__name__)
 
 TASKS = ("pretrain", "sft")
-
-
-class NonFiniteLossError(RuntimeError):
-    """Too many consecutive steps with a non-finite loss or gradient."""
-
-
-class _Preemption:
-    """Turns SIGTERM (how TPU VMs announce preemption) into a flag the loop checks between steps."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-
-    def __enter__(self):
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread: no handler, the loop still runs
-            self._previous = None
-        return self
-
-    def _handle(self, signum, frame):
-        log.warning("SIGTERM received: saving a checkpoint and stopping after this step")
-        self.requested = True
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
 
 
 def _as_dict(cfg) -> dict:
@@ -211,116 +182,81 @@ def train(config: ml_collections.ConfigDict, workdir: str, task: str = "pretrain
     fns = make_train_step(model, optimizer, mesh, rules, accum_steps=int(tcfg.get("accum_steps", 1)),
                           schedule=schedule)
     data_iter = iter(train_ds)
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=int(tcfg.get("keep_checkpoints", 3)),
-                        async_save=bool(tcfg.get("async_checkpoint", True)))
-    start = ckpt.latest_step()
-    if start is not None:
-        template = jax.eval_shape(fns.init_state, get_params(model))
-        restored = ckpt.restore(start, {"params": abstract_like(template.params, fns.state_sharding.params),
-                                        "opt_state": abstract_like(template.opt_state, fns.state_sharding.opt_state),
-                                        "data": data_iter})
-        state = TrainState(step=jax.device_put(np.int32(start), fns.state_sharding.step),
-                           params=restored["params"], opt_state=restored["opt_state"])
-        log.info("resumed from step %d in %s", start, workdir)
-    else:
-        start = 0
-        state = fns.init_state(get_params(model))
-    del model  # the train state owns the parameters now
+    runner = Runner(workdir, total_steps=int(tcfg.steps), checkpoint_every=int(tcfg.get("checkpoint_every", 1000)),
+                    keep_checkpoints=int(tcfg.get("keep_checkpoints", 3)),
+                    async_checkpoint=bool(tcfg.get("async_checkpoint", True)), log_every=int(tcfg.get("log_every", 10)),
+                    tensorboard=bool(tcfg.get("tensorboard", True)),
+                    max_nonfinite_in_a_row=int(tcfg.get("max_nonfinite_in_a_row", 10)), logger=log, progress=task,
+                    postfix=lambda info: {"loss": f"{last_loss:.4f}"}, read_late=True)
+    params: Any = get_params(model)
+    state: TrainState | None = None
+    del model
 
-    total_steps = int(tcfg.steps)
-    log_every, eval_every = int(tcfg.get("log_every", 10)), int(tcfg.get("eval_every", 0))
-    ckpt_every = int(tcfg.get("checkpoint_every", 1000))
-    max_bad = int(tcfg.get("max_nonfinite_in_a_row", 10))
+    def restore(step: int) -> None:
+        nonlocal state
+        template = jax.eval_shape(fns.init_state, params)
+        restored = runner.checkpointer.restore(step, {
+            "params": abstract_like(template.params, fns.state_sharding.params),
+            "opt_state": abstract_like(template.opt_state, fns.state_sharding.opt_state), "data": data_iter})
+        state = TrainState(step=jax.device_put(np.int32(step), fns.state_sharding.step),
+                           params=restored["params"], opt_state=restored["opt_state"])
+
+    start = runner.resume(restore)
+    if state is None:
+        state = fns.init_state(params)
+    params = None  # the train state owns the parameters now
+
     seq_len, batch_size = int(config.data.seq_len), int(tcfg.batch_size)
     flops_per_token = model_cfg.flops_per_token(seq_len)
-    writer = MetricsWriter(workdir, resume_step=start, tensorboard=bool(tcfg.get("tensorboard", True)))
-
-    def save(step: int, *, force: bool = False) -> None:
-        meta = {"step": step, "task": task, "model": model_cfg.to_dict(), "tokens_seen": step * batch_size * seq_len}
-        ckpt.save(step, {"params": state.params, "opt_state": state.opt_state, "data": data_iter},
-                  metadata=meta, force=force)
-
-    bad_in_a_row, skipped, status = 0, 0, "completed"
-    pending: tuple[int, dict, float] | None = None  # metrics of the previous step, read one step late
     last_loss = float("nan")
-    window_start, window_steps = time.perf_counter(), 0
-    progress = tqdm(total=total_steps, initial=start, desc=task, disable=jax.process_index() != 0,
-                    dynamic_ncols=True)
+    window_start, window_from = time.perf_counter(), start  # throughput since the last logged step
 
-    def consume(step: int, metrics: dict) -> None:
-        nonlocal bad_in_a_row, skipped, last_loss, window_start, window_steps
-        metrics = jax.device_get(metrics)
-        if int(metrics["finite"]):
-            bad_in_a_row = 0
-            last_loss = float(metrics["loss"])
-        else:
-            bad_in_a_row += 1
-            skipped += 1
-            log.warning("step %d: non-finite loss/gradient (loss=%s, grad_norm=%s): update skipped (%d in a row)",
-                        step, metrics["loss"], metrics["grad_norm"], bad_in_a_row)
-            if bad_in_a_row >= max_bad:
-                raise NonFiniteLossError(f"{bad_in_a_row} consecutive steps (up to step {step}) had a non-finite "
-                                         f"loss or gradient; stopping. Last loss {metrics['loss']}, grad norm "
-                                         f"{metrics['grad_norm']}. Lower the learning rate or check the data.")
-        window_steps += 1
-        if step % log_every == 0 or step == total_steps:
-            elapsed = time.perf_counter() - window_start
-            tokens_per_s = window_steps * batch_size * seq_len / max(elapsed, 1e-9)
-            record = {k: float(v) for k, v in metrics.items()}
-            record.update(tokens_per_s=tokens_per_s, step_time_s=elapsed / window_steps, skipped_steps=skipped,
-                          **{f"data_{k}": v for k, v in stats.as_dict().items()})
-            utilisation = mfu(flops_per_token, tokens_per_s)
-            if utilisation is not None:
-                record["mfu"] = utilisation
-            writer.write(step, record)
-            window_start, window_steps = time.perf_counter(), 0
-        progress.set_postfix(loss=f"{last_loss:.4f}")
-        progress.update(1)
-
-    step = start
-    with _Preemption() as preemption:
+    def train_step(step: int) -> StepInfo:
+        nonlocal state
         try:
-            while step < total_steps:
-                try:
-                    batch = next(data_iter)
-                except StopIteration:
-                    log.warning("the training data ran out after %d steps (data.epochs=%s)", step,
-                                config.data.get("epochs"))
-                    status = "data_exhausted"
-                    break
-                state, metrics = fns.train_step(state, global_batch(batch, fns.batch_sharding))
-                step += 1
-                if pending is not None:
-                    consume(*pending)
-                pending = (step, metrics)
-                if eval_ds is not None and eval_every and (step % eval_every == 0 or step == total_steps):
-                    consume(*pending)
-                    pending = None
-                    writer.write(step, evaluate(fns.eval_step, state.params, eval_ds, fns.batch_sharding,
-                                                int(tcfg.get("eval_batches", 10))))
-                if preemption.requested:
-                    status = "preempted"
-                    break
-                if step % ckpt_every == 0 and step < total_steps:
-                    save(step)
-            if pending is not None:
-                consume(*pending)
-                pending = None
-            if ckpt.latest_step() != step:  # a rerun of a finished run has nothing new to save
-                save(step, force=True)
-            ckpt.wait()
-        finally:
-            progress.close()
-            writer.close()
-            ckpt.close()
-    if step == start and status == "completed":
-        log.info("nothing to do: the run in %s is already at step %d", workdir, step)
-    summary = {"status": status, "step": step, "loss": None if np.isnan(last_loss) else last_loss,
-               "skipped_steps": skipped,
+            batch = next(data_iter)
+        except StopIteration:
+            log.warning("the training data ran out after %d steps (data.epochs=%s)", step, config.data.get("epochs"))
+            raise StopRun("data_exhausted") from None
+        assert state is not None  # made by `restore` or `init_state` before the loop
+        state, metrics = fns.train_step(state, global_batch(batch, fns.batch_sharding))
+        return StepInfo(step + 1, metrics)  # device values: the runner reads them one step late
+
+    def record(info: StepInfo) -> None:
+        """The loss the progress bar and summary show; a logged step's throughput and data counts."""
+        nonlocal last_loss, window_start, window_from
+        metrics = info.metrics
+        if int(metrics["finite"]):
+            last_loss = float(metrics["loss"])
+        if not info.log:
+            return
+        elapsed, steps = time.perf_counter() - window_start, info.step - window_from
+        tokens_per_s = steps * batch_size * seq_len / max(elapsed, 1e-9)
+        metrics.update({k: float(v) for k, v in metrics.items()})
+        metrics.update(tokens_per_s=tokens_per_s, step_time_s=elapsed / steps, skipped_steps=runner.skipped,
+                       **{f"data_{k}": v for k, v in stats.as_dict().items()})
+        utilisation = mfu(flops_per_token, tokens_per_s)
+        if utilisation is not None:
+            metrics["mfu"] = utilisation
+        window_start, window_from = time.perf_counter(), info.step
+
+    runner.add_hook(record, every=1, at_end=True, into_record=True)
+    eval_every = int(tcfg.get("eval_every", 0))
+    if eval_ds is not None and eval_every:
+        eval_batches = int(tcfg.get("eval_batches", 10))
+        runner.add_hook(lambda info: evaluate(fns.eval_step, state.params, eval_ds, fns.batch_sharding, eval_batches),
+                        every=eval_every, at_end=True)
+
+    def checkpoint(step: int) -> tuple[dict, dict]:
+        meta = {"step": step, "task": task, "model": model_cfg.to_dict(), "tokens_seen": step * batch_size * seq_len}
+        return {"params": state.params, "opt_state": state.opt_state, "data": data_iter}, meta
+
+    result = runner.run(train_step, checkpoint)
+    summary = {"status": result.status, "step": result.step, "loss": None if np.isnan(last_loss) else last_loss,
+               "skipped_steps": result.skipped,
                "data": stats.as_dict(), "workdir": workdir}
-    if jax.process_index() == 0:
-        write_json(os.path.join(workdir, "summary.json"), summary)
-    log.info("%s %s at step %d (loss %s)", task, status, step, summary["loss"])
+    runner.write_summary(summary)
+    log.info("%s %s at step %d (loss %s)", task, result.status, result.step, summary["loss"])
     return summary
 
 

@@ -23,12 +23,12 @@ def is_remote(path: str | os.PathLike) -> bool:
 
 def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
     """Writes `data` (text as UTF-8) to `path` via a temporary file beside it and a rename."""
-    path = epath.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    target = epath.Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp.{os.getpid()}")
     try:
         tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
-        tmp.replace(path)
+        tmp.replace(target)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

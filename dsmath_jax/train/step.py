@@ -18,17 +18,31 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from dsmath_jax.parallel.mesh import (DEFAULT_RULES, Rules, activation_sharding, batch_sharding, constrain,
-                                      get_params, param_shardings)
+from dsmath_jax.model.transformer import CausalLM
+from dsmath_jax.parallel.mesh import (
+    DEFAULT_RULES,
+    Rules,
+    activation_sharding,
+    batch_sharding,
+    constrain,
+    get_params,
+    param_shardings,
+)
 
 Batch = Mapping[str, jax.Array]
-LossFn = Callable[[nnx.Module, Batch], tuple[jax.Array, jax.Array, dict]]
+# A loss (or forward) function is called with the model `make_train_step` (`make_forward`) was built from,
+# merged from its graph and the traced params: each types its model parameter as the class it expects.
+LossFn = Callable[[Any, Batch], tuple[jax.Array, jax.Array, dict]]
+ForwardFn = Callable[[Any, Batch], jax.Array]
 
 
 class TrainState(NamedTuple):
-    step: jax.Array  # [] int32: updates attempted so far
+    # [] int32: updates attempted so far. Any like the other fields: a TrainState also holds the state's
+    # shardings (`StepFns.state_sharding`) or shapes (`abstract_like`), and a restored step is a numpy array.
+    step: Any
     params: Any  # pure dict of arrays
     opt_state: Any
 
@@ -44,7 +58,7 @@ def token_cross_entropy(logits: jax.Array, targets: jax.Array, weights: jax.Arra
     return (nll * weights).sum(), weights.sum()
 
 
-def lm_loss(model: nnx.Module, batch: Batch) -> tuple[jax.Array, jax.Array, dict]:
+def lm_loss(model: CausalLM, batch: Batch) -> tuple[jax.Array, jax.Array, dict]:
     """Language-model loss on a batch with `inputs`, `targets`, `weights` and optional `positions` and
     `segment_ids` (all [batch, seq]); `weights` is 0 on padding and, for SFT, on prompt tokens. The
     log-probs come from the model in blocks of positions (`CausalLM.token_logprobs`): no full logits."""
@@ -70,8 +84,13 @@ def opt_state_shardings(optimizer: optax.GradientTransformation, params_shape: A
     state_shape = jax.eval_shape(optimizer.init, params_shape)
     param_tree = jax.tree.structure(params_shape)
     replicated = NamedSharding(mesh, P())
-    return jax.tree.map(lambda x: params_sharding if jax.tree.structure(x) == param_tree else replicated,
-                        state_shape, is_leaf=lambda x: jax.tree.structure(x) == param_tree)
+
+    def like_params(x: Any) -> bool:
+        # jaxlib ships no stub for PyTreeDef (mypy sees an unresolved type): treedefs do compare with ==.
+        return jax.tree.structure(x) == param_tree  # type: ignore[operator]
+
+    return jax.tree.map(lambda x: params_sharding if like_params(x) else replicated, state_shape,
+                        is_leaf=like_params)
 
 
 def _split_micro(batch: Batch, accum_steps: int) -> Batch:
@@ -83,7 +102,7 @@ def _split_micro(batch: Batch, accum_steps: int) -> Batch:
     return jax.tree.map(split, dict(batch))
 
 
-def make_forward(model: nnx.Module, fn: Callable[[nnx.Module, Batch], jax.Array], mesh: Mesh,
+def make_forward(model: nnx.Module, fn: ForwardFn, mesh: Mesh,
                  rules: Rules = DEFAULT_RULES, *, micro_batches: int = 1) -> Callable[[Any, Batch], jax.Array]:
     """A jitted, sharded forward pass `forward(params, batch) -> [rows, ...]` of `fn(model, batch)` (e.g. the
     frozen reference's log-probs, a critic's values): traced inside the activation-sharding context, so

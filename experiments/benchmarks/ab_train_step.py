@@ -86,8 +86,9 @@ def main() -> None:
     parser.add_argument("--output", default=None)
     args = parser.parse_args()
     sys.path.insert(0, str(pathlib.Path(__file__).parent))
-    from common import MODEL_100M  # noqa: E402 - the benchmarks' shared model
-    from dsmath_jax.model import get_preset  # noqa: E402
+    from common import MODEL_100M  # the benchmarks' shared model
+
+    from dsmath_jax.model import get_preset
     cfg = get_preset(args.preset) if args.preset else MODEL_100M
     model = dict(cfg.to_dict(), dtype=args.dtype, max_seq_len=max(cfg.max_seq_len, args.seq))
     spec = {"model": model, "batch": args.batch, "seq": args.seq}

@@ -29,7 +29,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _config(crawl_dir: str, benchmarks_dir: str):
-    spec = importlib.util.spec_from_file_location("mining_config", ROOT / "configs" / "mining" / "deepseekmath_corpus.py")
+    path = ROOT / "configs" / "mining" / "deepseekmath_corpus.py"
+    spec = importlib.util.spec_from_file_location("mining_config", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     c = module.get_config("tiny")
@@ -117,7 +118,7 @@ def stage_breakdown(crawl_dir: str, workdir: str, texts: list[str]) -> dict:
     _, t_warc = _timed(parse_warc)
     _, t_html = _timed(lambda: [html_to_text(b) for b in bodies])
     _, t_read = _timed(lambda: [p for path in sorted(glob.glob(os.path.join(crawl_dir, "crawl", "*")))
-                                for p in read_crawl_file(path, max_page_bytes=1_000_000, counter=lambda *a: None)])
+                                for p in read_crawl_file(path, max_page_bytes=1_000_000, counter=lambda *_: None)])
     _, t_lang = _timed(lambda: [detect_language(t) for t in texts])
     _, t_tok = _timed(lambda: [count_tokens(t) for t in texts])
     hasher = MinHasher(128)
@@ -142,7 +143,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     default = os.environ.get("DSMATH_BENCHMARKS_DIR")
     parser.add_argument("--benchmarks-dir", default=default, help="benchmark files (gsm8k/, math/ train and test)")
-    parser.add_argument("--sizes", default="1,4", help="crawl sizes, multiples of the test crawl (two for a marginal rate)")
+    parser.add_argument("--sizes", default="1,4",
+                        help="crawl sizes, multiples of the test crawl (two for a marginal rate)")
     parser.add_argument("--output", default=None)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -160,7 +162,8 @@ def main() -> None:
         marginal = d_pages / d_cpu
         result["marginal_pipeline_pages_per_cpu_s"] = round(marginal, 1)
         result["overhead_vs_raw_predict"] = round(raw["predict_pages_per_cpu_s"] / marginal, 1)
-    result["overhead_vs_raw_predict_whole_run"] = round(raw["predict_pages_per_cpu_s"] / big["pipeline_pages_per_cpu_s"], 1)
+    result["overhead_vs_raw_predict_whole_run"] = round(
+        raw["predict_pages_per_cpu_s"] / big["pipeline_pages_per_cpu_s"], 1)
     text = json.dumps(result, indent=1)
     print(text)
     if args.output:

@@ -16,14 +16,13 @@ import time
 
 import jax
 import numpy as np
+from common import report
 from flax import nnx
 
 from dsmath_jax.model import CausalLM, get_params, get_preset
 from dsmath_jax.parallel import create_sharded, make_mesh
 from dsmath_jax.train.mfu import mfu, peak_flops
 from dsmath_jax.train.step import adamw, make_train_step
-
-from common import report
 
 
 def main() -> None:

@@ -32,8 +32,8 @@ import sys
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
-from dsmath_jax.plan.commands import plan_rl  # noqa: E402
-from dsmath_jax.plan.topology import GIB, parse_topology  # noqa: E402
+from dsmath_jax.plan.commands import plan_rl
+from dsmath_jax.plan.topology import GIB, parse_topology
 
 ROLLOUT = ("rollout_",)
 
@@ -95,7 +95,8 @@ def main() -> None:
     result["grpo_over_ppo_step_peak"] = g["step_peak_gib"] / p["step_peak_gib"]
     state = lambda r: sum(v for k, v in r["resident_gib"].items() if k != "rollout_batch")  # noqa: E731
     result["grpo_over_ppo_model_state"] = state(g) / state(p)
-    print(f"\nper chip on {args.topology}: train-side peak GRPO {g['train_peak_gib']:.2f} GiB ({g['train_peak_at']}) vs "
+    print(f"\nper chip on {args.topology}: train-side peak GRPO {g['train_peak_gib']:.2f} GiB "
+          f"({g['train_peak_at']}) vs "
           f"PPO {p['train_peak_gib']:.2f} GiB ({p['train_peak_at']}): {result['grpo_over_ppo_train_peak']:.3f} "
           f"(target <= 0.7); whole step {g['step_peak_gib']:.2f} vs {p['step_peak_gib']:.2f} GiB: "
           f"{result['grpo_over_ppo_step_peak']:.3f}; model state alone {result['grpo_over_ppo_model_state']:.3f}",

@@ -15,12 +15,11 @@ import time
 
 import jax
 import numpy as np
+from common import MODEL_100M, hf_llama, report
 from flax import nnx
 
 from dsmath_jax.generate import Sampler, SamplingParams
 from dsmath_jax.model import CausalLM, get_preset
-
-from common import MODEL_100M, hf_llama, report
 
 
 class _IdTokenizer:
@@ -31,10 +30,10 @@ class _IdTokenizer:
     def __init__(self, vocab_size):
         self.vocab_size = vocab_size
 
-    def encode(self, text, add_bos=False, add_eos=False):
+    def encode(self, text, add_bos=False, add_eos=False):  # noqa: ARG002 - the tokenizer interface
         raise TypeError("the benchmark passes token ids")
 
-    def decode(self, ids, skip_special_tokens=True):
+    def decode(self, ids, skip_special_tokens=True):  # noqa: ARG002 - the tokenizer interface
         return ""
 
 

@@ -1,7 +1,8 @@
 """Train-step throughput of our model against `transformers` (PyTorch) on the same model and batch.
 
-  python experiments/benchmarks/train_step.py                     # ~100M-parameter Llama, CPU
-  python experiments/benchmarks/train_step.py --preset deepseek_1_3b --dtype bfloat16 --batch 8 --seq 2048 --no-torch   # GPU: MFU
+  python experiments/benchmarks/train_step.py    # ~100M-parameter Llama, CPU
+  python experiments/benchmarks/train_step.py --preset deepseek_1_3b --dtype bfloat16 --batch 8 --seq 2048 \
+      --no-torch    # GPU: MFU
 
 Measures, in one run: (1) the FLOP/s of one large matmul in JAX and in torch (what the hardware gives each
 framework), (2) our jitted train step (forward + backward + AdamW) in tokens/s and achieved FLOP/s
@@ -20,6 +21,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from common import MODEL_100M, hf_llama, report
 from flax import nnx
 
 from dsmath_jax.model import CausalLM, get_params, get_preset
@@ -27,7 +29,6 @@ from dsmath_jax.parallel import create_sharded, make_mesh
 from dsmath_jax.train.mfu import mfu
 from dsmath_jax.train.step import adamw, make_train_step
 
-from common import MODEL_100M, hf_llama, report
 
 def timed(fn, steps):
     times = []

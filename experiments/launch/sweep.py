@@ -334,7 +334,7 @@ def build(sweep: str, opts: Options) -> list[Arm]:
         if (arm.config, arm.arg) not in configs:
             try:
                 configs[(arm.config, arm.arg)] = load_config(arm.config, arm.arg)
-            except Exception as e:  # noqa: BLE001 - any failure of get_config means the arm does not exist
+            except Exception as e:  # any failure of get_config means the arm does not exist
                 raise SweepError(f"arm {arm.name}: {arm.config_flag} does not load: {type(e).__name__}: {e}") from e
     return _apply_sets(_check(arms, configs), opts.sets, configs)
 

@@ -55,7 +55,7 @@ import operator
 import re
 import types
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeGuard
 
 import antlr4
 import numpy as np
@@ -95,9 +95,13 @@ def _load_latex_converter() -> Any:
     Its `convert_frac` parses the numerator of `\\frac{d...}{d...}` with the module's own `parse_latex`,
     which refuses our antlr runtime; this instance's `parse_latex` is ours. sympy's module is left alone.
     """
-    origin = importlib.util.find_spec("sympy.parsing.latex._parse_latex_antlr").origin
-    spec = importlib.util.spec_from_file_location("sympy.parsing.latex._dsmath_parse_latex_antlr", origin)
-    module = importlib.util.module_from_spec(spec)
+    found = importlib.util.find_spec("sympy.parsing.latex._parse_latex_antlr")
+    if found is None or found.origin is None:
+        raise ImportError("sympy.parsing.latex._parse_latex_antlr not found")
+    spec = importlib.util.spec_from_file_location("sympy.parsing.latex._dsmath_parse_latex_antlr", found.origin)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {found.origin}")
+    module: Any = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     module.parse_latex = parse_latex
     return module
@@ -213,14 +217,14 @@ _SYMPIFY_TRANSFORMATIONS = (*standard_transformations, rationalize, convert_xor)
 
 def symbolic_equal(a: str, b: str) -> bool:
     """eval_utils.symbolic_equal: simplify(a - b) == 0, else numerically within 1e-3."""
-    a, b = _sympy_parse(a), _sympy_parse(b)
+    x, y = _sympy_parse(a), _sympy_parse(b)
     try:
-        if sympy.simplify(a - b) == 0:
+        if sympy.simplify(x - y) == 0:
             return True
     except Exception:  # noqa: BLE001, S110 - the harness counts any sympy failure as "not shown equal"
         pass
     try:
-        if math.isclose(_numeric_value(a), _numeric_value(b), abs_tol=1e-3):
+        if math.isclose(_numeric_value(x), _numeric_value(y), abs_tol=1e-3):
             return True
     except Exception:  # noqa: BLE001, S110 - as above
         pass
@@ -383,7 +387,7 @@ def _few_shot_math(question, text):
     return math_answers(question, _before(text, "Problem:"))
 
 
-def _few_shot_gsm8k(question, text):
+def _few_shot_gsm8k(_question, text):
     numbers = re.findall(r"-?\d+\.?\d*", _before(text, "Q: "))
     return numbers[-1] if numbers else "[invalid]"
 
@@ -394,27 +398,27 @@ def _chinese_answer_line(text: str) -> str | None:
     return text.split("答案是", 1)[1].strip().split("\n")[0]
 
 
-def _few_shot_gaokao_cloze(question, text):
+def _few_shot_gaokao_cloze(_question, text):
     line = _chinese_answer_line(_before(text, "问题 "))
     return ["placeholder"] if line is None else [line.strip().strip("$")]
 
 
-def _few_shot_gaokao_qa(question, text):
+def _few_shot_gaokao_qa(_question, text):
     line = _chinese_answer_line(_before(text, "问题 "))
     return "placeholder" if line is None else line.strip()
 
 
-def _few_shot_choice(question, text):
+def _few_shot_choice(_question, text):
     found = re.search(r"the final answer is \(?(?P<ans>[abcd])\)?", _before(text, "Problem:").lower())
     return "placeholder" if found is None else found.group("ans").upper()
 
 
-def _few_shot_ocw(question, text):
+def _few_shot_ocw(_question, text):
     found = re.search(r"final answer is (?P<ans>.*)\. I hope it is correct.", _before(text, "Problem:"))
     return "[invalid]" if found is None else found.group("ans")
 
 
-def _few_shot_cmath(question, text):
+def _few_shot_cmath(_question, text):
     text = _before(text, "问题：")
     line = _chinese_answer_line(text)
     if line is None:
@@ -427,7 +431,7 @@ def _zero_shot_math(question, text):
     return math_answers(question, text)
 
 
-def _zero_shot_last(question, text):
+def _zero_shot_last(_question, text):
     return last_answer(text)
 
 
@@ -552,7 +556,7 @@ def _moved_left(sides: tuple[str, str]) -> str:
     return f"{left.strip()} - ({right.strip()})"
 
 
-def _names_a_value(sides: tuple[str, str] | None, other: str) -> bool:
+def _names_a_value(sides: tuple[str, str] | None, other: str) -> TypeGuard[tuple[str, str]]:
     """Whether `sides` is an assignment such as `x = 3` (a left side of at most 2 characters) and `other` no
     equation at all."""
     return sides is not None and len(sides[0].strip()) <= 2 and "=" not in other
@@ -700,7 +704,8 @@ _BIN_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul
             ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow,
             ast.LShift: operator.lshift, ast.RShift: operator.rshift, ast.BitOr: operator.or_,
             ast.BitXor: operator.xor, ast.BitAnd: operator.and_, ast.MatMult: operator.matmul}
-_UNARY_OPS = {ast.UAdd: operator.pos, ast.USub: operator.neg, ast.Not: operator.not_, ast.Invert: operator.invert}
+_UNARY_OPS: dict[type[ast.unaryop], Callable[[Any], Any]] = {
+    ast.UAdd: operator.pos, ast.USub: operator.neg, ast.Not: operator.not_, ast.Invert: operator.invert}
 _COMPARE_OPS = {ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le,
                 ast.Gt: operator.gt, ast.GtE: operator.ge, ast.Is: operator.is_, ast.IsNot: operator.is_not,
                 ast.In: lambda a, b: a in b, ast.NotIn: lambda a, b: a not in b}
@@ -857,6 +862,8 @@ def eval_ocw(prediction: Any, answer: Any) -> bool:
     """eval_script.eval_ocwcourses: numbers by `ocw_numbers_equal`, equations as equal sympy objects, anything
     else as equal strings after `ocw_tex` (its sympy fallback is unreachable in the harness)."""
     _require_str(prediction, answer)
+    normalize: Callable[[str], Any]
+    equivalent: Callable[..., Any]
     try:
         float(answer)
         normalize, equivalent = ocw_numeric, ocw_numbers_equal

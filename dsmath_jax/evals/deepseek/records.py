@@ -121,13 +121,13 @@ def _sat(record, index):
             "messages": _chat(question, record["Answer"]), "answer": _get(record, "Answer", "sat")}
 
 
-def _ocw(record, index):
+def _ocw(record, _index):
     return {"dataset": "OCWCourses", "id": _get(record, "id", "ocw"), "language": "en",
             "messages": _chat(_get(record, "problem", "ocw").strip(), _get(record, "solution", "ocw").strip()),
             "answer": _get(record, "answer", "ocw")}
 
 
-def _mmlu_stem(record, index):
+def _mmlu_stem(record, _index):
     options = ", ".join(f"({label}) {str(option).strip()}"
                         for label, option in zip("ABCD", _get(record, "options", "mmlu_stem")))
     question = (f"{_get(record, 'question', 'mmlu_stem').strip()}\nWhat of the following is the right choice? "
@@ -136,7 +136,7 @@ def _mmlu_stem(record, index):
             "messages": _chat(question, record["answer"]), "answer": _get(record, "answer", "mmlu_stem")}
 
 
-def _mgsm_zh(record, index):
+def _mgsm_zh(record, _index):
     item = {key: value for key, value in record.items()}
     item["messages"] = [dict(message) for message in _get(record, "messages", "mgsm_zh")]
     item["answer"] = _get(record, "answer", "mgsm_zh").replace(",", "")

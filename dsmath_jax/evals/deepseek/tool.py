@@ -589,7 +589,7 @@ def pal_answers(completions: Sequence[str], *, benchmark: str,
                 executor: HarnessExecutor = HarnessExecutor()) -> list[tuple[str, str]]:
     """run_pal_eval.py for a batch: (`program_output`, error) per completion (see `pal_answer`)."""
     cut = [pal_program(benchmark, c) for c in completions]
-    by_target: dict[tuple[str, str], list[int]] = {}
+    by_target: dict[tuple[str, str | None], list[int]] = {}
     for k, (_, expression, symbol) in enumerate(cut):
         key = ("expression", expression) if expression else ("symbol", symbol)
         by_target.setdefault(key, []).append(k)

@@ -1,9 +1,12 @@
 r"""A small arithmetic word-problem task on which RL can be shown working on a CPU (issue 6 item 7).
 
-A tiny model (2 layers, d_model 64, a 512-piece sentencepiece vocabulary trained on this task's text)
-is SFT-trained on these problems for a minute or two and then RL-trained (GRPO, PAPER.md §4) with the
-rule reward :func:`check_answer` (exact final answer) or the per-step :func:`step_correctness` (a process
-reward; the step lines are newline-delimited so their ends can be found, :func:`step_end_offsets`).
+The task is data: its problems feed the SFT data (:mod:`dsmath_jax.data.sft_data`), the RL and reward-model
+prompts (:mod:`dsmath_jax.data.tasks`), the synthetic crawl of the mining pipeline and the quickstart. A tiny
+model (2 layers, d_model 64, a 512-piece sentencepiece vocabulary trained on this task's text) is
+SFT-trained on these problems for a minute or two and then RL-trained (GRPO, PAPER.md §4) with the rule
+reward :func:`dsmath_jax.rl.rewards.check_answer` (exact final answer) or the per-step
+:func:`dsmath_jax.rl.rewards.step_correctness` (a process reward; the step lines are newline-delimited so
+their ends can be found, :func:`dsmath_jax.rl.rewards.step_end_offsets`).
 
 A problem (:class:`ArithmeticProblem`)::
 
@@ -36,17 +39,21 @@ import dataclasses
 import json
 import os
 import random
-import re
 from collections.abc import Iterable, Iterator, Sequence
-
-from dsmath_jax.data.math_text import last_boxed
+from typing import Any
 
 __all__ = [
-    "OPERATIONS", "MAX_FACTOR", "ArithmeticProblem", "generate_problems", "train_test_split", "write_jsonl", "check_answer",
-    "step_correctness", "step_end_offsets", "step_lines", "texts_for_tokenizer", "apply_operation",
+    "ARITHMETIC_TINY", "OPERATIONS", "MAX_FACTOR", "ArithmeticProblem", "generate_problems", "train_test_split",
+    "write_jsonl", "texts_for_tokenizer", "apply_operation",
 ]
 
 OPERATIONS = "+-*/"
+
+# The task at CPU scale: one or two operations on amounts up to 9, results up to 30 (a problem source spec:
+# `data/tasks.py`). The SFT stage (configs/sft/arithmetic.py) trains on its train problems, RL samples from the
+# same problems, and evaluation uses its held-out test problems.
+ARITHMETIC_TINY = dict(kind="arithmetic", n_train=20000, n_test=256, seed=0,
+                       knobs=dict(max_operand=9, max_value=30, max_steps=2))
 
 # (name, pronoun); the other person of a "gives to" / "gets from" is another of the names.
 _PEOPLE = (("Tom", "he"), ("Ann", "she"), ("Sam", "he"), ("Mia", "she"), ("Ben", "he"), ("Lily", "she"),
@@ -65,10 +72,6 @@ _FRACTION = {2: "half", 3: "a third", 4: "a quarter", 5: "a fifth", 6: "a sixth"
 MAX_FACTOR = 10
 _MAX_TRIES = 1000
 _ASKS = ("How many {item} does {name} have now?", "How many {item} does {name} have at the end?")
-
-_STEP_RESULT = re.compile(r"=\s*(-?\d+)")
-_BOX = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
-
 
 @dataclasses.dataclass
 class ArithmeticProblem:
@@ -211,8 +214,8 @@ def generate_problems(n: int, *, seed: int = 0, min_steps: int = 1, max_steps: i
         raise ValueError(f"n must be >= 0, got {n}")
     operations = "".join(operations)
     _check_knobs(min_steps, max_steps, max_operand, max_value, operations, max_factor)
-    knobs = dict(min_steps=min_steps, max_steps=max_steps, max_operand=max_operand, max_value=max_value,
-                 operations=operations, max_factor=max_factor)
+    knobs: dict[str, Any] = dict(min_steps=min_steps, max_steps=max_steps, max_operand=max_operand, max_value=max_value,
+                                 operations=operations, max_factor=max_factor)
     return [_problem(seed, i, **knobs) for i in range(n)]
 
 
@@ -228,7 +231,8 @@ def train_test_split(n_train: int, n_test: int, seed: int = 0, *, max_draws_fact
     """
     if n_train < 0 or n_test < 0:
         raise ValueError(f"n_train and n_test must be >= 0, got {n_train}, {n_test}")
-    full = dict(min_steps=1, max_steps=3, max_operand=20, max_value=99, operations=OPERATIONS, max_factor=3)
+    full: dict[str, Any] = dict(min_steps=1, max_steps=3, max_operand=20, max_value=99, operations=OPERATIONS,
+                                max_factor=3)
     unknown = set(knobs) - set(full)
     if unknown:
         raise TypeError(f"unknown knobs {sorted(unknown)}; known: {sorted(full)}")
@@ -272,46 +276,6 @@ def write_jsonl(problems: Iterable[ArithmeticProblem], path: str | os.PathLike) 
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
-
-
-def check_answer(completion: str, answer: str) -> bool:
-    r"""The rule reward: whether the last ``\boxed{}`` of ``completion`` is exactly ``answer``, ignoring
-    whitespace (``\boxed{ 12 }`` matches ``"12"``; ``12.0``, ``012`` or a missing box do not)."""
-    boxed = last_boxed(completion)
-    if boxed is None:
-        return False
-    return re.sub(r"\s+", "", boxed) == re.sub(r"\s+", "", str(answer)) != ""
-
-
-def step_lines(completion: str) -> list[tuple[int, int]]:
-    r"""``(start, end)`` character spans of the step lines of ``completion``: its non-blank lines without a
-    ``\boxed`` / ``\fbox`` (the final-answer line is not a step), in order; ``end`` excludes the newline."""
-    spans = []
-    pos = 0
-    for line in completion.split("\n"):
-        end = pos + len(line)
-        if line.strip() and not _BOX.search(line):
-            spans.append((pos, end))
-        pos = end + 1
-    return spans
-
-
-def step_end_offsets(completion: str) -> list[int]:
-    """The character offset just past each step line of ``completion`` (the ends that
-    :func:`step_correctness` scores), for mapping step rewards onto tokens."""
-    return [end for _, end in step_lines(completion)]
-
-
-def step_correctness(completion: str, problem: ArithmeticProblem | Sequence[int]) -> list[bool]:
-    """One flag per generated step line (:func:`step_lines`): whether its last ``= N`` equals the true
-    result of the step at that position (``problem.intermediates``, or the sequence of intermediate
-    results itself). A line without ``= N``, or beyond the problem's number of steps, is ``False``."""
-    truth = list(problem.intermediates if isinstance(problem, ArithmeticProblem) else problem)
-    flags = []
-    for k, (start, end) in enumerate(step_lines(completion)):
-        found = _STEP_RESULT.findall(completion[start:end])
-        flags.append(bool(found) and k < len(truth) and int(found[-1]) == truth[k])
-    return flags
 
 
 def texts_for_tokenizer(problems: Iterable[ArithmeticProblem]) -> Iterator[str]:

@@ -19,7 +19,11 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from dsmath_jax.data.arithmetic import train_test_split
+from dsmath_jax.data.benchmarks_tfds import prepare_benchmark
 from dsmath_jax.data.corpus import expand_files
+from dsmath_jax.data.datasets import data_source, decode_example
+from dsmath_jax.data.math_text import gsm8k_cot_response
 from dsmath_jax.data.pipeline import chat_prompt
 
 KINDS = ("arithmetic", "gsm8k", "math", "jsonl")
@@ -54,7 +58,6 @@ def _spec(spec: Mapping[str, Any]) -> dict[str, Any]:
 
 def arithmetic_split(spec: Mapping[str, Any]):
     """(train, test) ArithmeticProblem lists of an arithmetic spec (deterministic in the spec)."""
-    from dsmath_jax.rl.arithmetic import train_test_split
     spec = _spec(dict(spec, kind="arithmetic"))
     return train_test_split(int(spec.get("n_train", 20000)), int(spec.get("n_test", 256)),
                             seed=int(spec.get("seed", 0)), **dict(spec.get("knobs") or {}))
@@ -73,8 +76,6 @@ def load_problems(spec: Mapping[str, Any], split: str, *, data_dir: str | None =
         out = [Problem(p.id, p.question, p.answer, "number", tuple(p.intermediates), p.response)
                for p in (train if split == "train" else test)]
     elif kind in ("gsm8k", "math"):
-        from dsmath_jax.data.benchmarks_tfds import prepare_benchmark
-        from dsmath_jax.data.datasets import data_source, decode_example
         if data_dir is None:
             raise ValueError(f"problem source {spec}: a {kind} source needs a data_dir for its TFDS copy")
         builder = prepare_benchmark(kind, data_dir, local_dir=benchmarks_dir)
@@ -83,7 +84,6 @@ def load_problems(spec: Mapping[str, Any], split: str, *, data_dir: str | None =
         for i in range(len(rows)):
             r = decode_example(rows[i])
             if kind == "gsm8k":
-                from dsmath_jax.data.sft_data import gsm8k_cot_response
                 out.append(Problem(f"gsm8k/{split}/{i}", r["question"], r["answer"], "number",
                                    response=gsm8k_cot_response(r["solution"])))
             else:

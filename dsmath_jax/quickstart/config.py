@@ -1,0 +1,159 @@
+"""The quickstart's options and stage configs: `Options` (the flags of `dsmath quickstart`), the stage configs
+(the package's own, `stage_configs.py`, or the experiment files of a `--configs_dir`), `--set` overrides, step
+scaling, and the benchmark directory of the crawl."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import importlib.util
+import os
+import pathlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import ml_collections
+
+from dsmath_jax.quickstart.stage_configs import STAGE_DEFAULTS
+
+STAGES = ("mine", "pretrain", "sft", "grpo")
+STAGE_CONFIGS = {  # the experiment file (under configs/) and argument of each stage's config
+    "mine": "mining/deepseekmath_corpus.py:tiny",
+    "pretrain": "pretrain/table1_corpora.py:deepseekmath_corpus,tiny",
+    "sft": "sft/arithmetic.py:tiny",
+    "grpo": "rl/grpo_outcome.py:tiny",
+}
+BENCHMARK_FILES = ("gsm8k/train.jsonl", "gsm8k/test.jsonl", "math/train.jsonl", "math/test.jsonl")
+
+
+class QuickstartError(RuntimeError):
+    """The quickstart cannot run (a bad configs/, benchmark files, an earlier stage); says what to do."""
+
+
+@dataclasses.dataclass
+class Options:
+    """What `run_quickstart` runs; the CLI flags of `dsmath quickstart` have the same names."""
+
+    benchmarks_dir: str | None = None  # gsm8k/, math/ train + test JSONL for the crawl; None: the arithmetic crawl
+    stages: Sequence[str] = STAGES
+    steps_scale: float = 1.0  # multiplies the step counts (and their log / eval / checkpoint intervals) of every stage
+    eval_samples: int = 8  # k of maj@k / pass@k in the RL stage's held-out evaluation
+    eval_problems: int | None = None  # held-out problems of the RL evaluation; None: the RL config's
+    mining_iterations: int | None = None  # mining iterations at most; None: the mining config's (tiny: 3)
+    crawl_scale: float = 1.0  # size of the synthetic crawl relative to the tiny config's (build_crawl's defaults)
+    overrides: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)  # {stage: {key: value}}
+    configs_dir: str | None = None  # a configs/ folder to read the stage configs from; None: the package's own
+    plots: bool = True
+
+
+# ------------------------------------------------------------------------------------------- configs
+
+
+def configs_dir(path: str | os.PathLike) -> pathlib.Path:
+    """A configs/ directory given as --configs_dir, checked; QuickstartError when it is not one."""
+    root = pathlib.Path(path)
+    if not (root / "sft" / "arithmetic.py").is_file():
+        raise QuickstartError(
+            f"--configs_dir={root} is not an experiment configs/ folder: the quickstart reads "
+            f"{', '.join(f'configs/{spec}' for spec in STAGE_CONFIGS.values())} there. Leave --configs_dir out "
+            "to run the stage configs the package carries, or pass the path of a checkout's configs/")
+    return root
+
+
+def load_config(spec: str, root: str | os.PathLike | None = None) -> ml_collections.ConfigDict:
+    """A stage config by its experiment file and argument ("rl/grpo_outcome.py:tiny"): from `root` as
+    `dsmath <command> --config=configs/<spec>` loads it, or, when `root` is None, the package's own
+    (`stage_configs.STAGE_DEFAULTS`, the same config)."""
+    if root is None:
+        if spec not in STAGE_DEFAULTS:
+            raise QuickstartError(f"the package carries the quickstart's stage configs only "
+                                  f"({', '.join(STAGE_DEFAULTS)}), not {spec!r}: pass --configs_dir")
+        return STAGE_DEFAULTS[spec]()
+    rel, _, arg = spec.partition(":")
+    path = configs_dir(root) / rel
+    if not path.is_file():
+        raise QuickstartError(f"config file {path} not found")
+    module_spec = importlib.util.spec_from_file_location(f"dsmath_quickstart_config_{path.stem}", path)
+    if module_spec is None or module_spec.loader is None:
+        raise QuickstartError(f"config file {path} cannot be loaded as a Python module")
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg or None)
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """"stage:a.b=value" -> (stage, "a.b", value); the value as a Python literal, else a string."""
+    head, eq, raw = text.partition("=")
+    stage, colon, key = head.partition(":")
+    if not eq or not colon or not key or stage not in STAGES:
+        raise ValueError(f"override {text!r}: expected STAGE:KEY=VALUE with STAGE one of {STAGES}, "
+                         "e.g. grpo:train.stop_after_steps=2")
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw
+    return stage, key.strip(), value
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, Any], stage: str) -> None:
+    """Sets dotted keys of `config`; a key the config does not have is an error naming the stage and key."""
+    for key, value in overrides.items():
+        node, parts = config, key.split(".")
+        for part in parts[:-1]:
+            if part not in node:
+                raise QuickstartError(f"override {stage}:{key}: the {stage} config has no {part!r}")
+            node = node[part]
+        if parts[-1] not in node:
+            raise QuickstartError(f"override {stage}:{key}: the {stage} config has no {key!r}")
+        try:
+            node[parts[-1]] = value
+        except (TypeError, ValueError) as e:
+            raise QuickstartError(f"override {stage}:{key}={value!r}: {e}") from e
+
+
+def scaled(n: int, scale: float) -> int:
+    """`n` steps scaled by `scale`, at least 1."""
+    return max(1, int(round(int(n) * float(scale))))
+
+
+def _interval(every: int, steps: int, old_steps: int) -> int:
+    """An interval (eval, checkpoint, log) of a run of `old_steps` moved to `steps`, kept in 1..steps."""
+    every = int(every or 0)
+    if every <= 0:
+        return every
+    return max(1, min(steps, int(round(every * steps / max(old_steps, 1)))))
+
+
+def scale_train(c: ml_collections.ConfigDict, scale: float, steps_key: str = "train.steps",
+                intervals: Sequence[str] = ("train.log_every", "train.eval_every", "train.checkpoint_every")) -> None:
+    """Multiplies the step count `steps_key` by `scale`, moving the `intervals` (and a shortened warm-up) with it."""
+    section, name = steps_key.split(".")
+    old = int(c[section][name])
+    steps = scaled(old, scale)
+    c[section][name] = steps
+    for key in intervals:
+        sec, k = key.split(".")
+        c[sec][k] = _interval(c[sec][k], steps, old)
+    schedule = c.optimizer.schedule
+    if "warmup_steps" in schedule and steps < old:  # a shrunk run still gets most of its steps at the peak
+        schedule.warmup_steps = min(int(schedule.warmup_steps), steps // 4)
+
+
+# ------------------------------------------------------------------------------------------- benchmarks
+
+
+def check_benchmarks_dir(path: str, where: str) -> str:
+    missing = [f for f in BENCHMARK_FILES if not os.path.isfile(os.path.join(path, f))]
+    if missing:
+        raise QuickstartError(f"{where}={path} lacks {', '.join(missing)}: the quickstart reads GSM8K and MATH "
+                              "train and test files there, one JSON object per line (GSM8K as published; MATH with "
+                              "`problem`, `answer` or `solution`, and `subject` or `type`). Leave --benchmarks_dir "
+                              "out to mine an offline crawl made by the arithmetic task's generator")
+    return os.path.abspath(path)
+
+
+def resolve_benchmarks_dir(path: str | None = None) -> str | None:
+    """The benchmark directory the synthetic crawl is made from (`path`, --benchmarks_dir, checked), or None:
+    the offline crawl of the arithmetic task (`mining.synthetic_crawl.arithmetic_source`), which needs no
+    files or network."""
+    return check_benchmarks_dir(path, "--benchmarks_dir") if path else None
