@@ -6,7 +6,9 @@ missing report), the fork-chain reaper escape, cleanup crashes (1,100 nested dir
 runs' scratch directories, host command lines in /proc, SysV IPC objects outliving the run, fork and thread
 bombs, memory by allocation, a batch with one crashing program, syscalls the seccomp filter denies (memfd,
 fallocate past RLIMIT_FSIZE, SysV shared memory, unshare and namespace clones, ptrace, unix sockets by path),
-and a fork bomb starving a concurrent run (each run has a uid, and so an RLIMIT_NPROC budget, of its own).
+a fork bomb starving a concurrent run (each run has a uid, and so an RLIMIT_NPROC budget, of its own), memory
+summed over processes and tmpfs files (the run's memory cgroup), a thread bomb as root (the pids cgroup), disk
+fill (the scratch tmpfs), and host files and sockets by path (the minimal filesystem).
 
 Attacks that could hurt the machine if containment failed (signals, process bombs, escaping processes, IPC
 objects) run in a throwaway interpreter inside `unshare --pid --fork --mount-proc --ipc` (`_contained`): it is
