@@ -387,6 +387,14 @@ def test_steps_scale_shrinks_every_stage_config():
     assert Q.scaled(40, 0.01) == 1
 
 
+def test_a_stage_called_alone_names_the_stage_it_needs(tmp_path):
+    with pytest.raises(Q.QuickstartError, match=r"sft stage starts from the pretrain stage's checkpoint.*"
+                                                r"--stages=pretrain,sft\)"):
+        Q.STAGE_FUNCTIONS["sft"](str(tmp_path), Q.Options(), None)
+    with pytest.raises(Q.QuickstartError, match=r"grpo stage starts from the sft stage's policy.*--stages=sft,grpo\)"):
+        Q.STAGE_FUNCTIONS["grpo"](str(tmp_path), Q.Options(), None)
+
+
 @pytest.mark.parametrize("stage", Q.STAGES)
 def test_packaged_stage_configs_equal_the_experiment_files(stage, monkeypatch):
     """The quickstart runs without a checkout (its stage configs ship in the package); they must stay the

@@ -201,11 +201,16 @@ def sft_config(workdir: str, opts: Options) -> ml_collections.ConfigDict:
     return c
 
 
+def require_completed(workdir: str, stage: str, before: str, what: str) -> None:
+    """QuickstartError unless the stage `stage` starts from (`before`, whose `what` it needs) has completed."""
+    if not stage_completed(workdir, before):
+        raise QuickstartError(f"the {stage} stage starts from the {before} stage's {what}, which has not completed: "
+                              f"run the {before} stage first (--stages={before},{stage})")
+
+
 def sft_stage(workdir: str, opts: Options) -> dict:
     from dsmath_jax.train.loop import train  # heavy: see the note on imports
-    if not stage_completed(workdir, "pretrain"):
-        raise QuickstartError("the sft stage starts from the pretrain stage's checkpoint, which has not completed: "
-                              "run the pretrain stage first (--stages=pretrain,sft,...)")
+    require_completed(workdir, "sft", "pretrain", "checkpoint")
     config = sft_config(workdir, opts)
     out = os.path.join(workdir, "sft")
     os.makedirs(out, exist_ok=True)
@@ -234,9 +239,7 @@ def grpo_config(workdir: str, opts: Options) -> ml_collections.ConfigDict:
 
 def grpo_stage(workdir: str, opts: Options) -> dict:
     from dsmath_jax.rl.loop import run_rl  # heavy: see the note on imports
-    if not stage_completed(workdir, "sft"):
-        raise QuickstartError("the grpo stage starts from the sft stage's policy, which has not completed: "
-                              "run the sft stage first (--stages=sft,grpo)")
+    require_completed(workdir, "grpo", "sft", "policy")
     return run_rl(grpo_config(workdir, opts), os.path.join(workdir, "grpo"))
 
 
