@@ -15,7 +15,6 @@ seed on 2 CPU cores at the defaults (32 questions x G 8 per step).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import pathlib
@@ -23,25 +22,18 @@ import sys
 
 import numpy as np
 
+from dsmath_jax.config import load_config
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_ARMS = ("rft", "online_rft", "grpo_outcome", "grpo_process")
-
-
-def load_config(path: str, arg: str | None):
-    spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, REPO / path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
 
 
 def sft_run(out: pathlib.Path, seed: int, steps: int) -> str:
     from dsmath_jax.train.loop import train
     workdir = out / f"sft_seed{seed}"
     if not (workdir / "summary.json").exists():
-        c = load_config("configs/sft/arithmetic.py", "tiny")
-        c.seed = seed
-        c.data.seed = seed
-        c.train.update(steps=steps, tensorboard=False)
+        c = load_config("configs/sft/arithmetic.py:tiny", {"seed": seed, "data.seed": seed, "train.steps": steps,
+                                                            "train.tensorboard": False}, command="sft", root=REPO)
         train(c, str(workdir), task="sft")
     return str(workdir)
 
@@ -54,12 +46,10 @@ def rl_run(out: pathlib.Path, arm: str, seed: int, sft_dir: str, args) -> dict:
         summary = json.loads(summary_file.read_text())
         if summary.get("status") == "completed":
             return summary
-    c = load_config("configs/rl/paradigm.py", f"{arm},tiny")
-    c.seed = seed
-    c.data.seed = seed
-    c.init.run_dir = sft_dir
-    c.train.update(steps_per_iteration=args.steps, checkpoint_every=args.steps, tensorboard=False)
-    c.eval.update(every=args.eval_every, samples=args.k, temperature=0.7)
+    c = load_config(f"configs/rl/paradigm.py:{arm},tiny", {
+        "seed": seed, "data.seed": seed, "init.run_dir": sft_dir, "train.steps_per_iteration": args.steps,
+        "train.checkpoint_every": args.steps, "train.tensorboard": False, "eval.every": args.eval_every,
+        "eval.samples": args.k, "eval.temperature": 0.7}, command="rl", root=REPO)
     return run_rl(c, str(workdir))
 
 

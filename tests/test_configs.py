@@ -190,18 +190,19 @@ def _leaves(c, prefix: str = "") -> dict[str, object]:
 def base_config(path: str) -> ml_collections.ConfigDict:
     kind = kind_of(path)
     if kind == "train":
-        from dsmath_jax.configs import base_train_config
+        from dsmath_jax.config.train import base_train_config
         return base_train_config()
     if kind == "rl":
-        from dsmath_jax.rl.config import base_rl_config
+        from dsmath_jax.config.rl import base_rl_config
         return base_rl_config()
     if kind == "rm":
-        from dsmath_jax.commands.rm import base_rm_config
+        from dsmath_jax.config.rm import base_rm_config
         return base_rm_config()
     if kind == "eval":
-        from dsmath_jax.evals.config import base_eval_config
+        from dsmath_jax.config.eval import base_eval_config
         return base_eval_config(("gsm8k",), "few_shot_cot")
-    return config_module(path).get_config(None)  # mining: the file is its own schema (the full variant)
+    from dsmath_jax.config.mine import base_mine_config
+    return base_mine_config()
 
 
 @functools.cache
@@ -212,8 +213,8 @@ def _arithmetic_problems(spec_json: str) -> int:
 
 
 def check_problem_spec(spec, where: str) -> None:
-    from dsmath_jax.data.tasks import _spec
-    spec = _spec(spec)  # the task loader's own validation: known keys and kind
+    from dsmath_jax.data.tasks import problem_spec
+    spec = problem_spec(spec)  # the task loader's own validation: known keys and kind
     if spec["kind"] == "arithmetic":  # generating the problems checks the knobs too (cached: ~3 s each)
         assert _arithmetic_problems(json.dumps(spec, sort_keys=True)) > 0, where
 
@@ -270,7 +271,7 @@ def check_train(c, tiny: bool, where: str) -> None:
 
 
 def check_rl(c, tiny: bool, where: str) -> None:
-    from dsmath_jax.rl.config import METHODS, REWARDS
+    from dsmath_jax.config.rl import METHODS, REWARDS
     from dsmath_jax.rl.loop import RLRun
     assert c.method in METHODS and c.reward.kind in REWARDS, where
     check_problem_spec(c.data.problems.to_dict() if hasattr(c.data.problems, "to_dict") else c.data.problems, where)

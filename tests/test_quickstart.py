@@ -368,7 +368,7 @@ def test_errors_name_what_to_do(tmp_path, monkeypatch, shared_data, capsys):
     assert cli.main(["quickstart", "--stages=mine,nope"]) == 2
     assert cli.main(["quickstart", "--set=grpo.train.steps=1"]) == 2
     assert "STAGE:KEY=VALUE" in capsys.readouterr().err
-    assert Q.parse_override("grpo:optimizer.schedule.peak=1e-4") == ("grpo", "optimizer.schedule.peak", 1e-4)
+    assert Q.parse_override("grpo:optimizer.schedule.peak=1e-4") == ("grpo", "optimizer.schedule.peak", "1e-4")
     assert Q.parse_override("sft:model.dtype=bfloat16") == ("sft", "model.dtype", "bfloat16")
 
 

@@ -53,6 +53,22 @@ def test_grpo_raises_held_out_greedy_accuracy(arithmetic_sft_run, tmp_path):
     assert all(r["kl"] >= 0 for r in rows if "kl" in r)
 
 
+def test_recomputed_old_logprobs_make_the_first_ratio_exactly_one(arithmetic_sft_run, tmp_path):
+    """Under bf16 compute the sampler's cached decode does not reproduce the training forward; with the
+    old policy's log-probs recomputed by the training model (`rollout.old_logprobs` auto -> recompute), the
+    first update of mu = 1 has ratio exactly 1 on every token, and the gap to the sampler's numbers (what the
+    ratio would have been off by with the sampler's own numbers) is logged."""
+    c = _config("configs/rl/grpo_outcome.py:tiny", arithmetic_sft_run, steps_per_iteration=1, log_every=1,
+                checkpoint_every=1)
+    c.eval.update(every=0, at_start=False)
+    c.rollout.update(questions_per_step=2, max_new_tokens=24, tis_cap=2.0)
+    c.model.dtype = "bfloat16"
+    assert run_rl(c, str(tmp_path / "bf16"))["status"] == "completed"
+    row = [json.loads(x) for x in open(tmp_path / "bf16" / "metrics.jsonl") if "ratio_mean" in x][0]
+    assert row["ratio_dev_max"] == 0.0 and row["ratio_mean"] == 1.0 and row["clip_frac"] == 0.0
+    assert 0 < row["old_logp_gap_mean"] <= row["old_logp_gap_max"]
+
+
 def _params_equal(a, b):
     la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
     return len(la) == len(lb) and all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(la, lb))
@@ -170,7 +186,7 @@ def test_iterative_grpo_with_a_prm_resumes_bitwise(arithmetic_sft_run, tiny_prm,
                          + [f"configs/rl/paradigm.py:{arm}" for arm in ("sft", "rft", "online_rft", "dpo", "ppo",
                                                                          "grpo_outcome", "grpo_process")])
 def test_rl_configs_build(spec):
-    from dsmath_jax.rl.config import METHODS, REWARDS
+    from dsmath_jax.config.rl import METHODS, REWARDS
     c = load_config(spec)
     if "configs/rl/" in spec:
         assert c.method in METHODS and c.reward.kind in REWARDS

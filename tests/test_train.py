@@ -17,7 +17,7 @@ import optax
 import pytest
 from flax import nnx
 
-from dsmath_jax.configs import base_train_config
+from dsmath_jax.config.train import base_train_config
 from dsmath_jax.data.pipeline import (
     EmptyDatasetError,
     PipelineStats,

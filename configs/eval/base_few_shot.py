@@ -10,8 +10,8 @@ Launch (one host with 8 GPUs or a TPU v5p-8; about 1 hour for all eight benchmar
   dsmath eval --config=configs/eval/base_few_shot.py --model=path/to/deepseek-math-7b-base --workdir=runs/eval_base
 """
 
-from dsmath_jax.configs import parse_arg
-from dsmath_jax.evals.config import base_eval_config, tiny
+from dsmath_jax.config.args import parse_arg
+from dsmath_jax.config.eval import base_eval_config, tiny
 
 COT = ("gsm8k", "math", "ocw", "sat", "mmlu_stem", "cmath", "gaokao_mathcloze", "gaokao_mathqa")
 

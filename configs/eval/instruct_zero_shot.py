@@ -11,8 +11,8 @@ Launch (8 GPUs or TPU v5p-8; about 40 minutes for CoT, longer with tools):
     --workdir=runs/eval_rl_tool
 """
 
-from dsmath_jax.configs import parse_arg
-from dsmath_jax.evals.config import base_eval_config, tiny
+from dsmath_jax.config.args import parse_arg
+from dsmath_jax.config.eval import base_eval_config, tiny
 
 
 def get_config(arg=None):

@@ -9,8 +9,8 @@ Launch (8 GPUs or TPU v5p-8; about 10 hours per model for MATH's 5000 x 64 sampl
   dsmath eval --config=configs/eval/maj_pass_sweep.py --model=path/to/deepseek-math-7b-rl --workdir=runs/fig7_rl
 """
 
-from dsmath_jax.configs import parse_arg
-from dsmath_jax.evals.config import base_eval_config, tiny
+from dsmath_jax.config.args import parse_arg
+from dsmath_jax.config.eval import base_eval_config, tiny
 
 
 def get_config(arg=None):

@@ -16,7 +16,8 @@ Launch (TPU v5p-128, about 1.5 days each at 45% MFU):
 Tiny variant (CPU, about a minute): the MATH problems' text stands in for arXiv.
 """
 
-from dsmath_jax.configs import base_train_config, deepseek_1_3b_ablation, parse_arg, source, tiny_overrides
+from dsmath_jax.config.args import parse_arg
+from dsmath_jax.config.train import base_train_config, deepseek_1_3b_ablation, source, tiny_overrides
 
 CORPORA = ("mathpile", "arxiv_redpajama")
 

@@ -26,7 +26,8 @@ Launch (TPU v5p-128; at 45% MFU about 4 days for stage 1, 1.5 days for stage 2, 
 Tiny variant (CPU, about a minute each): "code" is the GSM8K text, "math" the MATH text.
 """
 
-from dsmath_jax.configs import base_train_config, deepseek_1_3b_ablation, parse_arg, source, tiny_overrides
+from dsmath_jax.config.args import parse_arg
+from dsmath_jax.config.train import base_train_config, deepseek_1_3b_ablation, source, tiny_overrides
 
 TOKENS_PER_STEP = 1024 * 4096
 VARIANTS = ("two_stage_code", "two_stage_math", "one_stage")

@@ -22,7 +22,8 @@ Tiny variant (`:tiny`, CPU, about a minute): the tiny model on GSM8K + MATH trai
     --config.data.benchmarks_dir=PATH/TO/benchmarks
 """
 
-from dsmath_jax.configs import base_train_config, deepseekmath_7b, parse_arg, source, tiny_overrides
+from dsmath_jax.config.args import parse_arg
+from dsmath_jax.config.train import base_train_config, deepseekmath_7b, source, tiny_overrides
 
 MIXTURE = (("deepseekmath_corpus", 0.56), ("algebraic_stack", 0.04), ("arxiv", 0.10), ("github_code", 0.20),
            ("common_crawl_en_zh", 0.10))

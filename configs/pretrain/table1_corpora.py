@@ -26,7 +26,8 @@ All four: for c in mathpile openwebmath proof_pile_2 deepseekmath_corpus; do dsm
 Tiny variant (`deepseekmath_corpus,tiny`, CPU, about a minute): the tiny model on GSM8K + MATH text.
 """
 
-from dsmath_jax.configs import base_train_config, deepseek_1_3b_ablation, parse_arg, source, tiny_overrides
+from dsmath_jax.config.args import parse_arg
+from dsmath_jax.config.train import base_train_config, deepseek_1_3b_ablation, source, tiny_overrides
 
 CORPORA = ("mathpile", "openwebmath", "proof_pile_2", "deepseekmath_corpus")
 

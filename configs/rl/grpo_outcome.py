@@ -20,8 +20,8 @@ greedy accuracy on 256 held-out problems goes from 76.2% to 80.9% (tests/test_rl
 of at least 3 points).
 """
 
-from dsmath_jax.configs import parse_arg
-from dsmath_jax.rl.config import base_rl_config, paper_grpo, tiny_rl_overrides
+from dsmath_jax.config.args import parse_arg
+from dsmath_jax.config.rl import base_rl_config, paper_grpo, tiny_rl_overrides
 
 
 def get_config(arg=None):

@@ -16,8 +16,8 @@ oracle PRM: 1 for a step whose result is right, the answer line scored by the ru
 `--config.reward.kind=prm --config.reward.rm_dir=...` to use a trained tiny PRM instead.
 """
 
-from dsmath_jax.configs import parse_arg
-from dsmath_jax.rl.config import base_rl_config, paper_grpo, tiny_rl_overrides
+from dsmath_jax.config.args import parse_arg
+from dsmath_jax.config.rl import base_rl_config, paper_grpo, tiny_rl_overrides
 
 
 def get_config(arg=None):

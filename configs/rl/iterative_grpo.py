@@ -16,8 +16,8 @@ compile-only plan):
 training uses the task's exact step checks as labels of the new samples.
 """
 
-from dsmath_jax.configs import parse_arg
-from dsmath_jax.rl.config import base_rl_config, paper_grpo, tiny_rl_overrides
+from dsmath_jax.config.args import parse_arg
+from dsmath_jax.config.rl import base_rl_config, paper_grpo, tiny_rl_overrides
 
 
 def get_config(arg=None):

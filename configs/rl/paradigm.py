@@ -17,8 +17,8 @@ and compare the arms' `eval_accuracy` curves (notebooks/rl_analysis.ipynb; exper
 runs every arm at tiny scale over several seeds).
 """
 
-from dsmath_jax.configs import parse_arg
-from dsmath_jax.rl.config import base_rl_config, paper_grpo, tiny_rl_overrides
+from dsmath_jax.config.args import parse_arg
+from dsmath_jax.config.rl import base_rl_config, paper_grpo, tiny_rl_overrides
 
 ARMS = ("sft", "rft", "online_rft", "dpo", "ppo", "grpo_outcome", "grpo_process")
 

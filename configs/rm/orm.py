@@ -20,11 +20,9 @@ tiny SFT policy (`dsmath sft --config=configs/sft/arithmetic.py:tiny`, passed as
 RM initialised from that policy, 60 steps.
 """
 
-from dsmath_jax.commands.rm import base_rm_config, tiny_rm_overrides
-from dsmath_jax.configs import parse_arg
-
-# The chain-of-thought instruction of the paper's zero-shot prompts (PAPER.md §7), as the RL questions use.
-COT_TEMPLATE = "{question}\nPlease reason step by step, and put your final answer within \\boxed{}."
+from dsmath_jax.config.args import parse_arg
+from dsmath_jax.config.rm import base_rm_config, tiny_rm_overrides
+from dsmath_jax.data.tasks import COT_TEMPLATE
 
 
 def get_config(arg=None):

@@ -23,10 +23,9 @@ questions, 4 samples each from a tiny SFT policy (`dsmath sft --config=configs/s
 passed as `--config.init.run_dir`), N = 4 continuations per step, RM initialised from that policy, 60 steps.
 """
 
-from dsmath_jax.commands.rm import base_rm_config, tiny_rm_overrides
-from dsmath_jax.configs import parse_arg
-
-COT_TEMPLATE = "{question}\nPlease reason step by step, and put your final answer within \\boxed{}."
+from dsmath_jax.config.args import parse_arg
+from dsmath_jax.config.rm import base_rm_config, tiny_rm_overrides
+from dsmath_jax.data.tasks import COT_TEMPLATE
 
 
 def get_config(arg=None):

@@ -12,7 +12,8 @@ about 2.5 minutes on 2 CPU cores; held-out greedy accuracy about 76%) and `small
 GPU or a longer CPU run).
 """
 
-from dsmath_jax.configs import arithmetic_sft_config, parse_arg
+from dsmath_jax.config.args import parse_arg
+from dsmath_jax.config.train import arithmetic_sft_config
 
 
 def get_config(arg=None):

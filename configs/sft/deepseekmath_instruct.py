@@ -16,7 +16,8 @@ Launch (TPU v5p-64 = 32 chips; about 1 hour at 45% MFU):
 Tiny variant (`:tiny`, CPU, about a minute): the tiny model and a trained tokenizer on GSM8K CoT examples.
 """
 
-from dsmath_jax.configs import base_train_config, deepseekmath_7b, parse_arg, source, tiny_overrides
+from dsmath_jax.config.args import parse_arg
+from dsmath_jax.config.train import base_train_config, deepseekmath_7b, source, tiny_overrides
 
 
 def get_config(arg=None):

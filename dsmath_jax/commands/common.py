@@ -1,36 +1,84 @@
-"""Shared command-line plumbing: ml-collections config files with overrides, and the work directory.
+"""Shared command-line plumbing: the experiment config (`--config` and its `--config.a.b=v` overrides, loaded
+by `dsmath_jax.config.loader`), the work directory, and `--compile_only` planning.
 
   dsmath <command> --config=configs/pretrain/table1_corpora.py:tiny --config.train.steps=50 --workdir=runs/x
 
-Configs are locked after loading, so an override of a key the config does not have fails, naming it.
+The config is locked after loading and validated against the command's schema, so an override of a key the
+config does not have, a value of the wrong type or out of range fails, naming the file and the key.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import cast
 
+import ml_collections
 from absl import flags
-from ml_collections import config_flags
+
+_CONFIG_ARG = re.compile(r"^--?config(=|$)")
+_OVERRIDE_ARG = re.compile(r"^--?(no)?config\.")
 
 
 class UsageError(ValueError):
     """Bad command-line flags; the message says which."""
 
 
-def parse_flags(argv: list[str], prog: str, *, workdir_required: bool = True, plannable: bool = False,
-                define_extra: Callable[[flags.FlagValues], None] | None = None) -> flags.FlagValues:
+class ConfigFlag(flags.Flag):
+    """`--config`: its value is the loaded ConfigDict, `spec` the `path.py[:arg]` it was loaded from."""
+
+    def __init__(self, spec: str, config: ml_collections.ConfigDict):
+        super().__init__(flags.ArgumentParser(), flags.ArgumentSerializer(), "config", None,
+                         "experiment config: path/to/config.py[:argument]; override fields with --config.a.b=value")
+        self.spec = spec
+        self.value, self.present = config, 1
+
+
+def split_config_args(argv: list[str]) -> tuple[str | None, list[str], list[str]]:
+    """(the --config spec, the overrides "a.b=v" of --config.a.b=v / --config.a.b v / --config.a.b /
+    --noconfig.a.b, the other arguments) of a command line."""
+    spec, overrides, rest = None, [], []
+    i = 0
+    while i < len(argv):
+        arg, i = argv[i], i + 1
+        given = i < len(argv) and not argv[i].startswith("-")  # a value after a space: `--config path.py`
+        if _CONFIG_ARG.match(arg):
+            if "=" in arg:
+                spec = arg.partition("=")[2]
+            elif given:
+                spec, i = argv[i], i + 1
+        elif _OVERRIDE_ARG.match(arg):
+            name, eq, value = arg.lstrip("-").partition("=")
+            negated = name.startswith("no")
+            key = name.removeprefix("no" if negated else "").removeprefix("config.")
+            if negated:
+                value = "false"
+            elif not eq:
+                value, i = (argv[i], i + 1) if given else ("true", i)
+            overrides.append(f"{key}={value}")
+        else:
+            rest.append(arg)
+    return spec, overrides, rest
+
+
+def config_spec(values: flags.FlagValues) -> str:
+    """The `--config` spec (`path.py[:arg]`) that `parse_flags` loaded."""
+    return cast(ConfigFlag, values["config"]).spec
+
+
+def parse_flags(argv: list[str], prog: str, *, command: str | None = None, workdir_required: bool = True,
+                plannable: bool = False, define_extra: Callable[[flags.FlagValues], None] | None = None
+                ) -> flags.FlagValues:
     """Parses `--config` (a config file, `path.py` or `path.py:arg`, plus `--config.a.b=v` overrides),
     `--workdir` and any flags `define_extra` adds, into a fresh FlagValues (so commands can run
-    repeatedly in one process, e.g. in tests). A `plannable` command also takes `--compile_only
-    --topology=... [--num_slices=k] [--plan_out=path] [--noprobes]` (then --workdir is optional)."""
+    repeatedly in one process, e.g. in tests); `values.config` is the ConfigDict, validated against the
+    schema of `command` (by default the last word of `prog`). A `plannable` command also takes
+    `--compile_only --topology=... [--num_slices=k] [--plan_out=path] [--noprobes]` (then --workdir is
+    optional)."""
     values = flags.FlagValues()
-    argv = [prog] + list(argv)
-    # `sys_argv`: config_flags reads the `--config.*` overrides from the argv it is given, not sys.argv.
-    config_flags.DEFINE_config_file("config", None, "experiment config: path/to/config.py[:argument]",
-                                    flag_values=values, lock_config=True, sys_argv=argv)
+    spec, overrides, rest = split_config_args(list(argv))
     flags.DEFINE_string("workdir", None, "run directory (local path or gs://): checkpoints, metrics, results",
                         flag_values=values)
     flags.DEFINE_string("log_level", "INFO", "logging level", flag_values=values)
@@ -49,15 +97,19 @@ def parse_flags(argv: list[str], prog: str, *, workdir_required: bool = True, pl
     if define_extra is not None:
         define_extra(values)
     try:
-        values(argv)
-    except (flags.Error, KeyError, AttributeError, ValueError, TypeError) as e:
+        values([prog] + rest)
+    except flags.Error as e:
         raise UsageError(f"{prog}: {e}") from e
-    if values.config is None:
+    if not spec:
         raise UsageError(f"{prog}: --config is required (e.g. --config=configs/...py:tiny)")
-    error = getattr(values.config, "_error", None)  # config_flags defers a failed load to first use
-    if type(values.config).__name__ == "_ErrorConfig" and error is not None:
-        flag: Any = values["config"]  # ml_collections' config flag; absl's stubs type it as a plain Flag
-        raise UsageError(f"{prog}: cannot load --config={flag.config_filename}: {error}")
+    # The schemas import JAX (seconds); the commands without a config (quickstart, grade, tokenizer) use this
+    # module too, so it is imported here.
+    from dsmath_jax.config import ConfigError, load_config
+    try:
+        config = load_config(spec, overrides, command=command or prog.split()[-1])
+    except ConfigError as e:
+        raise UsageError(f"{prog}: {e}") from e
+    flags.DEFINE_flag(ConfigFlag(spec, config), flag_values=values)
     compile_only = plannable and values.compile_only
     if compile_only and not values.topology:
         raise UsageError(f"{prog}: --compile_only needs --topology (e.g. --topology=v5p-128)")
@@ -121,8 +173,7 @@ def plan_main(values: flags.FlagValues, prog: str) -> int:
     try:
         topology = parse_topology(values.topology, values.num_slices)
         model = values["model"].value if "model" in values else None
-        config_flag: Any = values["config"]  # ml_collections' config flag; absl's stubs type it as a plain Flag
-        plan = plan_command(command, values.config, topology, config_name=config_flag.config_filename,
+        plan = plan_command(command, values.config, topology, config_name=config_spec(values),
                             model_path=model, probes=values.probes, raise_if_not_fit=False)
     except (TopologyError, ValueError) as e:
         print(f"{prog} --compile_only: {e}", file=sys.stderr)

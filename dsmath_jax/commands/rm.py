@@ -31,11 +31,9 @@ import os
 from typing import Any
 
 import jax
-import ml_collections
 import numpy as np
 from etils import epath
 from jax.experimental import multihost_utils
-from ml_collections.config_dict import placeholder
 
 from dsmath_jax.commands.common import run_command
 from dsmath_jax.data.tasks import load_problems, prompt_text
@@ -43,7 +41,6 @@ from dsmath_jax.data.tokenizers import check_tokenizer_fits, load_tokenizer
 from dsmath_jax.evals.grader import Grader
 from dsmath_jax.generate.sampler import Sampler, SamplingParams
 from dsmath_jax.model import ModelConfig
-from dsmath_jax.rl.config import ARITHMETIC_TINY
 from dsmath_jax.rl.loop import check_architecture
 from dsmath_jax.rl.math_shepherd import math_shepherd_labels
 from dsmath_jax.rl.replay import pack_examples, unpack_examples
@@ -58,78 +55,6 @@ log = logging.getLogger(__name__)
 
 LABELS_FILE = "labels.npz"
 _SPLIT_KEY, _STATS_KEY = "__validation__", "__stats_json__"
-
-
-# ------------------------------------------------------------------------------------------- config
-def base_rm_config():
-    """The schema of a reward-model config (configs/rm/*.py start from it; every key is documented here).
-
-    seed; kind ("orm" | "prm");
-    init: run_dir (the generator policy: a `dsmath sft` run or a Hugging Face dir; required), rm_init_dir (the
-      model the RM's trunk starts from, same tokenizer; None = the policy), step (checkpoint step of run_dir);
-    model: preset (the architecture a `--compile_only` plan assumes where init.run_dir cannot be read; a run
-      checks it against the loaded policy), then compute overrides when loading (dtype, remat_policy,
-      scan_layers, attention_impl, logits_chunk; None = as saved);
-    data: problems (list of problem specs, dsmath_jax.data.tasks), split, limit_per_source, template (the
-      question inside the chat prompt), data_dir / benchmarks_dir (GSM8K / MATH copies), seq_len (RM rows:
-      prompt + completion, longer ones cut and counted), max_steps (PRM steps per row), validation_fraction
-      (share of problems held out for RM accuracy);
-    sampling: samples_per_problem (K), temperature, top_p, max_new_tokens, batch_size (sampler rows), seed;
-    labels: mode ("outcome" for an ORM; "hard" | "soft" Math-Shepherd labels for a PRM), n (continuations per
-      step), temperature, max_new_tokens, seed (of the continuations);
-    grader: workers, timeout (seconds per check);
-    optimizer: schedule {name, peak, warmup_steps, ...}, b1, b2, weight_decay, clip_norm (AdamW);
-    train: steps, batch_size, accum_steps, seed (batch order), log_every, eval_every, eval_batch_size,
-      checkpoint_every, keep_checkpoints, async_checkpoint, tensorboard;
-    mesh: shape, rules; distributed: multi-host start-up (as the training configs);
-    plan: prompt_tokens (the longest prompt a `--compile_only` plan assumes).
-    """
-    c = ml_collections.ConfigDict()
-    c.seed = 0
-    c.kind = "orm"
-    c.init = ml_collections.ConfigDict(dict(run_dir=placeholder(str), rm_init_dir=placeholder(str),
-                                            step=placeholder(int)))
-    c.model = ml_collections.ConfigDict(dict(preset=placeholder(str), dtype=placeholder(str),
-                                             remat_policy=placeholder(str), scan_layers=placeholder(bool),
-                                             attention_impl=placeholder(str), logits_chunk=placeholder(int)))
-    c.data = ml_collections.ConfigDict(dict(
-        problems=[], split="train", limit_per_source=placeholder(int), template="{question}",
-        data_dir=placeholder(str), benchmarks_dir=placeholder(str), seq_len=1536, max_steps=64,
-        validation_fraction=0.02))
-    c.sampling = ml_collections.ConfigDict(dict(samples_per_problem=4, temperature=0.7, top_p=1.0,
-                                                max_new_tokens=1024, batch_size=64, seed=0))
-    c.labels = ml_collections.ConfigDict(dict(mode="outcome", n=8, temperature=0.7, max_new_tokens=1024, seed=1))
-    c.grader = ml_collections.ConfigDict(dict(workers=8, timeout=5.0))
-    # What `--compile_only` plans assume where the data are not read: the longest prompt (question + template).
-    c.plan = ml_collections.ConfigDict(dict(prompt_tokens=512))
-    c.optimizer = ml_collections.ConfigDict(dict(
-        schedule=dict(name="constant", peak=2e-5, warmup_steps=50), b1=0.9, b2=0.95, weight_decay=0.0,
-        clip_norm=1.0))
-    c.train = ml_collections.ConfigDict(dict(
-        steps=2000, batch_size=256, accum_steps=1, seed=0, log_every=10, eval_every=250, eval_batch_size=64,
-        checkpoint_every=500, keep_checkpoints=3, async_checkpoint=True, tensorboard=True))
-    c.mesh = ml_collections.ConfigDict(dict(shape=dict(data=1, fsdp=-1, tensor=1), rules=placeholder(tuple)))
-    c.distributed = ml_collections.ConfigDict(dict(enabled="auto", coordinator_address=placeholder(str),
-                                                   num_processes=placeholder(int), process_id=placeholder(int),
-                                                   timeout_s=300))
-    return c
-
-
-ARITHMETIC_PROBLEMS = ARITHMETIC_TINY  # the problems of configs/sft/arithmetic.py and the RL tiny variants
-
-
-def tiny_rm_overrides(c, *, steps: int = 60):
-    """The CPU-sized variant: the arithmetic task's training problems (the tiny SFT policy's own questions),
-    few samples, short completions, a short run at a tiny-model learning rate."""
-    c.data.update(problems=[dict(ARITHMETIC_PROBLEMS)], limit_per_source=48, seq_len=192, max_steps=8,
-                  validation_fraction=0.25)
-    c.sampling.update(samples_per_problem=4, temperature=1.0, max_new_tokens=64, batch_size=64)
-    c.labels.update(n=4, temperature=1.0, max_new_tokens=48)
-    c.grader.update(workers=1)
-    c.optimizer.schedule = dict(name="constant", peak=1e-3, warmup_steps=5)
-    c.train.update(steps=steps, batch_size=32, log_every=10, eval_every=steps // 2, eval_batch_size=64,
-                   checkpoint_every=steps // 2)
-    return c
 
 
 def main(argv: list[str]) -> int:
@@ -186,7 +111,7 @@ def _problems(config):
     for spec in data.problems:
         spec = _as_dict(spec)
         if data.get("limit_per_source"):
-            spec["limit"] = int(data.limit_per_source)
+            spec["limit"] = data.limit_per_source
         out.extend(load_problems(spec, data.get("split", "train"), data_dir=data.get("data_dir"),
                                  benchmarks_dir=data.get("benchmarks_dir")))
     if not out:
@@ -210,11 +135,11 @@ def label(config, policy, tokenizer, mesh, rules) -> tuple[list[dict], np.ndarra
     Math-Shepherd). Returns (examples, validation flags, stats)."""
     problems = _problems(config)
     s = config.sampling
-    sampler = Sampler(policy, tokenizer, batch_size=int(s.batch_size), mesh=mesh, rules=rules)
+    sampler = Sampler(policy, tokenizer, batch_size=s.batch_size, mesh=mesh, rules=rules)
     prompt_ids = sampler.encode_prompts([prompt_text(p, config.data.template) for p in problems])
-    k = int(s.samples_per_problem)
-    params = SamplingParams(max_new_tokens=int(s.max_new_tokens), temperature=float(s.temperature),
-                            top_p=float(s.top_p), n=k, seed=int(s.seed))
+    k = s.samples_per_problem
+    params = SamplingParams(max_new_tokens=s.max_new_tokens, temperature=s.temperature,
+                            top_p=s.top_p, n=k, seed=s.seed)
     log.info("sampling %d completions for each of %d problems", k, len(problems))
     groups = sampler.generate(prompt_ids, params, progress=True)
     rows = [(i, c) for i, group in enumerate(groups) for c in group]
@@ -224,7 +149,7 @@ def label(config, policy, tokenizer, mesh, rules) -> tuple[list[dict], np.ndarra
     counts["problems"], counts["completions"] = len(problems), len(rows)
     counts["completions_cut_at_length"] = sum(c.finish_reason == "length" for _, c in rows)
     kind = config.kind
-    with Grader(max_workers=int(config.grader.workers), timeout=float(config.grader.timeout)) as grader:
+    with Grader(max_workers=config.grader.workers, timeout=config.grader.timeout) as grader:
         if kind == "orm":
             verdicts = grader.grade([(c.text, g, kd, None) for (_, c), g, kd in zip(rows, golds, kinds)])
             labels = [float(v.correct) for v in verdicts]
@@ -232,10 +157,10 @@ def label(config, policy, tokenizer, mesh, rules) -> tuple[list[dict], np.ndarra
             keep = list(range(len(rows)))
         else:
             lab = config.labels
-            cont = SamplingParams(max_new_tokens=int(lab.max_new_tokens), temperature=float(lab.temperature),
-                                  top_p=float(s.top_p), seed=int(lab.seed))
+            cont = SamplingParams(max_new_tokens=lab.max_new_tokens, temperature=lab.temperature,
+                                  top_p=s.top_p, seed=lab.seed)
             examples = math_shepherd_labels(sampler, grader, prompts, [c.tokens for _, c in rows], golds, kinds,
-                                            tokenizer, n=int(lab.n), mode=lab.mode, sampling=cont, stats=counts,
+                                            tokenizer, n=lab.n, mode=lab.mode, sampling=cont, stats=counts,
                                             progress=True)
             keep = [r for r, (_, c) in enumerate(rows) if c.tokens]  # math_shepherd_labels skips empty ones
     problem_index = np.asarray([rows[r][0] for r in keep], np.int64)
@@ -247,8 +172,8 @@ def label(config, policy, tokenizer, mesh, rules) -> tuple[list[dict], np.ndarra
     if kind == "prm":
         step_labels = np.concatenate([ex["step_labels"] for ex in examples]) if examples else np.zeros(0)
         stats["mean_step_label"] = float(step_labels.mean()) if len(step_labels) else 0.0
-    validation = _validation_flags(problem_index, len(problems), float(config.data.validation_fraction),
-                                   int(config.seed))
+    validation = _validation_flags(problem_index, len(problems), config.data.validation_fraction,
+                                   config.seed)
     stats["train_examples"], stats["validation_examples"] = int((~validation).sum()), int(validation.sum())
     return examples, validation, stats
 
@@ -290,12 +215,12 @@ def run(config, workdir: str) -> dict[str, Any]:
                          "a Hugging Face model directory), e.g. --config.init.run_dir=runs/sft_tiny")
     mesh, rules = start_run(config, workdir)
     tcfg = config.train
-    total, eval_every = int(tcfg.steps), int(tcfg.eval_every)
-    log_every, ckpt_every = max(int(tcfg.log_every), 1), max(int(tcfg.checkpoint_every), 1)
+    total, eval_every = tcfg.steps, tcfg.eval_every
+    log_every, ckpt_every = max(tcfg.log_every, 1), max(tcfg.checkpoint_every, 1)
     runner = Runner(workdir, total_steps=total, checkpoint_every=ckpt_every,
-                    keep_checkpoints=int(tcfg.keep_checkpoints),
-                    async_checkpoint=bool(tcfg.async_checkpoint), log_every=log_every,
-                    tensorboard=bool(tcfg.tensorboard), max_nonfinite_in_a_row=None, name="the reward model",
+                    keep_checkpoints=tcfg.keep_checkpoints,
+                    async_checkpoint=tcfg.async_checkpoint, log_every=log_every,
+                    tensorboard=tcfg.tensorboard, max_nonfinite_in_a_row=None, name="the reward model",
                     logger=log)
     latest = runner.latest_step()
     labels_path = os.path.join(workdir, LABELS_FILE)
@@ -324,15 +249,15 @@ def run(config, workdir: str) -> dict[str, Any]:
     if not train_examples:
         raise ValueError(f"no training examples in {labels_path} ({len(examples)} labelled, all held out)")
 
-    layout = dict(seq_len=int(config.data.seq_len), pad_id=tokenizer.pad_id if tokenizer.pad_id is not None else 0,
-                  max_steps=int(config.data.max_steps), tokenizer=tokenizer)
+    layout = dict(seq_len=config.data.seq_len, pad_id=tokenizer.pad_id if tokenizer.pad_id is not None else 0,
+                  max_steps=config.data.max_steps, tokenizer=tokenizer)
     if latest is None:
         assert policy is not None  # loaded above whenever there is no checkpoint
         base = policy
         if config.init.get("rm_init_dir"):
             base, _ = _load_model(config.init.rm_init_dir, config, mesh, rules)
             check_tokenizer_fits(tokenizer, base.config.vocab_size, what=f"reward model init {config.init.rm_init_dir}")
-        rm = RewardModel.init_from_lm(base, config.kind, mesh, rules, seed=int(config.seed), **layout)
+        rm = RewardModel.init_from_lm(base, config.kind, mesh, rules, seed=config.seed, **layout)
         del base
     else:
         meta = runner.checkpointer.metadata(latest)
@@ -342,7 +267,7 @@ def run(config, workdir: str) -> dict[str, Any]:
         rm = RewardModel.abstract(ModelConfig.from_dict(meta["model"]), config.kind, mesh, rules, **layout)
     del policy
     optimizer, schedule = optimizer_from_config(config)
-    trainer = rm.make_trainer(optimizer, int(tcfg.accum_steps), schedule=schedule)
+    trainer = rm.make_trainer(optimizer, tcfg.accum_steps, schedule=schedule)
 
     def restore(step: int) -> None:
         target = trainer.abstract_state()
@@ -351,8 +276,8 @@ def run(config, workdir: str) -> dict[str, Any]:
                                      opt_state=restored["opt_state"]))
 
     runner.resume(restore)
-    batch_size, seed = int(tcfg.batch_size), int(tcfg.seed)
-    eval_bs = int(tcfg.eval_batch_size)
+    batch_size, seed = tcfg.batch_size, tcfg.seed
+    eval_bs = tcfg.eval_batch_size
     last_train, last_eval = {}, {}
 
     def train_chunk(step: int) -> StepInfo:

@@ -27,6 +27,8 @@ from dsmath_jax.data.tokenizers import Tokenizer
 log = logging.getLogger(__name__)
 
 FEATURES = ("inputs", "targets", "weights")
+PACKINGS = ("concat", "first_fit")  # how examples fill rows (`build_dataset`)
+OVERLONG = ("truncate", "drop")  # what happens to an SFT example longer than a row (`sft_example_fn`)
 
 
 class EmptyDatasetError(ValueError):
@@ -85,8 +87,8 @@ def sft_example_fn(tokenizer: Tokenizer, seq_len: int, *, question_field: str = 
     """A {question, response} record -> `User: {question}\\n\\nAssistant: {response}<eos>` with the loss
     only on the response and eos. Examples longer than `seq_len` + 1 tokens are truncated (keeping the
     prompt) or dropped, per `overlong`, and counted."""
-    if overlong not in ("truncate", "drop"):
-        raise ValueError(f"overlong must be 'truncate' or 'drop', got {overlong!r}")
+    if overlong not in OVERLONG:
+        raise ValueError(f"overlong must be one of {OVERLONG}, got {overlong!r}")
     if tokenizer.eos_id is None:
         raise ValueError("SFT needs a tokenizer with an eos token (it ends every response)")
     stats = stats if stats is not None else PipelineStats()
@@ -173,5 +175,5 @@ def build_dataset(sources: Sequence[tuple[str, Any, float]], example_fn: Callabl
                                                         num_packing_bins=num_packing_bins or max(32, 4 * batch_size),
                                                         seed=seed, shuffle_bins=shuffle)
     else:
-        raise ValueError(f"packing must be 'concat' or 'first_fit', got {packing!r}")
+        raise ValueError(f"packing must be one of {PACKINGS}, got {packing!r}")
     return it.batch(batch_size, drop_remainder=True).map(_finish_batch)

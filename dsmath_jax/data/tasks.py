@@ -28,6 +28,10 @@ from dsmath_jax.data.pipeline import chat_prompt
 
 KINDS = ("arithmetic", "gsm8k", "math", "jsonl")
 SPLITS = ("train", "test")
+# The zero-shot chain-of-thought instruction of the paper's prompts (PAPER.md §7), and the template that puts it
+# after the question: the RL and reward-model questions of the paper's configs.
+COT_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+COT_TEMPLATE = "{question}\n" + COT_INSTRUCTION
 _KEYS = {"kind", "n_train", "n_test", "seed", "knobs", "files", "question_field", "answer_field", "limit",
          "template"}
 
@@ -46,7 +50,8 @@ class Problem:
     response: str | None = None  # a gold chain-of-thought response, where the source has one
 
 
-def _spec(spec: Mapping[str, Any]) -> dict[str, Any]:
+def problem_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """A problem source spec as a dict, checked: known keys and kind (ValueError naming them otherwise)."""
     spec = dict(spec.to_dict() if hasattr(spec, "to_dict") else spec)
     unknown = set(spec) - _KEYS
     if unknown:
@@ -58,7 +63,7 @@ def _spec(spec: Mapping[str, Any]) -> dict[str, Any]:
 
 def arithmetic_split(spec: Mapping[str, Any]):
     """(train, test) ArithmeticProblem lists of an arithmetic spec (deterministic in the spec)."""
-    spec = _spec(dict(spec, kind="arithmetic"))
+    spec = problem_spec(dict(spec, kind="arithmetic"))
     return train_test_split(int(spec.get("n_train", 20000)), int(spec.get("n_test", 256)),
                             seed=int(spec.get("seed", 0)), **dict(spec.get("knobs") or {}))
 
@@ -69,7 +74,7 @@ def load_problems(spec: Mapping[str, Any], split: str, *, data_dir: str | None =
     MATH are prepared as TFDS datasets in `data_dir`, from `benchmarks_dir` or their public sources."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    spec = _spec(spec)
+    spec = problem_spec(spec)
     kind = spec["kind"]
     if kind == "arithmetic":
         train, test = arithmetic_split(spec)
@@ -118,8 +123,8 @@ def load_problems(spec: Mapping[str, Any], split: str, *, data_dir: str | None =
 
 
 def prompt_text(problem: Problem, template: str = "{question}") -> str:
-    """The prompt of a problem: the SFT chat format around `template` (e.g. the paper's zero-shot
-    instruction ``"{question}\nPlease reason step by step, and put your final answer within \\boxed{}."``)."""
+    """The prompt of a problem: the SFT chat format around `template` (e.g. `COT_TEMPLATE`, the paper's
+    zero-shot instruction after the question)."""
     return chat_prompt(template.replace("{question}", problem.question))
 
 

@@ -8,12 +8,12 @@ tool-integrated suffix (Chinese suffixes for the Chinese benchmarks).
 
 from __future__ import annotations
 
+from dsmath_jax.config.eval import MODES
+from dsmath_jax.data.tasks import COT_INSTRUCTION
 from dsmath_jax.evals.benchmarks import Benchmark, Problem, few_shot_text
 
-MODES = ("few_shot_cot", "few_shot_pot", "zero_shot_cot", "tool")
-
 COT_SUFFIX = {
-    "en": "Please reason step by step, and put your final answer within \\boxed{}.",
+    "en": COT_INSTRUCTION,
     "zh": "请通过逐步推理来解答问题，并把最终答案放置于\\boxed{}中。",
 }
 TOOL_SUFFIX = {

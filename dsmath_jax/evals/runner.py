@@ -32,12 +32,13 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+from dsmath_jax.config.eval import MODES, PROTOCOLS
 from dsmath_jax.evals import deepseek
 from dsmath_jax.evals.benchmarks import Problem, get_benchmark, load_benchmark
 from dsmath_jax.evals.deepseek import tool as deepseek_tool
 from dsmath_jax.evals.grader import Grader, Verdict
 from dsmath_jax.evals.metrics import accuracy_breakdown, group_answers, pass_at_k
-from dsmath_jax.evals.prompts import MODES, build_prompt
+from dsmath_jax.evals.prompts import build_prompt
 from dsmath_jax.evals.sandbox import SandboxLimits
 from dsmath_jax.evals.tool_loop import run_program_of_thought, run_tool_loop
 from dsmath_jax.generate import Sampler, SamplingParams
@@ -46,7 +47,6 @@ from dsmath_jax.train.rundir import write_atomic, write_json
 log = logging.getLogger(__name__)
 
 TOOL_STOP = "```output"
-PROTOCOLS = ("deepseek", "strict")
 
 
 @dataclasses.dataclass

@@ -198,14 +198,14 @@ def plan_train(config: ml_collections.ConfigDict, topology: Topology, *, command
     mesh, rules = _mesh(config, topology)
     init = _d(config.get("init"))
     cfg = model_from_hf_or_config(init.get("hf_dir"), _d(config.model))
-    batch, seq = int(config.train.batch_size), int(config.data.seq_len)
-    accum = int(config.train.get("accum_steps", 1))
+    batch, seq = config.train.batch_size, config.data.seq_len
+    accum = config.train.accum_steps
     if batch % accum:
         raise ValueError(f"train.batch_size={batch} does not split into train.accum_steps={accum} micro-batches")
     optimizer, schedule = optimizer_from_config(config)
     rows_sharding = batch_sharding(mesh, rules)
-    eval_every = int(config.train.get("eval_every", 0) or 0)
-    has_eval = bool(config.data.get("eval_split")) and eval_every > 0
+    eval_every = config.train.eval_every
+    has_eval = bool(config.data.eval_split) and eval_every > 0
 
     def build(layers: int | None, probe: bool) -> Build:
         model_cfg = _variant(cfg, layers)
@@ -223,7 +223,7 @@ def plan_train(config: ml_collections.ConfigDict, topology: Topology, *, command
             eval_rows = batch // accum if probe else batch
             exes.append(Executable("eval_step", fns.eval_step, (state.params, _train_batch(eval_rows, seq,
                                                                                            rows_sharding)),
-                                   calls=int(config.train.get("eval_batches", 10)) / eval_every,
+                                   calls=config.train.eval_batches / eval_every,
                                    resident=("optimizer_state",), units=accum,
                                    model_flops=_forward_flops(cfg, batch * seq, seq // 2),
                                    kernel_flops=attention_kernel_flops(cfg, mesh, batch, seq, training=False)))
@@ -261,31 +261,25 @@ def plan_rl(config: ml_collections.ConfigDict, topology: Topology, *, config_nam
     mesh, rules = _mesh(c, topology)
     cfg = model_from_run_or_preset(c.init.get("run_dir"), _d(c.model), "the RL policy")
     run = RLRun(c, workdir="")
-    run.mesh, run.rules, run.tokenizer = mesh, rules, None
-    run.max_new = int(c.rollout.max_new_tokens)
-    prompt = int(c.data.max_prompt_tokens)
-    seq = int(c.train.seq_len or -(-(prompt + run.max_new - 1) // 16) * 16)
-    G, Q, mu, accum = run.G, run.Q, run.mu, int(c.train.accum_steps)
+    run.mesh, run.rules = mesh, rules
+    run.tokenizer = None  # type: ignore[assignment]  # a plan decodes no text
+    run.max_new = c.rollout.max_new_tokens
+    prompt = c.data.max_prompt_tokens
+    seq = c.train.seq_len or -(-(prompt + run.max_new - 1) // 16) * 16
+    G, Q, mu, accum = run.G, run.Q, run.mu, c.train.accum_steps
     rows = run.rows
     if rows % accum:
         raise ValueError(f"{rows} rows per step (questions x G) do not split into train.accum_steps={accum}")
-    rounds = int(c.rollout.max_sampling_rounds) if c.rollout.dynamic_sampling else 1
-    sampler_rows = int(c.rollout.sampler_batch_size)
+    rounds = c.rollout.max_sampling_rounds if c.rollout.dynamic_sampling else 1
+    sampler_rows = c.rollout.sampler_batch_size
     batches = math.ceil(rows / sampler_rows) * rounds
-    sampling = SamplingParams(max_new_tokens=run.max_new, temperature=float(c.rollout.temperature) or 1.0, n=G)
+    sampling = SamplingParams(max_new_tokens=run.max_new, temperature=c.rollout.temperature or 1.0, n=G)
     rows_sharding = batch_sharding(mesh, rules)
     rm_cfg = None
     if c.reward.kind in ("orm", "prm"):
         meta = _rm_meta(c.reward.get("rm_dir"))
         rm_cfg = ModelConfig.from_dict(meta["model"]) if meta else cfg
-    method = c.method
-    keys = {"grpo": ("inputs", "targets", "weights", "segment_ids", "old_logp", "ref_logp", "advantages"),
-            "ppo": ("inputs", "targets", "weights", "segment_ids", "old_logp", "ref_logp", "advantages",
-                    "old_values", "returns", "token_rewards"),
-            "dpo": ("inputs", "targets", "weights", "segment_ids", "ref_logp", "pair_valid"),
-            "rft": ("inputs", "targets", "weights", "segment_ids", "correct"),
-            "online_rft": ("inputs", "targets", "weights", "segment_ids", "correct"),
-            "sft": ("inputs", "targets", "weights", "segment_ids")}[method]
+    method, keys = c.method, run.method.batch_keys
 
     def batch_spec(n: int) -> dict:
         spec = _train_batch(n, seq, rows_sharding, [k for k in keys if k not in ("pair_valid", "correct")])
@@ -302,21 +296,21 @@ def plan_rl(config: ml_collections.ConfigDict, topology: Topology, *, config_nam
             c_probe = c.copy_and_resolve_references()
             c_probe.train.accum_steps = 1
             run.config = c_probe
-        run._build(model)
+        run.build(model)
         run.config = c
         n = rows // accum if probe else rows
         state = _abstract_state(run.fns, model)
-        ref = shaped(jax.eval_shape(run._frozen, state.params), run.params_sharding)
+        ref = shaped(jax.eval_shape(run.frozen, state.params), run.params_sharding)
         resident = {"policy_params": device_bytes(state.params), "policy_optimizer": device_bytes(state.opt_state),
                     "rollout_batch": device_bytes(batch_spec(rows))}
         if run.needs_ref:
             resident["reference"] = device_bytes(ref)
-        if run.sample_from == "initial":
+        if run.method.source == "initial":
             resident["initial_policy"] = device_bytes(ref)
         critic_state = None
-        if run.critic_fns is not None:
+        if run.critic is not None:
             critic = nnx.eval_shape(lambda: ScalarHeadModel(model_cfg, rngs=nnx.Rngs(0)))
-            critic_state = _abstract_state(run.critic_fns, critic)
+            critic_state = _abstract_state(run.critic.fns, critic)
             resident["critic_params"] = device_bytes(critic_state.params)
             resident["critic_optimizer"] = device_bytes(critic_state.opt_state)
         rm = rm_trainer = None
@@ -325,7 +319,7 @@ def plan_rl(config: ml_collections.ConfigDict, topology: Topology, *, config_nam
                                                layers), c.reward.kind, mesh, rules, seq_len=seq)
             resident["reward_model"] = device_bytes(rm.params)
             if c.rm_update.enabled:
-                rm_trainer = rm.make_trainer(adamw(float(c.rm_update.lr), weight_decay=0.0), accum_steps=1)
+                rm_trainer = rm.make_trainer(adamw(c.rm_update.lr, weight_decay=0.0), accum_steps=1)
                 resident["reward_model_optimizer"] = device_bytes(shaped(rm_trainer.state.opt_state,
                                                                          rm_trainer.fns.state_sharding.opt_state))
         fwd_kernel = attention_kernel_flops(cfg, mesh, rows, seq, training=False)
@@ -335,7 +329,7 @@ def plan_rl(config: ml_collections.ConfigDict, topology: Topology, *, config_nam
             everything = tuple(r for r in everything if r != "reference")
         others = lambda *mine: tuple(r for r in everything if r not in mine)  # noqa: E731
         exes: list[Executable] = []
-        if method != "sft":
+        if run.method.source != "gold":
             exes += _sampler_executables(run.sampler, prompt, sampling, batches, "rollout_", others("rollout_batch"),
                                          cfg, probe)
         micro = accum  # probe units (micro-batches) per call
@@ -347,22 +341,22 @@ def plan_rl(config: ml_collections.ConfigDict, topology: Topology, *, config_nam
                                    resident=others("reward_model"), units=micro,
                                    model_flops=_forward_flops(cfg, rows * seq, seq // 2), kernel_flops=fwd_kernel))
         if run.needs_ref:
-            exes.append(Executable("reference_forward", run._ref_logp, (ref, batch_spec(n)), calls=1,
+            exes.append(Executable("reference_forward", run.ref_forward, (ref, batch_spec(n)), calls=1,
                                    resident=others("reference"), units=micro,
                                    model_flops=_forward_flops(cfg, rows * seq, seq // 2), kernel_flops=fwd_kernel))
-        if critic_state is not None:
-            exes.append(Executable("critic_values", run._values, (critic_state.params, batch_spec(n)), calls=1,
+        if run.critic is not None and critic_state is not None:
+            exes.append(Executable("critic_values", run.critic.values, (critic_state.params, batch_spec(n)), calls=1,
                                    resident=others("critic_params"), units=micro,
                                    model_flops=_forward_flops(cfg, rows * seq, seq // 2), kernel_flops=fwd_kernel))
         exes.append(Executable("policy_train_step", run.fns.train_step, (state, batch_spec(n)), calls=mu,
                                resident=others("policy_params", "policy_optimizer"), units=micro,
                                model_flops=cfg.flops_per_token(seq) * rows * seq, kernel_flops=train_kernel))
-        if run.critic_fns is not None and critic_state is not None:
-            exes.append(Executable("critic_train_step", run.critic_fns.train_step, (critic_state, batch_spec(n)),
+        if run.critic is not None and critic_state is not None:
+            exes.append(Executable("critic_train_step", run.critic.fns.train_step, (critic_state, batch_spec(n)),
                                    calls=mu, resident=others("critic_params", "critic_optimizer"), units=micro,
                                    model_flops=cfg.flops_per_token(seq) * rows * seq, kernel_flops=train_kernel))
         if rm is not None and rm_trainer is not None:
-            bs = int(c.rm_update.batch_size)
+            bs = c.rm_update.batch_size
             rm_state = shaped(rm_trainer.state, rm_trainer.fns.state_sharding)
             rm_batch = {"inputs": _rows((bs, seq), jnp.int32, rm_trainer.fns.batch_sharding),
                         "segment_ids": _rows((bs, seq), jnp.int32, rm_trainer.fns.batch_sharding),
@@ -374,7 +368,7 @@ def plan_rl(config: ml_collections.ConfigDict, topology: Topology, *, config_nam
                 rm_batch["step_ends"] = _rows((bs, steps_), jnp.int32, rm_trainer.fns.batch_sharding)
                 rm_batch["step_labels"] = _rows((bs, steps_), jnp.float32, rm_trainer.fns.batch_sharding)
             exes.append(Executable("reward_model_train_step", rm_trainer.fns.train_step, (rm_state, rm_batch),
-                                   calls=int(c.rm_update.steps) / run.M,
+                                   calls=c.rm_update.steps / run.M,
                                    resident=others("reward_model", "reward_model_optimizer"),
                                    model_flops=cfg.flops_per_token(seq) * bs * seq,
                                    kernel_flops=attention_kernel_flops(cfg, mesh, bs, seq, training=True)))
@@ -421,26 +415,25 @@ def plan_rm(config: ml_collections.ConfigDict, topology: Topology, *, config_nam
     policy_cfg = model_from_run_or_preset(c.init.get("run_dir"), model, "the RM's generator policy")
     rm_init = c.init.get("rm_init_dir")
     rm_cfg = model_from_run_or_preset(rm_init, model, "the reward model") if rm_init else policy_cfg
-    seq, prompt = int(c.data.seq_len), int(c.plan.prompt_tokens)
-    bs, accum = int(c.train.batch_size), int(c.train.accum_steps)
+    seq, prompt = c.data.seq_len, c.plan.prompt_tokens
+    bs, accum = c.train.batch_size, c.train.accum_steps
     optimizer, schedule = optimizer_from_config(c)
-    solutions = SamplingParams(max_new_tokens=int(c.sampling.max_new_tokens), n=int(c.sampling.samples_per_problem),
-                               temperature=float(c.sampling.temperature) or 1.0)
-    continuation = SamplingParams(max_new_tokens=int(c.labels.max_new_tokens),
-                                  temperature=float(c.labels.temperature) or 1.0)
+    solutions = SamplingParams(max_new_tokens=c.sampling.max_new_tokens, n=c.sampling.samples_per_problem,
+                               temperature=c.sampling.temperature or 1.0)
+    continuation = SamplingParams(max_new_tokens=c.labels.max_new_tokens, temperature=c.labels.temperature or 1.0)
 
     def build(layers: int | None, probe: bool) -> Build:
         pcfg, rcfg = _variant(policy_cfg, layers), _variant(rm_cfg, layers)
         policy = _abstract_lm(pcfg)
-        sampler = Sampler(policy, None, batch_size=int(c.sampling.batch_size), mesh=mesh, rules=rules)
+        sampler = Sampler(policy, None, batch_size=c.sampling.batch_size, mesh=mesh, rules=rules)
         policy_params = shaped(jax.eval_shape(lambda: get_params(policy)), param_shardings(policy, mesh, rules))
-        rm = RewardModel.abstract(rcfg, c.kind, mesh, rules, seq_len=seq, max_steps=int(c.data.max_steps))
+        rm = RewardModel.abstract(rcfg, c.kind, mesh, rules, seq_len=seq, max_steps=c.data.max_steps)
         trainer = rm.make_trainer(optimizer, 1 if probe else accum, schedule=schedule)
         state = shaped(trainer.state, trainer.fns.state_sharding)
         resident = {"policy_params": device_bytes(policy_params)}
         exes = _sampler_executables(sampler, prompt, solutions, 1.0, "solutions_", ("policy_params",), pcfg, probe)
         if c.kind == "prm":
-            exes += _sampler_executables(sampler, prompt + int(c.sampling.max_new_tokens), continuation, 1.0,
+            exes += _sampler_executables(sampler, prompt + c.sampling.max_new_tokens, continuation, 1.0,
                                          "continuations_", ("policy_params",), pcfg, probe)
         rows = bs // accum if probe else bs
         sh = trainer.fns.batch_sharding
@@ -449,12 +442,12 @@ def plan_rm(config: ml_collections.ConfigDict, topology: Topology, *, config_nam
         if c.kind == "orm":
             data["labels"] = _rows((rows, 1), jnp.float32, sh)
         else:
-            data["step_ends"] = _rows((rows, int(c.data.max_steps)), jnp.int32, sh)
-            data["step_labels"] = _rows((rows, int(c.data.max_steps)), jnp.float32, sh)
+            data["step_ends"] = _rows((rows, c.data.max_steps), jnp.int32, sh)
+            data["step_labels"] = _rows((rows, c.data.max_steps), jnp.float32, sh)
         exes.append(Executable("rm_train_step", trainer.fns.train_step, (state, data), calls=1,
                                units=accum, model_flops=rcfg.flops_per_token(seq) * bs * seq,
                                kernel_flops=attention_kernel_flops(rm_cfg, mesh, bs, seq, training=True)))
-        eval_rows = int(c.train.eval_batch_size)
+        eval_rows = c.train.eval_batch_size
         eval_tokens = _rows((eval_rows, seq), jnp.int32, rm.row_sharding)
         exes.append(Executable("rm_scores", rm._scores, (state.params, eval_tokens,
                                                          _rows((eval_rows, seq), jnp.int32, rm.row_sharding)),
@@ -479,19 +472,18 @@ def plan_eval(config: ml_collections.ConfigDict, topology: Topology, *, config_n
     mesh, rules = _mesh(c, topology)
     overrides = _d(c.model_overrides)
     cfg = model_from_run_or_preset(model_path, dict(overrides, preset=c.plan.get("preset")), "the evaluated model")
-    prompt = int(c.plan.prompt_tokens)
-    sampling = SamplingParams(max_new_tokens=int(c.eval.max_new_tokens), n=int(c.eval.n),
-                              temperature=float(c.eval.temperature))
+    prompt = c.plan.prompt_tokens
+    sampling = SamplingParams(max_new_tokens=c.eval.max_new_tokens, n=c.eval.n, temperature=c.eval.temperature)
 
     def build(layers: int | None, probe: bool) -> Build:
         model_cfg = _variant(cfg, layers)
         model = _abstract_lm(model_cfg)
-        sampler = Sampler(model, None, batch_size=int(c.batch_size), mesh=mesh, rules=rules)
+        sampler = Sampler(model, None, batch_size=c.batch_size, mesh=mesh, rules=rules)
         exes = _sampler_executables(sampler, prompt, sampling, 1.0, "", (), model_cfg, probe)
         return Build(exes, {}, knobs={"batch_size": f"now {c.batch_size}: rows decoded at once",
                                       "mesh.shape": f"now {dict(mesh.shape)}: `tensor` splits the sampler's weights"},
                      step=f"one batch of {c.batch_size} rows: prompts up to {prompt} tokens + "
-                          f"{sampling.max_new_tokens} new", tokens_per_step=int(c.batch_size) * sampling.max_new_tokens)
+                          f"{sampling.max_new_tokens} new", tokens_per_step=c.batch_size * sampling.max_new_tokens)
 
     return make_plan(command="eval", config_name=config_name, topology=topology, mesh=mesh,
                      model=_model_json(cfg, c.plan.get("preset")), build=build, num_layers=cfg.num_layers,

@@ -1,12 +1,11 @@
 """The quickstart's options and stage configs: `Options` (the flags of `dsmath quickstart`), the stage configs
 (the package's own, `stage_configs.py`, or the experiment files of a `--configs_dir`), `--set` overrides, step
-scaling, and the benchmark directory of the crawl."""
+scaling, and the benchmark directory of the crawl. Stage configs load, take their overrides and are validated
+through the shared loader (`dsmath_jax.config.loader`), as `dsmath <command> --config=...` does."""
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import importlib.util
 import os
 import pathlib
 from collections.abc import Mapping, Sequence
@@ -60,55 +59,57 @@ def configs_dir(path: str | os.PathLike) -> pathlib.Path:
     return root
 
 
+def stage_command(stage: str) -> str:
+    """The `dsmath` command (and config schema) of a stage: that of its experiment file's folder."""
+    from dsmath_jax.config.loader import command_of  # heavy: see stage_configs' note on imports
+    command = command_of(STAGE_CONFIGS[stage].partition(":")[0])
+    assert command is not None, STAGE_CONFIGS[stage]
+    return command
+
+
 def load_config(spec: str, root: str | os.PathLike | None = None) -> ml_collections.ConfigDict:
-    """A stage config by its experiment file and argument ("rl/grpo_outcome.py:tiny"): from `root` as
-    `dsmath <command> --config=configs/<spec>` loads it, or, when `root` is None, the package's own
-    (`stage_configs.STAGE_DEFAULTS`, the same config)."""
-    if root is None:
-        if spec not in STAGE_DEFAULTS:
-            raise QuickstartError(f"the package carries the quickstart's stage configs only "
-                                  f"({', '.join(STAGE_DEFAULTS)}), not {spec!r}: pass --configs_dir")
-        return STAGE_DEFAULTS[spec]()
-    rel, _, arg = spec.partition(":")
-    path = configs_dir(root) / rel
-    if not path.is_file():
-        raise QuickstartError(f"config file {path} not found")
-    module_spec = importlib.util.spec_from_file_location(f"dsmath_quickstart_config_{path.stem}", path)
-    if module_spec is None or module_spec.loader is None:
-        raise QuickstartError(f"config file {path} cannot be loaded as a Python module")
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(arg or None)
+    """A stage config by its experiment file and argument ("rl/grpo_outcome.py:tiny"), validated against its
+    command's schema: from `root` through the shared loader, as `dsmath <command> --config=configs/<spec>`
+    loads it, or, when `root` is None, the package's own (`stage_configs.STAGE_DEFAULTS`, the same config)."""
+    from dsmath_jax.config import ConfigError  # heavy: see stage_configs' note on imports
+    from dsmath_jax.config.loader import command_of, prepare_config
+    from dsmath_jax.config.loader import load_config as load_config_file
+    command = command_of(spec.partition(":")[0])
+    if root is None and spec not in STAGE_DEFAULTS:
+        raise QuickstartError(f"the package carries the quickstart's stage configs only "
+                              f"({', '.join(STAGE_DEFAULTS)}), not {spec!r}: pass --configs_dir")
+    try:
+        if root is None:
+            return prepare_config(STAGE_DEFAULTS[spec](), command=command, where=f"the packaged {spec}")
+        return load_config_file(spec, command=command, root=configs_dir(root))
+    except ConfigError as e:
+        raise QuickstartError(str(e)) from e
 
 
-def parse_override(text: str) -> tuple[str, str, Any]:
-    """"stage:a.b=value" -> (stage, "a.b", value); the value as a Python literal, else a string."""
+def parse_override(text: str) -> tuple[str, str, str]:
+    """"stage:a.b=value" -> (stage, "a.b", "value"); the value is parsed by the type of its field when it is
+    applied (`apply_overrides`)."""
     head, eq, raw = text.partition("=")
     stage, colon, key = head.partition(":")
     if not eq or not colon or not key or stage not in STAGES:
         raise ValueError(f"override {text!r}: expected STAGE:KEY=VALUE with STAGE one of {STAGES}, "
                          "e.g. grpo:train.stop_after_steps=2")
-    try:
-        value = ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-        value = raw
-    return stage, key.strip(), value
+    return stage, key.strip(), raw
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, Any], stage: str) -> None:
-    """Sets dotted keys of `config`; a key the config does not have is an error naming the stage and key."""
-    for key, value in overrides.items():
-        node, parts = config, key.split(".")
-        for part in parts[:-1]:
-            if part not in node:
-                raise QuickstartError(f"override {stage}:{key}: the {stage} config has no {part!r}")
-            node = node[part]
-        if parts[-1] not in node:
-            raise QuickstartError(f"override {stage}:{key}: the {stage} config has no {key!r}")
-        try:
-            node[parts[-1]] = value
-        except (TypeError, ValueError) as e:
-            raise QuickstartError(f"override {stage}:{key}={value!r}: {e}") from e
+    """Sets dotted keys of a stage's config with the shared loader's override code (a string value is parsed by
+    its field's type, as `--config.a.b=value` is) and validates the result against the stage's schema; a key
+    the config does not have, or a bad value, is a QuickstartError naming the stage and the key."""
+    from dsmath_jax.config import ConfigError  # heavy: see stage_configs' note on imports
+    from dsmath_jax.config.loader import apply_overrides as apply_config_overrides
+    from dsmath_jax.config.loader import validate
+    where = f"the {stage} config"
+    try:
+        apply_config_overrides(config, overrides, where=where)
+        validate(config, stage_command(stage), where=where)
+    except ConfigError as e:
+        raise QuickstartError(str(e)) from e
 
 
 def scaled(n: int, scale: float) -> int:
@@ -128,7 +129,7 @@ def scale_train(c: ml_collections.ConfigDict, scale: float, steps_key: str = "tr
                 intervals: Sequence[str] = ("train.log_every", "train.eval_every", "train.checkpoint_every")) -> None:
     """Multiplies the step count `steps_key` by `scale`, moving the `intervals` (and a shortened warm-up) with it."""
     section, name = steps_key.split(".")
-    old = int(c[section][name])
+    old = c[section][name]
     steps = scaled(old, scale)
     c[section][name] = steps
     for key in intervals:
@@ -136,7 +137,7 @@ def scale_train(c: ml_collections.ConfigDict, scale: float, steps_key: str = "tr
         c[sec][k] = _interval(c[sec][k], steps, old)
     schedule = c.optimizer.schedule
     if "warmup_steps" in schedule and steps < old:  # a shrunk run still gets most of its steps at the peak
-        schedule.warmup_steps = min(int(schedule.warmup_steps), steps // 4)
+        schedule.warmup_steps = min(schedule.warmup_steps, steps // 4)
 
 
 # ------------------------------------------------------------------------------------------- benchmarks

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shlex
 from collections.abc import Mapping
 from typing import Any
 
@@ -204,8 +205,7 @@ def command_line(results: Mapping[str, Any]) -> str:
         if key in o and o[key] != getattr(default, key):
             parts.append(f"--{key}={o[key]}")
     for stage, items in (o.get("overrides") or {}).items():
-        parts += [f"--set={stage}:{k}={v!r}" if isinstance(v, str) else f"--set={stage}:{k}={v}"
-                  for k, v in items.items()]
+        parts += [shlex.quote(f"--set={stage}:{k}={v}") for k, v in items.items()]  # parsed by the field's type
     if o.get("plots") is False:
         parts.append("--noplots")
     return " ".join(parts)

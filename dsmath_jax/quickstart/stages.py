@@ -17,7 +17,7 @@ from typing import Any
 
 import ml_collections
 
-from dsmath_jax.data.arithmetic import texts_for_tokenizer
+from dsmath_jax.data.arithmetic import ARITHMETIC_TINY, texts_for_tokenizer
 from dsmath_jax.quickstart.config import (
     STAGE_CONFIGS,
     STAGES,
@@ -42,9 +42,9 @@ from dsmath_jax.quickstart.state import (
 )
 from dsmath_jax.train.rundir import copy_atomic, write_atomic
 
-# The training stack (JAX, Grain, TFDS: seconds to import) and the miner (Apache Beam, the `beam` extra) are
-# imported inside the functions that use them, so `dsmath quickstart --help` and reading a finished run's
-# results import none of them.
+# The config schemas and the training stack (JAX, Grain, TFDS: seconds to import) and the miner (Apache Beam,
+# the `beam` extra) are imported inside the functions that use them, so `dsmath quickstart --help` and reading
+# a finished run's results import none of them.
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +56,6 @@ CRAWL_SIZE_KEYS = ("n_questions", "n_problems", "n_notes", "n_prose", "n_seed", 
 
 def _arithmetic_spec(sft_config: ml_collections.ConfigDict) -> dict:
     """The arithmetic task of the SFT config's data (its first `arithmetic` source), else ARITHMETIC_TINY."""
-    from dsmath_jax.rl.config import ARITHMETIC_TINY  # heavy: see the note on imports
-
     def walk(specs):
         for spec in specs or []:
             spec = spec.to_dict() if hasattr(spec, "to_dict") else dict(spec)
@@ -117,7 +115,7 @@ def mine_stage(workdir: str, opts: Options, benchmarks_dir: str | None) -> dict:
         # The driver builds the tiny config's crawl (build_crawl's default sizes); a scaled one is built here.
         defaults = inspect.signature(build_crawl).parameters
         sizes: dict[str, Any] = {k: max(1, int(round(defaults[k].default * opts.crawl_scale))) for k in CRAWL_SIZE_KEYS}
-        build_crawl(synthetic_crawl_source(config, out), synthetic, seed=int(config.synthetic.seed), **sizes)
+        build_crawl(synthetic_crawl_source(config, out), synthetic, seed=config.synthetic.seed, **sizes)
     with contextlib.redirect_stdout(sys.stderr):
         stats = run_mining(config, out)
     if stats["status"] == AWAITING_ANNOTATION:
@@ -157,12 +155,12 @@ def _write_arithmetic_texts(path: str, spec: Mapping[str, Any]) -> int:
 def pretrain_config(workdir: str, opts: Options) -> ml_collections.ConfigDict:
     """Table 1's tiny pre-training config on the quickstart's data: the mined corpus and the arithmetic task's
     text half and half, a tokenizer trained on both, and the model of the SFT config."""
-    from dsmath_jax.configs import source  # heavy: see the note on imports
+    from dsmath_jax.config.train import source  # heavy: see the note on imports
     out = os.path.join(workdir, "pretrain")
     c = load_config(STAGE_CONFIGS["pretrain"], opts.configs_dir)
     sft = load_config(STAGE_CONFIGS["sft"], opts.configs_dir)
     c.model = ml_collections.ConfigDict(sft.model.to_dict())  # the model SFT and RL continue
-    c.tokenizer.train_vocab_size = int(sft.model.vocab_size)
+    c.tokenizer.train_vocab_size = sft.model.vocab_size
     texts = os.path.join(out, "data", "arithmetic_train.jsonl")
     c.data.sources = [source("tfds", name=CORPUS_DATASET, weight=0.5),
                       source("corpus", name=ARITHMETIC_CORPUS, files=[texts], weight=0.5)]

@@ -1,13 +1,19 @@
-"""Reinforcement learning for DeepSeekMath (PAPER.md §4-5, §8).
+"""Reinforcement learning for DeepSeekMath (PAPER.md §4-5, §8), by role.
 
+* `rollout`: the rollout role: sample G outputs per question and score them (rewards are a list of
+  callables with one signature; process rewards from the step checker or a PRM), dynamic sampling, the
+  question order, held-out evaluation.
+* `methods`: the registry of Table 10's rows (SFT, RFT, online RFT, DPO, PPO, GRPO): each method's data
+  source, batch builder and loss.
+* `grpo`: rollout batches, reference log-probs and the GRPO loss (the one `dsmath rl` trains with).
+* `roles`: models trained beside the policy: PPO's critic (`ppo.Critic`) and iterative RL's reward-model
+  updates (`iterative.RewardModelUpdates`).
+* `loop`: Algorithm 1, the RL loop that only orchestrates the roles (`dsmath rl`).
 * `advantages`: GRPO outcome / process supervision advantages, GAE for PPO.
-* `grpo`: one GRPO update: rollout batches from sampled groups, reference log-probs, the loss for the
-  shared train step.
 * `rewards`: rule (the harness's equivalence checker) and format rewards, outcome / process reward-model
   read-outs, weighted combinations; the arithmetic task's exact-answer and per-step rewards (the task
   itself, and the questions with gold answers and prompts, are data: `dsmath_jax.data.arithmetic`,
   `dsmath_jax.data.tasks`).
-* `loop`: Algorithm 1, the RL loop for every method (`dsmath rl`); `config`: its schema.
 * `reward_model`, `math_shepherd`, `replay`: ORM / PRM training (`dsmath rm`), Math-Shepherd process labels,
   the replay buffer of iterative RL; `ppo`: the critic, KL-shaped token rewards and GAE for PPO.
 * `losses`: the unified paradigm of Table 10 (SFT, RFT, DPO, PPO, GRPO and the Dr. GRPO / DAPO / GSPO

@@ -7,11 +7,14 @@
   state, metrics = step_fns.train_step(state, batch)                              # the clipped objective + KL
 
 The old policy's log-probs are the sampler's (it reports the log-probability of every sampled token under
-the model that sampled it), so no extra forward pass is needed for pi_old.
+the model that sampled it), or, with `rollout.old_logprobs="recompute"` (the default under bf16, where the
+cached decode does not reproduce the training forward), one forward of the training model over the sampled
+rows (`old_policy_logprobs`), so that the first of mu updates has ratio exactly 1.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -117,6 +120,24 @@ def on_forward_inputs(jitted):
     return call
 
 
+@jax.jit
+def logprob_gap(sampler_logp: jax.Array, trainer_logp: jax.Array, weights: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Mean and max |sampler - trainer| log-prob of the response tokens (``weights`` > 0): how far the
+    sampler's numbers are from the training forward's."""
+    m = weights > 0
+    gap = jnp.where(m, jnp.abs(sampler_logp - trainer_logp), 0.0)
+    return gap.sum() / jnp.maximum(m.sum(), 1), gap.max()
+
+
+@functools.partial(jax.jit, static_argnames="cap")
+def truncated_is_weights(sampler_logp: jax.Array, trainer_logp: jax.Array, weights: jax.Array, *,
+                         cap: float) -> jax.Array:
+    """Truncated importance weights ``min(exp(trainer - sampler), cap)`` on the response tokens, 0 elsewhere
+    (`losses.policy_loss`'s `is_weights`)."""
+    w = jnp.minimum(jnp.exp(jnp.clip(trainer_logp - sampler_logp, -20.0, 20.0)), cap)
+    return jnp.where(weights > 0, w, 0.0)
+
+
 def reference_logprobs(graphdef: nnx.GraphDef, ref_params: Any, batch: Batch) -> jax.Array:
     """Log-probs under the frozen reference model (jit this, or call inside a jitted function)."""
     return sequence_logprobs(nnx.merge(graphdef, ref_params), batch)
@@ -124,15 +145,16 @@ def reference_logprobs(graphdef: nnx.GraphDef, ref_params: Any, batch: Batch) ->
 
 def grpo_loss_fn(config: PolicyLossConfig = PolicyLossConfig(), entropy: bool = True):  # noqa: B008 - frozen
     """The GRPO objective (PAPER.md §4.1, Eq. 3) on a rollout batch with `old_logp`, `ref_logp`,
-    `advantages` ([rows, seq] or [rows]) and `weights` as the completion mask: the loss `dsmath rl` trains
-    with (and, with beta 0 and GAE advantages, PPO's policy loss), for `make_train_step`. With `entropy`, the
-    policy's mean entropy over the response tokens is a metric (no gradient)."""
+    `advantages` ([rows, seq] or [rows]), `weights` as the completion mask and optional `is_weights`
+    (truncated importance weights, `losses.policy_loss`): the loss `dsmath rl` trains with (and, with beta 0
+    and GAE advantages, PPO's policy loss), for `make_train_step`. With `entropy`, the policy's mean entropy
+    over the response tokens is a metric (no gradient)."""
 
     def loss(model: CausalLM, batch: Batch):
         logp, ent = model.token_logprobs(batch["inputs"], batch["targets"], None, batch.get("segment_ids"),
                                          entropy=entropy)
         total, weight, metrics = policy_loss(logp, batch["old_logp"], batch.get("ref_logp"), batch["advantages"],
-                                             batch["weights"], config=config)
+                                             batch["weights"], config=config, is_weights=batch.get("is_weights"))
         if ent is not None:  # computed when `entropy` is set
             m = batch["weights"].astype(jnp.float32)
             ent = jax.lax.stop_gradient(ent)
@@ -143,4 +165,4 @@ def grpo_loss_fn(config: PolicyLossConfig = PolicyLossConfig(), entropy: bool = 
 
 
 __all__ = ["rollout_batch", "sequence_logprobs", "reference_logprobs", "make_reference_forward", "on_forward_inputs",
-           "grpo_loss_fn"]
+           "grpo_loss_fn", "logprob_gap", "truncated_is_weights"]

@@ -28,13 +28,14 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
+from dsmath_jax.config.rl import AGGREGATIONS, RATIOS
+
 __all__ = ["LOG_RATIO_CLAMP", "K3_MAX", "kl_k1", "kl_k2", "kl_k3", "KL_ESTIMATORS", "AGGREGATIONS", "PolicyLossConfig",
            "policy_loss",
            "aggregate", "value_loss", "dpo_loss", "sequence_logprob", "sft_loss", "rft_loss",
            "gradient_coefficient", "token_logprobs", "token_entropy"]
 
-Aggregation = Literal["sequence_mean", "token_mean", "sum_constant"]
-AGGREGATIONS = ("sequence_mean", "token_mean", "sum_constant")
+Aggregation = Literal["sequence_mean", "token_mean", "sum_constant"]  # AGGREGATIONS, the config schema's
 
 _f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
 
@@ -149,8 +150,8 @@ class PolicyLossConfig:
             raise ValueError(f"PolicyLossConfig: aggregation {self.aggregation!r} not in {AGGREGATIONS}")
         if self.aggregation == "sum_constant" and not (self.max_len and self.max_len >= 1):
             raise ValueError(f"PolicyLossConfig: aggregation 'sum_constant' needs max_len >= 1, got {self.max_len}")
-        if self.ratio not in ("token", "sequence"):
-            raise ValueError(f"PolicyLossConfig: ratio {self.ratio!r} not in ('token', 'sequence')")
+        if self.ratio not in RATIOS:
+            raise ValueError(f"PolicyLossConfig: ratio {self.ratio!r} not in {RATIOS}")
 
     @property
     def eps_low(self) -> float:
@@ -162,8 +163,8 @@ class PolicyLossConfig:
 
 
 def policy_loss(logp: jax.Array, old_logp: jax.Array, ref_logp: jax.Array | None, advantages: jax.Array,
-                mask: jax.Array, *, config: PolicyLossConfig = PolicyLossConfig()
-                ) -> tuple[jax.Array, jax.Array, dict]:
+                mask: jax.Array, *, config: PolicyLossConfig = PolicyLossConfig(),
+                is_weights: jax.Array | None = None) -> tuple[jax.Array, jax.Array, dict]:
     """Negative GRPO objective (PAPER.md §4 Eq. 3) as (total, weight, metrics):
 
         loss = - agg_t[ min(r_t A_t, clip(r_t, 1 - eps, 1 + eps_high) A_t) - beta KL_t ],
@@ -175,10 +176,14 @@ def policy_loss(logp: jax.Array, old_logp: jax.Array, ref_logp: jax.Array | None
     logp: [batch, seq] log pi_theta of the sampled tokens (differentiated); old_logp, ref_logp: the same
     under pi_old and pi_ref (treated as constants; ref_logp may be None when beta = 0); advantages:
     [batch, seq] per token or [batch] per sequence (constants); mask: [batch, seq] response tokens.
+    is_weights: [batch, seq] constants multiplying each token's surrogate term: the truncated importance
+    sampling correction for a sampler whose log-probs differ from the trainer's (Yao et al. 2025, "Your
+    efficient RL framework secretly brings you off-policy RL training"; verl's and TRL's `tis`):
+    ``min(pi_old(o_t) / pi_sampler(o_t), C)``.
     Metrics: pg_loss (the clipped-surrogate part of the loss) and kl_loss (the KL part before the factor
     beta), both aggregated like the loss; token means over the mask: kl, ratio_mean, advantage_mean,
     clip_frac_low / clip_frac_high (tokens whose clip is active: r < 1 - eps with A < 0, r > 1 + eps_high with
-    A > 0; their gradient is zero), clip_frac (both).
+    A > 0; their gradient is zero), clip_frac (both); ratio_dev_max, the largest |r - 1| on the mask.
     """
     c = config
     m = _f32(mask)
@@ -199,6 +204,8 @@ def policy_loss(logp: jax.Array, old_logp: jax.Array, ref_logp: jax.Array | None
     clipped = jnp.clip(ratio, 1.0 - c.eps_low, 1.0 + c.eps_high)
     surrogate = jnp.minimum(ratio * adv, clipped * adv)
     pg_token = -surrogate
+    if is_weights is not None:
+        pg_token = pg_token * jax.lax.stop_gradient(_on_mask(_f32(is_weights), m))
 
     if ref_logp is not None:
         kl = KL_ESTIMATORS[c.kl_estimator](logp, jax.lax.stop_gradient(_on_mask(ref_logp, m)))
@@ -222,6 +229,7 @@ def policy_loss(logp: jax.Array, old_logp: jax.Array, ref_logp: jax.Array | None
         "clip_frac_low": _masked_mean(low, m),
         "clip_frac_high": _masked_mean(high, m),
         "clip_frac": _masked_mean(low | high, m),
+        "ratio_dev_max": jnp.max(jnp.where(m > 0, jnp.abs(ratio - 1.0), 0.0)),
         "advantage_mean": _masked_mean(adv, m),
     }
     return total, weight, jax.lax.stop_gradient(metrics)

@@ -30,12 +30,13 @@ from typing import Any
 
 import numpy as np
 
+from dsmath_jax.config.rm import LABEL_MODES
 from dsmath_jax.data.tokenizers import Tokenizer
 from dsmath_jax.generate.sampler import SamplingParams
 
 __all__ = ["MODES", "StepSplit", "step_spans", "step_end_tokens", "math_shepherd_labels", "label_steps"]
 
-MODES = ("hard", "soft")
+MODES = LABEL_MODES["prm"]  # Math-Shepherd's hard or soft step labels
 
 
 @dataclasses.dataclass(frozen=True)

@@ -39,6 +39,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh
@@ -48,12 +49,15 @@ from dsmath_jax.parallel.mesh import DEFAULT_RULES, ModuleT, Rules, get_params, 
 from dsmath_jax.rl.advantages import gae, outcome_token_rewards
 from dsmath_jax.rl.grpo import grpo_loss_fn, make_reference_forward, on_forward_inputs
 from dsmath_jax.rl.losses import PolicyLossConfig, value_loss
-from dsmath_jax.train.step import LossFn, StepFns, make_forward, make_train_step
+from dsmath_jax.rl.roles import Role
+from dsmath_jax.train.checkpoint import abstract_like
+from dsmath_jax.train.step import LossFn, StepFns, TrainState, adamw, make_forward, make_train_step
 
 Batch = Mapping[str, jax.Array]
 
 __all__ = ["critic_from_policy", "critic_from_reward_model", "values_for_batch", "ppo_token_rewards",
-           "ppo_advantages", "ppo_batch", "critic_loss_fn", "ppo_policy_loss_fn", "PPOStepFns", "make_ppo_steps"]
+           "ppo_advantages", "ppo_batch", "critic_loss_fn", "ppo_policy_loss_fn", "PPOStepFns", "make_ppo_steps",
+           "Critic"]
 
 
 # ------------------------------------------------------------------------------------------ the critic
@@ -247,3 +251,63 @@ def make_ppo_steps(policy: CausalLM, critic: ScalarHeadModel, optimizer: optax.G
         policy=policy_fns, critic=critic_fns,
         reference_logprobs=make_reference_forward(policy, mesh, rules, micro_batches=accum_steps),
         values=on_forward_inputs(make_forward(critic, _values, mesh, rules, micro_batches=accum_steps)))
+
+
+# ------------------------------------------------------------------------------------------ the role
+class Critic(Role):
+    """PPO's value model as a role of the RL loop (:class:`~dsmath_jax.rl.roles.Role`).
+
+    Before the policy's updates it reads V_old(s_t) on the step's batch and adds the KL-shaped token rewards,
+    GAE advantages and returns (:func:`ppo_token_rewards`, :func:`ppo_advantages`); after each policy update
+    it takes one step of the clipped value loss (its metrics are ``critic_<name>``). Built on an abstract
+    `policy` (only its config is read), so a compile-only plan can build it too; :meth:`init` places the
+    first weights.
+    """
+
+    def __init__(self, policy: CausalLM, mesh: Mesh, rules: Rules = DEFAULT_RULES, *, lr: float,
+                 clip_norm: float = 1.0, value_clip: float = 0.2, accum_steps: int = 1, kl_coef: float = 0.04,
+                 gamma: float = 1.0, lam: float = 0.95, whiten: bool = True):
+        self.mesh, self.rules = mesh, rules
+        critic = nnx.eval_shape(lambda: ScalarHeadModel(policy.config, rngs=nnx.Rngs(0)))
+        self.fns = make_train_step(critic, adamw(lr, weight_decay=0.0, clip_norm=clip_norm), mesh, rules,
+                                   loss_fn=critic_loss_fn(value_clip), accum_steps=accum_steps)
+        self.values = on_forward_inputs(make_forward(critic, _values, mesh, rules, micro_batches=accum_steps))
+        self.kl_coef, self.gamma, self.lam, self.whiten = kl_coef, gamma, lam, whiten
+        self.state: TrainState | None = None
+
+    def init(self, policy: CausalLM, seed: int) -> None:
+        """The first critic: the policy's trunk with a fresh head (:func:`critic_from_policy`)."""
+        self.state = self.fns.init_state(get_params(critic_from_policy(policy, self.mesh, self.rules, seed)))
+
+    def before_update(self, rollout: Any, batch: dict, record: dict) -> None:
+        assert self.state is not None, "Critic.init (or restore) first"
+        values = self.values(self.state.params, batch)
+        G = len(rollout.completions[0])
+        scores = jnp.asarray(rollout.rewards * np.repeat(rollout.keep, G), jnp.float32)
+        token_rewards = ppo_token_rewards(scores, batch["old_logp"], batch["ref_logp"], batch["weights"],
+                                          self.kl_coef)
+        adv, returns = ppo_advantages(token_rewards, values, batch["weights"], gamma=self.gamma, lam=self.lam,
+                                      whiten=self.whiten)
+        batch.update(advantages=adv, returns=returns, old_values=values)
+        record["value_mean"] = float(jax.device_get((values * batch["weights"]).sum() /
+                                                    jnp.maximum(batch["weights"].sum(), 1.0)))
+
+    def after_update(self, batch: Mapping[str, Any]) -> dict:
+        assert self.state is not None, "Critic.init (or restore) first"
+        self.state, metrics = self.fns.train_step(self.state, batch)
+        return {f"critic_{k}": v for k, v in metrics.items()}
+
+    def checkpoint_items(self) -> dict:
+        assert self.state is not None
+        return {"critic_params": self.state.params, "critic_opt_state": self.state.opt_state}
+
+    def restore_targets(self, saved) -> dict:
+        del saved
+        shapes = jax.eval_shape(lambda s: s, self.state)
+        sh = self.fns.state_sharding
+        return {"critic_params": abstract_like(shapes.params, sh.params),
+                "critic_opt_state": abstract_like(shapes.opt_state, sh.opt_state)}
+
+    def restore(self, items: Mapping[str, Any], updates: int) -> None:
+        self.state = TrainState(step=jax.device_put(np.int32(updates), self.fns.state_sharding.step),
+                                params=items["critic_params"], opt_state=items["critic_opt_state"])

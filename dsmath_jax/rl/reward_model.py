@@ -41,6 +41,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from dsmath_jax.config.rm import KINDS
 from dsmath_jax.data.tokenizers import Tokenizer, check_tokenizer_fits
 from dsmath_jax.model import CausalLM, ModelConfig, ScalarHeadModel
 from dsmath_jax.parallel.mesh import (
@@ -60,7 +61,6 @@ log = logging.getLogger(__name__)
 __all__ = ["KINDS", "Example", "RewardModel", "RewardModelTrainer", "rm_batch", "orm_loss_fn", "prm_loss_fn",
            "loss_fn", "bce_with_logits", "orm_examples", "check_examples", "batch_indices", "RewardModelError"]
 
-KINDS = ("orm", "prm")
 Example = Mapping[str, Any]
 # The [rows, ...] arrays of a batch (what goes to the device); rm_batch's scalar counters stay on the host.
 _ROW_KEYS = ("inputs", "segment_ids", "weights", "labels", "step_ends", "step_labels")

@@ -63,7 +63,7 @@ def _tokenizer(config, workdir: str, train_sources) -> Tokenizer:
     if epath.Path(model_file).exists():  # trained by an earlier (interrupted) run of this workdir
         return load_tokenizer(model_file)
     if jax.process_index() == 0:
-        docs = int(tok_cfg.get("train_docs", 20000))
+        docs = config.tokenizer.train_docs
 
         def texts():
             per_source = max(1, docs // len(train_sources))
@@ -72,7 +72,7 @@ def _tokenizer(config, workdir: str, train_sources) -> Tokenizer:
                     record = src[i]
                     yield record.get("text") or f"{record['question']}\n{record['response']}"
 
-        train_sentencepiece(texts(), os.path.join(workdir, "tokenizer"), vocab_size=int(vocab))
+        train_sentencepiece(texts(), os.path.join(workdir, "tokenizer"), vocab_size=vocab)
     _sync("tokenizer")
     return load_tokenizer(model_file)
 
@@ -92,7 +92,7 @@ def _model(config, mesh, rules, tokenizer: Tokenizer):
         cfg = model.config
     else:
         cfg = ModelConfig.from_dict(model_cfg)
-        seed = int(config.get("seed", 0))
+        seed = config.seed
         model = create_sharded(lambda: CausalLM(cfg, rngs=nnx.Rngs(seed)), mesh, rules)
     check_tokenizer_fits(tokenizer, cfg.vocab_size)
     if init.get("checkpoint"):
@@ -105,21 +105,21 @@ def _model(config, mesh, rules, tokenizer: Tokenizer):
 def _datasets(config, task: str, tokenizer: Tokenizer, stats: PipelineStats, data_dir: str, specs, train):
     """Train batches of the mixture `train` ([(name, source, weight)]) and held-out batches of `eval_split`."""
     data = config.data
-    seq_len = int(data.seq_len)
+    seq_len = data.seq_len
     if task == "sft":
-        example_fn = sft_example_fn(tokenizer, seq_len, overlong=data.get("overlong", "truncate"), stats=stats)
+        example_fn = sft_example_fn(tokenizer, seq_len, overlong=data.overlong, stats=stats)
         packing = "first_fit"
     else:
         example_fn = pretrain_example_fn(tokenizer, stats=stats)
-        packing = data.get("packing", "concat")
-    global_bs = int(config.train.batch_size)
+        packing = data.packing
+    global_bs = config.train.batch_size
     if global_bs % jax.process_count():
         raise ValueError(f"train.batch_size={global_bs} is not divisible by {jax.process_count()} hosts")
     common = dict(seq_len=seq_len, batch_size=global_bs // jax.process_count(), packing=packing,
                   shard_index=jax.process_index(), shard_count=jax.process_count(),
-                  max_drop_fraction=float(data.get("max_drop_fraction", 0.99)))
-    train_ds = build_dataset(train, example_fn, seed=int(data.get("seed", 0)), shuffle=True,
-                             epochs=data.get("epochs"), **common)
+                  max_drop_fraction=data.max_drop_fraction)
+    train_ds = build_dataset(train, example_fn, seed=data.seed, shuffle=True,
+                             epochs=data.epochs, **common)
     eval_ds = None
     if data.get("eval_split"):
         evals = [(n, resolve_source(s, data.eval_split, data_dir=data_dir, benchmarks_dir=data.get("benchmarks_dir")),
@@ -131,7 +131,7 @@ def _datasets(config, task: str, tokenizer: Tokenizer, stats: PipelineStats, dat
 def optimizer_from_config(config):
     """(AdamW, schedule) of a config's `optimizer` section over its `train.steps` (training and reward models)."""
     opt = _as_dict(config.optimizer)
-    total = int(config.train.steps)
+    total = config.train.steps
     schedule = schedules.from_config(opt.pop("schedule"), total)
     return adamw(schedule, **opt), schedule
 
@@ -179,14 +179,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, task: str = "pretrain
     train_ds, eval_ds = _datasets(config, task, tokenizer, stats, data_dir, specs, train_sources)
     optimizer, schedule = optimizer_from_config(config)
     tcfg = config.train
-    fns = make_train_step(model, optimizer, mesh, rules, accum_steps=int(tcfg.get("accum_steps", 1)),
+    fns = make_train_step(model, optimizer, mesh, rules, accum_steps=tcfg.accum_steps,
                           schedule=schedule)
     data_iter = iter(train_ds)
-    runner = Runner(workdir, total_steps=int(tcfg.steps), checkpoint_every=int(tcfg.get("checkpoint_every", 1000)),
-                    keep_checkpoints=int(tcfg.get("keep_checkpoints", 3)),
-                    async_checkpoint=bool(tcfg.get("async_checkpoint", True)), log_every=int(tcfg.get("log_every", 10)),
-                    tensorboard=bool(tcfg.get("tensorboard", True)),
-                    max_nonfinite_in_a_row=int(tcfg.get("max_nonfinite_in_a_row", 10)), logger=log, progress=task,
+    runner = Runner(workdir, total_steps=tcfg.steps, checkpoint_every=tcfg.checkpoint_every,
+                    keep_checkpoints=tcfg.keep_checkpoints, async_checkpoint=tcfg.async_checkpoint,
+                    log_every=tcfg.log_every, tensorboard=tcfg.tensorboard,
+                    max_nonfinite_in_a_row=tcfg.max_nonfinite_in_a_row, logger=log, progress=task,
                     postfix=lambda info: {"loss": f"{last_loss:.4f}"}, read_late=True)
     params: Any = get_params(model)
     state: TrainState | None = None
@@ -206,7 +205,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, task: str = "pretrain
         state = fns.init_state(params)
     params = None  # the train state owns the parameters now
 
-    seq_len, batch_size = int(config.data.seq_len), int(tcfg.batch_size)
+    seq_len, batch_size = config.data.seq_len, tcfg.batch_size
     flops_per_token = model_cfg.flops_per_token(seq_len)
     last_loss = float("nan")
     window_start, window_from = time.perf_counter(), start  # throughput since the last logged step
@@ -241,9 +240,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, task: str = "pretrain
         window_start, window_from = time.perf_counter(), info.step
 
     runner.add_hook(record, every=1, at_end=True, into_record=True)
-    eval_every = int(tcfg.get("eval_every", 0))
+    eval_every = tcfg.eval_every
     if eval_ds is not None and eval_every:
-        eval_batches = int(tcfg.get("eval_batches", 10))
+        eval_batches = tcfg.eval_batches
         runner.add_hook(lambda info: evaluate(fns.eval_step, state.params, eval_ds, fns.batch_sharding, eval_batches),
                         every=eval_every, at_end=True)
 

@@ -13,6 +13,8 @@ from typing import Any
 import jax.numpy as jnp
 import optax
 
+from dsmath_jax.config.train import SCHEDULES
+
 
 def multi_step(peak: float, total_steps: int, *, warmup_steps: int = 2000,
                boundaries: Sequence[float] = (0.8, 0.9), factors: Sequence[float] = (0.316, 0.1)) -> optax.Schedule:
@@ -54,7 +56,7 @@ def cosine(peak: float, total_steps: int, *, warmup_steps: int = 0, final_fracti
 
 
 def from_config(cfg: Mapping[str, Any], total_steps: int) -> optax.Schedule:
-    """A schedule from a config section: {name: multi_step|constant|cosine, peak, warmup_steps, ...}."""
+    """A schedule from a config section: {name: one of SCHEDULES (the config schema's), peak, warmup_steps, ...}."""
     cfg = dict(cfg.to_dict() if hasattr(cfg, "to_dict") else cfg)
     name = cfg.pop("name")
     peak = cfg.pop("peak")
@@ -64,4 +66,4 @@ def from_config(cfg: Mapping[str, Any], total_steps: int) -> optax.Schedule:
         return constant(peak, **cfg)
     if name == "cosine":
         return cosine(peak, total_steps, **cfg)
-    raise ValueError(f"unknown learning-rate schedule {name!r}; expected multi_step, constant or cosine")
+    raise ValueError(f"unknown learning-rate schedule {name!r}; expected one of {tuple(SCHEDULES)}")

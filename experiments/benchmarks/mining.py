@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import importlib.util
 import json
 import logging
 import os
@@ -25,21 +24,16 @@ import pathlib
 import tempfile
 import time
 
+from dsmath_jax.config import load_config
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _config(crawl_dir: str, benchmarks_dir: str):
-    path = ROOT / "configs" / "mining" / "deepseekmath_corpus.py"
-    spec = importlib.util.spec_from_file_location("mining_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config("tiny")
-    c.input.patterns = (os.path.join(crawl_dir, "crawl", "*"),)
-    c.seed.paths = (os.path.join(crawl_dir, "seed.jsonl"),)
-    c.synthetic.benchmarks_dir = ""
-    c.decontamination.benchmarks_dir = benchmarks_dir
-    c.iterations.max = 1
-    return c
+    return load_config("configs/mining/deepseekmath_corpus.py:tiny", {
+        "input.patterns": (os.path.join(crawl_dir, "crawl", "*"),),
+        "seed.paths": (os.path.join(crawl_dir, "seed.jsonl"),), "synthetic.benchmarks_dir": "",
+        "decontamination.benchmarks_dir": benchmarks_dir, "iterations.max": 1}, command="mine", root=ROOT)
 
 
 def _timed(fn, *args, repeat: int = 1):

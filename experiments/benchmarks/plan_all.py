@@ -21,7 +21,6 @@ config whose docstring names none is planned on `--default_topology`.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import pathlib
@@ -30,9 +29,10 @@ import subprocess
 import sys
 import time
 
+from dsmath_jax.config.loader import command_of, config_module
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 RESULTS = REPO / "experiments" / "results"
-COMMANDS = {"pretrain": "pretrain", "sft": "sft", "rl": "rl", "rm": "rm", "eval": "eval"}
 README_COLUMN = "planned per chip, step (compile-only)"
 
 # The full-scale variants of the paper map (config file under configs/, argument). Variants that differ only
@@ -60,9 +60,7 @@ CONFIGS = (
 
 def topology_of(path: str, default: str) -> str:
     """The TPU slice a config's docstring names ("TPU v5p-128", "a TPU v5p-8"), else `default`."""
-    spec = importlib.util.spec_from_file_location("cfg", REPO / "configs" / path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = config_module(path, REPO / "configs")
     m = re.search(r"TPU (v\d+[a-z]*-\d+)", module.__doc__ or "")
     return m.group(1) if m else default
 
@@ -72,7 +70,7 @@ def key(path: str, arg: str | None) -> str:
 
 
 def plan_one(path: str, arg: str | None, topology: str, out: pathlib.Path, probes: bool) -> dict:
-    command = COMMANDS[path.split("/")[0]]
+    command = command_of(path)
     spec = f"configs/{path}" + (f":{arg}" if arg else "")
     argv = [sys.executable, "-m", "dsmath_jax.cli", command, f"--config={spec}", "--compile_only",
             f"--topology={topology}", f"--plan_out={out}"]

@@ -32,27 +32,11 @@ import sys
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
+from dsmath_jax.config import load_config
 from dsmath_jax.plan.commands import plan_rl
 from dsmath_jax.plan.topology import GIB, parse_topology
 
 ROLLOUT = ("rollout_",)
-
-
-def load(spec: str, overrides: list[str]):
-    import importlib.util
-    path, _, arg = spec.partition(":")
-    module_spec = importlib.util.spec_from_file_location("rl_config", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    config = module.get_config(arg or None)
-    for item in overrides:
-        key, _, value = item.partition("=")
-        node = config
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = json.loads(value)
-    return config
 
 
 def peaks(plan) -> dict:
@@ -77,15 +61,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/rl/grpo_outcome.py")
     parser.add_argument("--topology", default="v5p-128")
-    parser.add_argument("--set", nargs="*", default=[], help="config overrides key=json_value (both methods)")
+    parser.add_argument("--set", nargs="*", default=[], help="config overrides key=value (both methods)")
     parser.add_argument("--probes", action="store_true", help="also FLOPs and predicted step times (slower)")
     parser.add_argument("--output", "--out", dest="out", default=None)
     args = parser.parse_args()
     topology = parse_topology(args.topology)
     result = {"config": args.config, "topology": args.topology, "overrides": args.set}
     for method in ("grpo", "ppo"):
-        config = load(args.config, args.set)
-        config.method = method
+        config = load_config(args.config, [*args.set, f"method={method}"], command="rl")
         plan = plan_rl(config, topology, config_name=f"{args.config} (method={method})", probes=args.probes,
                        raise_if_not_fit=False)
         print(plan.table(), file=sys.stderr)

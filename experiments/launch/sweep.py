@@ -2,8 +2,9 @@ r"""Sweeps over the paper's ablations: one `dsmath` run per arm, one work direct
 
 A sweep is a predefined name (below) or a config file with a list of its arguments; `--seeds` repeats every
 arm per seed. The arms are built into `dsmath` commands with deterministic work directories
-(`<root>/<config>.<argument>[.seed<N>]`), each config is loaded with its argument first (so a typo fails
-before anything runs), and then the commands are
+(`<root>/<config>.<argument>[.seed<N>]`), each arm's config is loaded with its argument and overrides through
+the loader the commands use (`dsmath_jax.config.loader`: a typo, a wrong type or a bad value fails before
+anything runs), and then the commands are
 
   printed (`--dry_run`),
   run one after another on this machine (the default): arms whose summary.json says completed are skipped,
@@ -44,7 +45,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import json
 import os
 import pathlib
@@ -55,11 +55,12 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from dsmath_jax.config import ConfigError
+from dsmath_jax.config.loader import FOLDER_COMMANDS, command_of, config_module, has_key, load_config
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 LAUNCH = "experiments/launch"
 DONE = ("completed", "finished")  # a training/RL/RM run that completed; an evaluation that wrote its summary
-# The command of a config by its folder under configs/.
-COMMANDS = {"pretrain": "pretrain", "sft": "sft", "rl": "rl", "rm": "rm", "eval": "eval", "mining": "mine"}
 # Config keys a seed sets, where the config has them.
 SEED_KEYS = ("seed", "data.seed", "train.seed", "sampling.seed", "eval.seed")
 
@@ -114,33 +115,20 @@ def join(root: str, name: str) -> str:
 # --- configs -------------------------------------------------------------------------------------------
 
 
-def load_module(config: str):
+def config_path(config: str) -> pathlib.Path:
+    """A config file given repository-relative (looked up in the repository, then the working directory) or as
+    a path."""
     path = pathlib.Path(config)
     if not path.is_absolute():
         path = REPO / config if (REPO / config).exists() else pathlib.Path.cwd() / config
     if not path.exists():
         raise SweepError(f"config file {config} not found (looked in {REPO} and {pathlib.Path.cwd()})")
-    spec = importlib.util.spec_from_file_location(f"sweep_config_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return path
 
 
-def load_config(config: str, arg: str | None):
-    """`get_config(arg)` of a config file (repository-relative or a path)."""
-    return load_module(config).get_config(arg)
-
-
-def has_key(cfg, key: str) -> bool:
-    node = cfg
-    for part in key.split("."):
-        try:
-            if part not in node:
-                return False
-            node = node[part]
-        except TypeError:  # a leaf that is not a mapping
-            return False
-    return True
+def load_module(config: str):
+    """A config file as a module (its constants: CORPORA, VARIANTS, ARMS), through the shared loader."""
+    return config_module(config_path(config))
 
 
 def _with_arg(arg: str | None, tiny: bool) -> str | None:
@@ -156,11 +144,13 @@ def _name(config: str, arg: str | None, seed: int | None, suffix: str = "") -> s
     return name + (f".{suffix}" if suffix else "") + (f".seed{seed}" if seed is not None else "")
 
 
-def command_of(config: str) -> str:
-    folder = pathlib.Path(config).parent.name
-    if folder not in COMMANDS:
-        raise SweepError(f"cannot tell the dsmath command of {config}: its folder must be one of {sorted(COMMANDS)}")
-    return COMMANDS[folder]
+def arm_command(config: str) -> str:
+    """The `dsmath` command of a config file, by its folder under configs/."""
+    command = command_of(config)
+    if command is None:
+        raise SweepError(f"cannot tell the dsmath command of {config}: its folder must be one of "
+                         f"{sorted(FOLDER_COMMANDS)}")
+    return command
 
 
 class Builder:
@@ -174,7 +164,7 @@ class Builder:
             command: str | None = None) -> Arm:
         arg = _with_arg(arg, self.opts.tiny)
         name = name or _name(config, arg, self.seed)
-        arm = Arm(name=name, command=command or command_of(config), config=config, arg=arg,
+        arm = Arm(name=name, command=command or arm_command(config), config=config, arg=arg,
                   workdir=join(self.opts.root, name), overrides=tuple((overrides or {}).items()),
                   flags=tuple(flags), after=tuple(a.name for a in after), seed=self.seed)
         self.arms.append(arm)
@@ -295,7 +285,7 @@ SWEEPS: dict[str, tuple[Callable[[Builder], None], str]] = {
 
 def sweep_config_file(b: Builder, config: str) -> None:
     """A config file over --args (one arm without an argument when none are given)."""
-    command = command_of(config)
+    command = arm_command(config)
     overrides = {}
     if command in ("rl", "rm") and b.opts.policy:
         overrides["init.run_dir"] = b.opts.policy
@@ -333,10 +323,22 @@ def build(sweep: str, opts: Options) -> list[Arm]:
     for arm in arms:
         if (arm.config, arm.arg) not in configs:
             try:
-                configs[(arm.config, arm.arg)] = load_config(arm.config, arm.arg)
-            except Exception as e:  # any failure of get_config means the arm does not exist
-                raise SweepError(f"arm {arm.name}: {arm.config_flag} does not load: {type(e).__name__}: {e}") from e
-    return _apply_sets(_check(arms, configs), opts.sets, configs)
+                configs[(arm.config, arm.arg)] = _load(arm)
+            except ConfigError as e:
+                raise SweepError(f"arm {arm.name}: {arm.config_flag} does not load: {e}") from e
+    arms = _apply_sets(_check(arms, configs), opts.sets, configs)
+    for arm in arms:  # every arm as its command will load it: overrides of the right type and in range
+        try:
+            _load(arm, arm.overrides)
+        except ConfigError as e:
+            raise SweepError(f"arm {arm.name}: {e}") from e
+    return arms
+
+
+def _load(arm: Arm, overrides: Sequence[tuple[str, Any]] = ()):
+    """An arm's config with `overrides`, validated against its command's schema (the shared loader)."""
+    spec = str(config_path(arm.config)) + (f":{arm.arg}" if arm.arg else "")
+    return load_config(spec, dict(overrides), command=arm.command)
 
 
 def _check(arms: list[Arm], configs: dict) -> list[Arm]:

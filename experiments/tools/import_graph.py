@@ -27,13 +27,14 @@ PACKAGE = "dsmath_jax"
 PACKAGE_DIR = pathlib.Path(__file__).resolve().parents[2] / PACKAGE
 
 # The rooms from the bottom up (DESIGN.md, "The house" and "Data flows one way"): a room may import rooms of
-# its own level or lower ones. `""` is the package's own `__init__`; `configs` is the training-config schema
-# (it reads model/ only); `plan` builds every command's executables for a TPU topology (it reads rl/, train/,
-# generate/), so it sits with the entry points.
+# its own level or lower ones. `""` is the package's own `__init__`; `config` holds every command's config schema
+# and the loader (it reads model/, parallel/ and data/ only; rl/, evals/ and train/ read the choices it names);
+# `plan` builds every command's executables for a TPU topology (it reads rl/, train/, generate/), so it sits with
+# the entry points.
 ROOM_LEVELS: tuple[tuple[str, ...], ...] = (
     ("", "model", "parallel"),
     ("data",),
-    ("mining", "train", "generate", "configs"),
+    ("mining", "train", "generate", "config"),
     ("evals",),
     ("rl",),
     ("commands", "cli", "quickstart", "analysis", "plan"),

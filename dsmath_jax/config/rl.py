@@ -1,8 +1,8 @@
-"""The schema every RL config starts from (`dsmath rl --config=configs/rl/...`).
+"""The schema of `dsmath rl` configs (`dsmath rl --config=configs/rl/...`).
 
-`base_rl_config()` holds every section with its default; `configs/rl/*.py` change what their paper result
-needs. The methods are the rows of PAPER.md §5 Table 10, each a data source + a reward + a gradient
-coefficient:
+`base_rl_config()` holds every section with its typed default; `configs/rl/*.py` change what their paper result
+needs; `validate(config)` checks what types cannot. The methods are the rows of PAPER.md §5 Table 10, each a
+data source + a reward + a gradient coefficient:
 
   method       samples from          reward / signal                    loss (dsmath_jax.rl.losses)
   sft          gold responses        -                                  sft_loss
@@ -25,11 +25,35 @@ from __future__ import annotations
 import ml_collections
 from ml_collections.config_dict import placeholder
 
+from dsmath_jax.config.checks import (
+    ConfigError,
+    above,
+    at_least,
+    check_distributed,
+    check_keys_and_types,
+    check_mesh,
+    check_model,
+    check_optimizer,
+    check_sampling,
+    counts,
+    in_range,
+    one_of,
+)
+from dsmath_jax.config.train import SCHEDULES
 from dsmath_jax.data.arithmetic import ARITHMETIC_TINY
+from dsmath_jax.data.tasks import COT_TEMPLATE, problem_spec
 from dsmath_jax.parallel.mesh import rules_with
 
 METHODS = ("sft", "rft", "online_rft", "dpo", "ppo", "grpo")
 REWARDS = ("rule", "orm", "prm", "step_rule")
+# The loss section's choices (dsmath_jax.rl.losses.PolicyLossConfig).
+KL_ESTIMATORS = ("k1", "k2", "k3")
+AGGREGATIONS = ("sequence_mean", "token_mean", "sum_constant")
+RATIOS = ("token", "sequence")
+OLD_LOGPROBS = ("auto", "recompute", "sampler")  # rollout.old_logprobs (dsmath_jax.rl.loop)
+# Sub-trees whose keys differ from the base config's: the problem source (its kind's keys, checked by the task
+# loader) and the learning-rate schedule (its name's keys).
+FREE_FORM = ("data.problems", "optimizer.schedule")
 
 
 def base_rl_config() -> ml_collections.ConfigDict:
@@ -57,7 +81,11 @@ def base_rl_config() -> ml_collections.ConfigDict:
         tensor_parallel=placeholder(int),
         # DAPO dynamic sampling: drop groups whose rewards are all equal and draw more questions, up to
         # `max_sampling_rounds` generate calls per step; groups still missing are filled with inert rows.
-        dynamic_sampling=False, max_sampling_rounds=3))
+        dynamic_sampling=False, max_sampling_rounds=3,
+        # The old policy's log-probs (OLD_LOGPROBS): "recompute" with the training forward, "sampler" as sampled,
+        # "auto" recompute unless compute is float32; tis_cap: truncated importance-sampling weight cap of the
+        # sampler/trainer gap (None: off).
+        old_logprobs="auto", tis_cap=placeholder(float)))
     c.reward = ml_collections.ConfigDict(dict(
         kind="rule",  # rule | orm | prm | step_rule (the arithmetic task's exact step checker: an oracle PRM)
         rm_dir=placeholder(str),  # a `dsmath rm` run directory for orm / prm
@@ -94,11 +122,10 @@ def paper_grpo(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """PAPER.md §4.2's GRPO settings on the 7B instruct policy: GSM8K/MATH CoT questions with the zero-shot
     instruction, G 64 outputs for each of 16 questions per step (batch 1024), max length 1024, lr 1e-6,
     beta 0.04 (k3), mu 1; bf16 compute with q/k/v saved under remat."""
-    from dsmath_jax.evals.prompts import COT_SUFFIX
     c.method = "grpo"
     c.model.update(preset="deepseekmath_7b", dtype="bfloat16", remat_policy="save_qkv", scan_layers=True)
     c.data.problems = dict(kind="gsm8k")
-    c.data.template = "{question}\n" + COT_SUFFIX["en"]
+    c.data.template = COT_TEMPLATE
     c.data.max_prompt_tokens = 512  # question + instruction; longer ones are left out (counted, logged)
     # All 1,024 rollouts decode at once on the sampler's bf16 copy of the weights, split 8 ways (tensor
     # parallelism) and replicated over 8 groups of chips, each decoding its 128 rows.
@@ -144,4 +171,56 @@ def tiny_rl_overrides(c: ml_collections.ConfigDict, *, steps: int = 40) -> ml_co
     return c
 
 
-__all__ = ["ARITHMETIC_TINY", "base_rl_config", "paper_grpo", "tiny_rl_overrides", "METHODS", "REWARDS"]
+def validate(c: ml_collections.ConfigDict) -> None:
+    """What types cannot check in an RL config: keys against `base_rl_config()`, the method, reward and loss
+    choices, the problem source, counts and ranges; a `ConfigError` names the key. (Which method goes with
+    which reward is the run's check: `dsmath_jax.rl.loop.RLRun`.)"""
+    check_keys_and_types(c, base_rl_config(), FREE_FORM)
+    one_of(c, "method", METHODS)
+    one_of(c, "reward.kind", REWARDS)
+    at_least(c, "init.step", 0)
+    check_model(c, architecture=False)
+    try:
+        problem_spec(c.data.problems)
+    except ValueError as e:
+        raise ConfigError(f"data.problems: {e}") from None
+    if "{question}" not in c.data.template:
+        raise ConfigError(f"data.template={c.data.template!r}: has no {{question}} to put the question in")
+    counts(c, "data", positive=("max_prompt_tokens",))
+    counts(c, "rollout", positive=("group_size", "questions_per_step", "max_new_tokens", "sampler_batch_size",
+                                   "chunk_size", "tensor_parallel", "max_sampling_rounds"),
+           non_negative=("top_k",))
+    check_sampling(c, "rollout")
+    one_of(c, "rollout.old_logprobs", OLD_LOGPROBS)
+    above(c, "rollout.tis_cap", 0.0)
+    if not all(isinstance(s, str) and s for s in c.rollout.stop_strings):
+        raise ConfigError(f"rollout.stop_strings={c.rollout.stop_strings!r}: expected non-empty strings")
+    counts(c, "reward", non_negative=("overlong_buffer",))
+    above(c, "loss.clip_eps", 0.0)
+    above(c, "loss.clip_eps_high", 0.0)
+    at_least(c, "loss.beta", 0.0)
+    one_of(c, "loss.kl_estimator", KL_ESTIMATORS)
+    one_of(c, "loss.aggregation", AGGREGATIONS)
+    one_of(c, "loss.ratio", RATIOS)
+    at_least(c, "loss.max_len", 1)
+    above(c, "loss.dpo_beta", 0.0)
+    check_optimizer(c, SCHEDULES)
+    counts(c, "train", positive=("iterations", "steps_per_iteration", "mu", "accum_steps", "log_every",
+                                 "checkpoint_every", "keep_checkpoints", "max_nonfinite_in_a_row", "seq_len",
+                                 "stop_after_steps"))
+    counts(c, "rm_update", positive=("steps", "batch_size", "capacity"), non_negative=("samples_per_step",))
+    in_range(c, "rm_update.history_fraction", 0.0, 1.0)
+    above(c, "rm_update.lr", 0.0)
+    at_least(c, "ppo.kl_coef", 0.0)
+    in_range(c, "ppo.gamma", 0.0, 1.0)
+    in_range(c, "ppo.lam", 0.0, 1.0)
+    above(c, "ppo.value_clip", 0.0)
+    above(c, "ppo.critic_lr", 0.0)
+    counts(c, "eval", positive=("n_problems", "max_new_tokens", "batch_size"), non_negative=("every", "samples"))
+    check_sampling(c, "eval", top_p=None)
+    check_mesh(c)
+    check_distributed(c)
+
+
+__all__ = ["AGGREGATIONS", "KL_ESTIMATORS", "METHODS", "OLD_LOGPROBS", "RATIOS", "REWARDS", "base_rl_config",
+           "paper_grpo", "tiny_rl_overrides", "validate"]

@@ -1,5 +1,6 @@
-"""The schema every training config starts from: `base_train_config()` returns a ConfigDict with all
-sections and defaults; an experiment file under `configs/` changes what its paper result needs.
+"""The schema of `dsmath pretrain` and `dsmath sft` configs: `base_train_config()` returns a ConfigDict with
+all sections and typed defaults; an experiment file under `configs/` changes what its paper result needs, and
+`validate(config)` checks what types cannot.
 
 Sections: seed, model (a `ModelConfig` preset + overrides), init (start from a Hugging Face directory or a
 checkpoint), tokenizer, data (sources, context length), optimizer (AdamW + schedule), train (steps, batch,
@@ -13,8 +14,30 @@ from typing import Any
 import ml_collections
 from ml_collections.config_dict import placeholder
 
+from dsmath_jax.config.checks import (
+    ConfigError,
+    at_least,
+    check_distributed,
+    check_keys_and_types,
+    check_mesh,
+    check_model,
+    check_optimizer,
+    counts,
+    in_range,
+    one_of,
+)
 from dsmath_jax.data.arithmetic import ARITHMETIC_TINY
+from dsmath_jax.data.pipeline import OVERLONG, PACKINGS
+from dsmath_jax.data.sft_data import SFTSource
+from dsmath_jax.data.sources import source_name
 from dsmath_jax.model.config import COMPUTE_FIELDS
+
+# Learning-rate schedules (dsmath_jax.train.schedules): name -> the keys it takes besides name, peak, warmup_steps.
+SCHEDULES: dict[str, tuple[str, ...]] = {"multi_step": ("boundaries", "factors"), "constant": (),
+                                         "cosine": ("final_fraction",)}
+# Sub-trees whose keys differ from the base config's: the model (a preset + ModelConfig overrides) and the
+# learning-rate schedule (its name's keys); each has its own check in `validate`.
+FREE_FORM = ("model", "optimizer.schedule")
 
 
 def source(kind: str, *, weight: float = 1.0, **fields: Any) -> dict[str, Any]:
@@ -113,19 +136,47 @@ def arithmetic_sft_config(size: str = "tiny") -> ml_collections.ConfigDict:
     return c
 
 
-def parse_arg(arg: str | None, choices: dict[str, tuple[str, ...]]) -> dict[str, str | bool]:
-    """Parses a config argument "a,b" into {group: value} by the allowed values of each group; "tiny" is a
-    flag. Example: parse_arg("openwebmath,tiny", {"corpus": ("openwebmath", ...)})."""
-    out: dict[str, Any] = {"tiny": False}
-    for part in filter(None, (arg or "").split(",")):
-        if part == "tiny":
-            out["tiny"] = True
-            continue
-        for group, values in choices.items():
-            if part in values:
-                out[group] = part
-                break
-        else:
-            allowed = sorted({v for vs in choices.values() for v in vs} | {"tiny"})
-            raise ValueError(f"unknown config argument {part!r}; allowed: {allowed}")
-    return out
+def validate(c: ml_collections.ConfigDict) -> None:
+    """What types cannot check in a pretrain / SFT config: keys against `base_train_config()`, the model,
+    the data sources and the enumerations, counts and ranges; a `ConfigError` names the key."""
+    check_keys_and_types(c, base_train_config(), FREE_FORM)
+    model = check_model(c, architecture=not c.init.hf_dir)  # from a Hugging Face dir: compute overrides only
+    at_least(c, "init.step", 0)
+    counts(c, "tokenizer", positive=("train_vocab_size", "train_docs"))
+    if model is not None and c.tokenizer.train_vocab_size and c.tokenizer.train_vocab_size > model.vocab_size:
+        raise ConfigError(f"tokenizer.train_vocab_size={c.tokenizer.train_vocab_size}: larger than the model's "
+                          f"vocabulary ({model.vocab_size})")
+    if not c.data.sources:
+        raise ConfigError("data.sources is empty: name at least one data source")
+    for i, spec in enumerate(c.data.sources):
+        _check_source(spec, f"data.sources[{i}]")
+    counts(c, "data", positive=("seq_len", "epochs"))
+    if model is not None and c.data.seq_len > model.max_seq_len:
+        raise ConfigError(f"data.seq_len={c.data.seq_len}: longer than the model's max_seq_len ({model.max_seq_len})")
+    one_of(c, "data.packing", PACKINGS)
+    one_of(c, "data.overlong", OVERLONG)
+    in_range(c, "data.max_drop_fraction", 0.0, 1.0)
+    check_optimizer(c, SCHEDULES)
+    counts(c, "train", positive=("steps", "batch_size", "accum_steps", "log_every", "eval_batches",
+                                 "checkpoint_every", "keep_checkpoints", "max_nonfinite_in_a_row"),
+           non_negative=("eval_every",))
+    if c.train.batch_size % c.train.accum_steps:
+        raise ConfigError(f"train.batch_size={c.train.batch_size}: not divisible by train.accum_steps="
+                          f"{c.train.accum_steps}")
+    check_mesh(c)
+    check_distributed(c)
+
+
+def _check_source(spec, where: str) -> None:
+    """A data source spec as the data layer reads it (`dsmath_jax.data.sources`), with a positive weight; an SFT
+    source's own sources too."""
+    spec = spec.to_dict() if hasattr(spec, "to_dict") else dict(spec)
+    try:
+        source_name(spec)
+        for sub in spec.get("sources") or ():
+            SFTSource.parse(dict(sub))
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{where}: {e}") from None
+    weight = spec.get("weight", 1.0)
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
+        raise ConfigError(f"{where}.weight={weight!r}: must be a number > 0")
