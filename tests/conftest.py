@@ -25,6 +25,17 @@ def shared_data() -> pathlib.Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def tokenizer(tmp_path_factory, shared_data):
+    """A 512-token sentencepiece model of 1,500 GSM8K training problems (the sampler and engine tests)."""
+    import json
+
+    from dsmath_jax.data.tokenizers import train_sentencepiece
+    rows = [json.loads(line) for line in (shared_data / "benchmarks" / "gsm8k" / "train.jsonl").open()][:1500]
+    return train_sentencepiece([f"{r['question']}\n{r['answer']}" for r in rows],
+                               tmp_path_factory.mktemp("tok") / "spm", vocab_size=512)
+
+
 def pytest_collection_modifyitems(config, items):
     if config.getoption("-m"):
         return

@@ -368,11 +368,13 @@ NEEDS = {"rl_grpo_process": ("rm_prm_hard",), "rl_paradigm_grpo_process": ("rm_p
 # Library bugs a run exposes: run name -> the bug (the test is an expected failure until it is fixed).
 KNOWN_BUGS: dict[str, str] = {}
 # Runs CI leaves to `-m slow` (CI time): each is a variant of a run CI keeps in its group, with the same flags
-# (the ORM beside the hard-label PRM, soft labels, GRPO+PS beside iterative GRPO+PS, the paradigm's RFT arms beside
-# its GRPO / DPO / PPO arms, two more eval configs beside base CoT / PoT and tool); their tiny variants run in
-# tests/test_configs.py.
-SLOW_RUNS = frozenset({"rm_orm", "rm_prm_soft", "rl_grpo_process", "rl_iterative_orm", "rl_paradigm_grpo_process",
-                       "rl_paradigm_rft", "rl_paradigm_online_rft", "eval_instruct_cot", "eval_maj_pass"})
+# (the ORM beside the hard-label PRM, soft labels, GRPO+PS and iterative GRPO beside GRPO with the 7B flags and the
+# PRM's run, the paradigm's RFT arms beside its SFT / GRPO / DPO / PPO arms, two more eval configs beside base
+# CoT / PoT and tool); their tiny variants run in tests/test_configs.py, and iterative GRPO with a PRM resumes
+# bitwise in tests/test_rl_loop.py.
+SLOW_RUNS = frozenset({"rm_orm", "rm_prm_soft", "rl_grpo_process", "rl_iterative_orm", "rl_iterative_prm",
+                       "rl_paradigm_grpo_process", "rl_paradigm_rft", "rl_paradigm_online_rft", "eval_instruct_cot",
+                       "eval_maj_pass"})
 
 
 def _session_root(tmp_path_factory) -> pathlib.Path:

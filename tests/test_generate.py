@@ -1,6 +1,5 @@
 """The sampler: greedy decoding, log-probs, sampling statistics, stop criteria, padding and sharding."""
 
-import json
 
 import jax
 import jax.numpy as jnp
@@ -9,17 +8,9 @@ import pytest
 from flax import nnx
 from scipy import stats
 
-from dsmath_jax.data.tokenizers import train_sentencepiece
 from dsmath_jax.generate import Sampler, SamplingParams, filter_logits, sample_tokens
 from dsmath_jax.model import CausalLM, get_params, get_preset, set_params
 from dsmath_jax.parallel import create_sharded, make_mesh, param_shardings, shard_model
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory, shared_data):
-    rows = [json.loads(line) for line in (shared_data / "benchmarks" / "gsm8k" / "train.jsonl").open()][:1500]
-    return train_sentencepiece([f"{r['question']}\n{r['answer']}" for r in rows],
-                               tmp_path_factory.mktemp("tok") / "spm", vocab_size=512)
 
 
 @pytest.fixture(scope="module")

@@ -31,6 +31,9 @@ def test_overlong_penalty_matches_dapo():
         overlong_penalty([1], 10, 0)
 
 
+# CI time: in CI, test_grpo_step.py checks that a GRPO step moves the policy toward rewarded samples and the
+# notebooks' RL run (tests/test_notebooks.py) runs GRPO with held-out evaluation; this 40-step run stays for `-m slow`.
+@pytest.mark.slow
 def test_grpo_raises_held_out_greedy_accuracy(arithmetic_sft_run, tmp_path):
     """configs/rl/grpo_outcome.py:tiny as it is (40 steps, 32 questions x G 8, the rule reward) from the tiny
     SFT policy: greedy accuracy on the 256 held-out problems rises by at least 3 points (calibration: 76.2% ->
@@ -159,9 +162,9 @@ def test_iterative_grpo_with_a_prm_resumes_bitwise(arithmetic_sft_run, tiny_prm,
         c = _config("configs/rl/iterative_grpo.py:tiny", arithmetic_sft_run, steps_per_iteration=2,
                     checkpoint_every=1, log_every=1)
         c.reward.rm_dir = tiny_prm
-        c.rm_update.update(steps=3, batch_size=8)
+        c.rm_update.update(steps=2, batch_size=8)
         c.eval.update(every=0, at_start=False)
-        c.rollout.update(questions_per_step=4, max_new_tokens=48)
+        c.rollout.update(questions_per_step=2, max_new_tokens=32)
         return c
 
     straight = run_rl(config(), str(tmp_path / "a"))

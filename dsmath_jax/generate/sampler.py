@@ -54,6 +54,10 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] | None = None  # None: the tokenizer's eos
     stop_strings: tuple[str, ...] = ()
     seed: int = 0
+    # Per-row keys: token t of sample s of prompt p is drawn with `row_key(seed, p, s)` folded with t, so a
+    # row's draws do not depend on its batch or slot (the rollout engine always draws so). False keeps the
+    # per-batch key stream.
+    row_keys: bool = False
 
     def __post_init__(self):
         if self.max_new_tokens < 1 or self.n < 1:
@@ -108,6 +112,22 @@ def sample_tokens(key: jax.Array, logits: jax.Array, temperature: float, top_k: 
         tokens = jax.random.categorical(key, filter_logits(logits / temperature, top_k, top_p), axis=-1)
     logprobs = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), tokens[:, None], axis=-1)[:, 0]
     return tokens.astype(jnp.int32), logprobs
+
+
+def row_key(seed: int | jax.Array, prompt_index, sample_index) -> jax.Array:
+    """The key of one row: fold_in(fold_in(key(seed), prompt), sample) (vectorises over int arrays)."""
+    fold = jax.random.fold_in
+    return jax.vmap(lambda p, s: fold(fold(jax.random.key(seed), p), s))(
+        jnp.atleast_1d(jnp.asarray(prompt_index, jnp.uint32)), jnp.atleast_1d(jnp.asarray(sample_index, jnp.uint32)))
+
+
+def sample_row_tokens(keys: jax.Array, steps: jax.Array, logits: jax.Array, temperature: float, top_k: int,
+                      top_p: float):
+    """`sample_tokens` with a key per row: row r draws with fold_in(keys[r], steps[r]) (keys [batch] from
+    `row_key`, steps [batch] or [] int: the index of the token drawn), so its draw depends on nothing else."""
+    keys = jax.vmap(jax.random.fold_in)(keys, jnp.broadcast_to(steps, keys.shape).astype(jnp.uint32))
+    tokens, logprobs = jax.vmap(lambda k, x: sample_tokens(k, x[None], temperature, top_k, top_p))(keys, logits)
+    return tokens[:, 0], logprobs[:, 0]
 
 
 def decode_mesh(mesh: Mesh, tensor_parallel: int | None = None) -> Mesh:
@@ -235,15 +255,21 @@ class Sampler:
 
                 cache, last = jax.lax.scan(body, cache, chunks, unroll=scan_unroll())
                 logits = nnx.merge(graphdef, model_params).logits(last[-1][:, None])[:, 0]
-            token, logprob = sample_tokens(rng, logits, temperature, top_k, top_p)
+            token, logprob = draw(rng, jnp.int32(0), logits)
             return cache, token, logprob
 
-        def decode_one(model_params, cache, token, rng):
+        def draw(rng, step, logits):
+            """rng: one key (the batch's stream) or per-row keys [batch] (`SamplingParams.row_keys`)."""
+            if rng.ndim:
+                return sample_row_tokens(rng, step, logits, temperature, top_k, top_p)
+            return sample_tokens(rng, logits, temperature, top_k, top_p)
+
+        def decode_one(model_params, cache, token, rng, step=0):
             """One decoding step for every row: (logits' sample, its log-prob, the new cache)."""
             model = nnx.merge(graphdef, model_params)
             with self._context():
                 logits, cache = model(token[:, None], cache=cache)
-            nxt, logprob = sample_tokens(rng, logits[:, 0], temperature, top_k, top_p)
+            nxt, logprob = draw(rng, step, logits[:, 0])
             return nxt, logprob, cache
 
         def decode(model_params, cache, token, done, rng, stop_ids, out_tokens, out_logprobs, step):
@@ -255,8 +281,11 @@ class Sampler:
 
             def body(carry):
                 cache, token, done, rng, out_tokens, out_logprobs, i, s = carry
-                rng, sub = jax.random.split(rng)
-                nxt, logprob, cache = decode_one(model_params, cache, token, sub)
+                if rng.ndim:  # per-row keys: token s of each row is drawn with fold_in(row key, s)
+                    sub = rng
+                else:
+                    rng, sub = jax.random.split(rng)
+                nxt, logprob, cache = decode_one(model_params, cache, token, sub, s)
                 nxt = jnp.where(done, self.pad_id, nxt)
                 logprob = jnp.where(done, 0.0, logprob)
                 out_tokens = out_tokens.at[:, s].set(nxt)
@@ -366,6 +395,9 @@ class Sampler:
         prefill, decode, _ = self._fns(prompt_len, max_new, params)
         rng = jax.random.fold_in(jax.random.key(params.seed), batch_start)
         rng, first_key = jax.random.split(rng)
+        if params.row_keys:  # dummy rows draw with the last real row's key (their tokens are dropped)
+            rows = batch_rows + [batch_rows[-1]] * (b - len(batch_rows))
+            rng = first_key = row_key(params.seed, [p for p, _ in rows], [s for _, s in rows])
         if self.mesh is not None:  # as decode returns it: otherwise its first call compiles a second executable
             rng = jax.device_put(rng, self._sharding((), ()))
         cache, token, logprob = prefill(self.params, self._put(tokens, ("batch", None)),
@@ -444,4 +476,5 @@ class Sampler:
                           finish_reason=reason, stop=stop)
 
 
-__all__ = ["Sampler", "SamplingParams", "Completion", "sample_tokens", "filter_logits", "decode_mesh"]
+__all__ = ["Sampler", "SamplingParams", "Completion", "sample_tokens", "sample_row_tokens", "row_key", "filter_logits",
+           "decode_mesh"]
