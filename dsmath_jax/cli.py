@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from dsmath_jax import __version__
+
 # name -> ("module:function", one-line help). The function takes argv (without the command name).
 COMMANDS: dict[str, tuple[str, str]] = {
     "mine": ("dsmath_jax.commands.mine:main",
@@ -47,7 +49,6 @@ def main(argv: list[str] | None = None) -> int:
         print(usage())
         return 0
     if argv[0] in ("-V", "--version"):
-        from dsmath_jax import __version__
         print(__version__)
         return 0
     name, rest = argv[0], argv[1:]

@@ -224,7 +224,7 @@ class Decontaminate(beam.DoFn):
         self._count_tokens: Callable[[str], int] | None = None
 
     def setup(self):
-        from dsmath_jax.mining.tokens import token_counter
+        from dsmath_jax.mining.tokens import token_counter  # on the Beam worker, where the DoFn is set up
 
         self._index = NgramIndex.load(self.index_path)
         self._count_tokens = token_counter(self.tokenizer_path)

@@ -93,7 +93,7 @@ def resolve_inputs(config: ml_collections.ConfigDict, workdir: str) -> tuple[lis
     if not files.exists(files.join(out, "manifest.json")):
         if not files.is_local(out):
             raise MiningConfigError("the synthetic crawl is built on local disk only: use a local --workdir")
-        from dsmath_jax.mining.synthetic_crawl import build_crawl
+        from dsmath_jax.mining.synthetic_crawl import build_crawl  # heavy: builds the crawl only for `synthetic`
         build_crawl(synthetic_crawl_source(config, workdir), out, seed=config.synthetic.seed)
     return [files.join(out, "crawl", "*")], seeds or [files.join(out, "seed.jsonl")]
 
@@ -110,7 +110,7 @@ def synthetic_crawl_source(config: ml_collections.ConfigDict, workdir: str):
     if source not in ("benchmarks", "arithmetic"):
         raise MiningConfigError(f"synthetic.source={source!r}: expected 'benchmarks' or 'arithmetic'")
     if source == "arithmetic":
-        from dsmath_jax.mining.synthetic_crawl import arithmetic_source
+        from dsmath_jax.mining.synthetic_crawl import arithmetic_source  # heavy: as above
         return arithmetic_source(config.synthetic.arithmetic.to_dict(), files.join(synthetic_dir(workdir),
                                  "benchmarks"), seed=config.synthetic.seed)
     if not config.synthetic.benchmarks_dir:
@@ -401,7 +401,7 @@ def run_mining(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any
         stats["final"] = {"iteration": last, "corpus": corpus_dir, "pages": reports[-1]["corpus"]["pages"],
                           "tokens": reports[-1]["corpus"]["tokens"]}
         if config.output.tfds:
-            from dsmath_jax.mining.tfds_builder import build_corpus_dataset
+            from dsmath_jax.mining.tfds_builder import build_corpus_dataset  # tensorflow-datasets: only for output.tfds
 
             beam_kwargs = {"beam_options": options} if config.output.tfds_with_beam else {}
             with contextlib.redirect_stdout(sys.stderr):  # TFDS prints progress to stdout

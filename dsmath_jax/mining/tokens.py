@@ -24,7 +24,7 @@ def token_counter(tokenizer_path: str | None = None) -> Callable[[str], int]:
     """`count_tokens`, or the length of `load_tokenizer(tokenizer_path).encode(text)` when a path is given."""
     if not tokenizer_path:
         return count_tokens
-    from dsmath_jax.data.tokenizers import load_tokenizer
+    from dsmath_jax.data.tokenizers import load_tokenizer  # sentencepiece / tokenizers: only with a tokenizer path
 
     tokenizer = load_tokenizer(tokenizer_path)
     return lambda text: len(tokenizer.encode(text))

@@ -32,6 +32,7 @@ from safetensors.numpy import save_file
 from dsmath_jax.model.config import DTYPES, ModelConfig, dtype_name
 from dsmath_jax.model.params import get_params, set_params
 from dsmath_jax.model.transformer import CausalLM
+from dsmath_jax.parallel.mesh import DEFAULT_RULES, param_shardings, rules_from_config
 
 log = logging.getLogger(__name__)
 
@@ -179,8 +180,6 @@ def load_hf(path: str | os.PathLike, *, dtype: Any = "float32", param_dtype: Any
     halve memory for inference); both as names or dtype objects (`jnp.bfloat16`). With `mesh`, parameters are sharded
     by the logical-axis `rules`; without, they go to the default device. The returned model's `.config` describes it.
     """
-    from dsmath_jax.parallel.mesh import DEFAULT_RULES, param_shardings, rules_from_config
-
     directory = _resolve_dir(path)
     cfg = ModelConfig.from_hf_config(directory, dtype=dtype, param_dtype=param_dtype or "float32",
                                      scan_layers=scan_layers, remat_policy=remat_policy, **config_overrides)

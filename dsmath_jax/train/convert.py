@@ -27,6 +27,8 @@ from dsmath_jax.data.tokenizers import check_tokenizer_fits, load_tokenizer
 from dsmath_jax.model import ConfigError, ModelConfig, get_params, load_hf, save_hf
 from dsmath_jax.model.config import dtype_name
 from dsmath_jax.parallel import DEFAULT_RULES
+from dsmath_jax.train.checkpoint import Checkpointer
+from dsmath_jax.train.restore import load_run
 from dsmath_jax.train.rundir import write_json
 
 # dsmath_jax.train.checkpoint/restore are imported where used: importing Orbax configures the root logger,
@@ -301,8 +303,6 @@ def hf_to_run(hf_dir: str, run_dir: str, *, dtype: str = "float32", rope_layout:
     """Converts a Hugging Face `LlamaForCausalLM` directory into a run directory; returns the check report
     (or a summary when `check` is False). `mesh`: the `jax.sharding.Mesh` the models are placed on (FSDP by
     the default rules), or None for the default device."""
-    from dsmath_jax.train.checkpoint import Checkpointer
-    from dsmath_jax.train.restore import load_run
 
     dtype = _dtype_option(dtype)
     _check_options(dtype, check_with, check_tokens, check_sequences)
@@ -415,7 +415,6 @@ def run_to_hf(run_dir: str, hf_dir: str, *, step: int | None = None, dtype: str 
               mesh=None) -> dict:
     """Exports a run directory's checkpoint (latest, or `step`) as a Hugging Face `LlamaForCausalLM` directory;
     returns the check report (or a summary when `check` is False). `mesh` as in `hf_to_run`."""
-    from dsmath_jax.train.restore import load_run
 
     dtype = None if dtype is None else _dtype_option(dtype)
     _check_options(dtype or "float32", check_with, check_tokens, check_sequences)
