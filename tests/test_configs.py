@@ -25,15 +25,15 @@ Which tiny variants run where (a variant is `file:arg`; the runs here are capped
   rl/iterative_grpo.py:outcome,tiny        here: test_tiny_iterative_grpo_with_an_orm_runs
   rl/paradigm.py:<arm>,tiny                test_rl_loop.py::test_paradigm_arms_run (rft, online_rft, dpo,
                                            grpo_process, sft), ::test_ppo_arm_runs (ppo);
-                                           grpo_outcome,tiny here: test_tiny_rl_variants_run
+                                           grpo_outcome,tiny here: test_tiny_rl_variants_run (-m slow)
   rm/orm.py:tiny                           test_reward_models.py::test_dsmath_rm_outcome_model; here (the ORM
                                            of test_tiny_iterative_grpo_with_an_orm_runs)
   rm/prm_math_shepherd.py:tiny             test_reward_models.py::test_dsmath_rm_end_to_end_and_rerun,
                                            test_rl_loop.py::tiny_prm; here (against soft)
   rm/prm_math_shepherd.py:soft,tiny        here: test_tiny_prm_soft_labels_agree_with_hard_labels
   eval/base_few_shot.py:tiny               test_evals.py::test_eval_command_on_a_run_directory
-  eval/base_few_shot.py:pot,tiny           here: test_tiny_eval_variants_run
-  eval/instruct_zero_shot.py:tiny, :tool,tiny  here: test_tiny_eval_variants_run
+  eval/base_few_shot.py:pot,tiny           here: test_tiny_eval_variants_run (-m slow)
+  eval/instruct_zero_shot.py:tiny, :tool,tiny  here: test_tiny_eval_variants_run (:tool,tiny with -m slow)
   eval/maj_pass_sweep.py:tiny              here: test_tiny_eval_variants_run
   mining/deepseekmath_corpus.py:tiny       test_mining.py::test_mining_loop_discovers_the_math_domain_and_an_
                                            annotated_path (`dsmath mine` and run_mining on the synthetic crawl,
@@ -529,7 +529,10 @@ RL_CAPS = ["--config.train.steps_per_iteration=2", "--config.train.checkpoint_ev
            "--config.train.tensorboard=False", "--config.train.async_checkpoint=False"]
 
 
-@pytest.mark.parametrize("spec", ["rl/grpo_process.py:tiny", "rl/paradigm.py:grpo_outcome,tiny"])
+# CI time: paradigm.py:grpo_outcome,tiny is rl/grpo_outcome.py:tiny's GRPO (which CI runs in test_rl_loop.py and
+# the quickstart) at the paradigm's settings; it runs with -m slow.
+@pytest.mark.parametrize("spec", ["rl/grpo_process.py:tiny",
+                                  pytest.param("rl/paradigm.py:grpo_outcome,tiny", marks=pytest.mark.slow)])
 def test_tiny_rl_variants_run(spec, arithmetic_sft_run, run_cli, tmp_path):
     summary = run_cli("rl", spec, tmp_path, f"--config.init.run_dir={arithmetic_sft_run}", *RL_CAPS)
     assert summary["status"] == "completed" and summary["step"] == 2
@@ -605,9 +608,13 @@ def tiny_eval_run(tmp_path_factory, shared_data):
     return run
 
 
-@pytest.mark.parametrize("spec,mode", [("eval/base_few_shot.py:pot,tiny", "few_shot_pot"),
+# CI time: the PoT and tool modes' prompts, program execution and grading run in CI against DeepSeek's harness
+# (test_deepseek_protocol.py, test_deepseek_tool.py); their tiny configs run end to end with -m slow.
+@pytest.mark.parametrize("spec,mode", [pytest.param("eval/base_few_shot.py:pot,tiny", "few_shot_pot",
+                                                    marks=pytest.mark.slow),
                                        ("eval/instruct_zero_shot.py:tiny", "zero_shot_cot"),
-                                       ("eval/instruct_zero_shot.py:tool,tiny", "tool"),
+                                       pytest.param("eval/instruct_zero_shot.py:tool,tiny", "tool",
+                                                    marks=pytest.mark.slow),
                                        ("eval/maj_pass_sweep.py:tiny", "zero_shot_cot")])
 def test_tiny_eval_variants_run(spec, mode, tiny_eval_run, shared_data, run_cli, tmp_path):
     config = load(spec)

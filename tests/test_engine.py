@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from dsmath_jax.generate import Sampler, SamplingParams
-from dsmath_jax.generate.engine import Engine, _Row, scan_stop_strings
+from dsmath_jax.generate.engine import Engine, _Row, common_prefix_length, scan_stop_strings
 from dsmath_jax.model import CausalLM, get_params, get_preset, set_params
 from dsmath_jax.parallel import create_sharded, make_mesh, param_shardings
 from dsmath_jax.train.restore import relayout_layers
@@ -134,6 +134,65 @@ def test_scanned_layers_on_a_mesh_sample_what_one_device_samples(model, tokenize
                      tensor_parallel=2)  # one prompt per prefill: fewer programs to compile
     params = SamplingParams(max_new_tokens=10, n=3, stop_token_ids=(), seed=3, **SAMPLED)
     assert_same(sharded.generate(PROMPTS, params), engine.generate(PROMPTS, params), atol=1e-4)
+
+
+# A few-shot-style header every prompt shares (tens of tokens), then the prompts of the other tests.
+HEADER = "Question: Tom has 3 apples and buys 4 more. Answer: 7\nQuestion: "
+
+
+@pytest.mark.parametrize("sampling", [{}, SAMPLED], ids=["greedy", "sampled"])
+def test_a_shared_prefix_is_prefilled_once_and_changes_nothing(model, tokenizer, sampler, sampling):
+    """Prompts that share a header: the header is prefilled once and each prompt's prefill covers only its own
+    suffix. Completions are the static sampler's and those of the same engine without prefix caching; the
+    slots are sized for the call (max_len=None)."""
+    prompts = [HEADER + p for p in PROMPTS]
+    ids = [tokenizer.encode(p, add_bos=True) for p in prompts]
+    shared = common_prefix_length(ids)
+    assert shared >= 16
+    kwargs = dict(slots=4, chunk_size=4, prefill_rows=2, min_window=16)
+    cached = Engine(model, tokenizer, min_prefix=16, **kwargs)
+    plain = Engine(model, tokenizer, prefix_caching=False, **kwargs)
+    params = SamplingParams(max_new_tokens=MAX_NEW, n=2, stop_token_ids=(), seed=6, **sampling)
+    got = cached.generate(prompts, params)
+    assert cached.stats["prefix_tokens"] == shared
+    prefilled = cached.stats["prefill_tokens"]
+    want = plain.generate(prompts, params)
+    assert "prefix_tokens" not in plain.stats
+    assert prefilled < plain.stats["prefill_tokens"]
+    assert_same(got, want)
+    assert_same(got, sampler.generate(prompts, params))
+
+
+def test_prefilling_on_a_shared_prefix_gives_the_separate_prefills_logits(model, tokenizer):
+    """The prefill program itself: keys, values and last-position logits of prompts prefilled on top of their
+    shared prefix's cache equal those of prompts prefilled whole."""
+    engine = Engine(model, tokenizer, slots=2)
+    ids = [tokenizer.encode(HEADER + p, add_bos=True) for p in PROMPTS[:2]]
+    shared = common_prefix_length(ids)
+    width = 64
+    assert max(len(i) for i in ids) <= width and max(len(i) for i in ids) - shared <= 32
+    whole = np.zeros((2, width), np.int32)
+    suffix = np.zeros((2, 32), np.int32)
+    for r, row in enumerate(ids):
+        whole[r, :len(row)], suffix[r, :len(row) - shared] = row, row[shared:]
+    lengths = np.asarray([len(i) for i in ids], np.int32)
+    head = np.zeros((1, width), np.int32)
+    head[0, :shared] = ids[0][:shared]
+    pre_k, pre_v, _ = engine._prefill_fn(shared)(engine.params, head, np.int32([shared]), None, None)
+    n = shared + 32
+    k1, v1, logits1 = engine._prefill_fn(n)(engine.params, suffix, lengths - shared, pre_k, pre_v)
+    k0, v0, logits0 = engine._prefill_fn(width)(engine.params, whole, lengths, None, None)
+    np.testing.assert_allclose(np.asarray(logits1), np.asarray(logits0), atol=2e-5)
+    for r, length in enumerate(lengths):  # entries past a prompt's length are padding in both
+        np.testing.assert_allclose(np.asarray(k1)[:, r, :, :length], np.asarray(k0)[:, r, :, :length], atol=2e-5)
+        np.testing.assert_allclose(np.asarray(v1)[:, r, :, :length], np.asarray(v0)[:, r, :, :length], atol=2e-5)
+
+
+def test_common_prefix_length_leaves_every_prompt_a_token():
+    assert common_prefix_length([[1, 2, 3, 4], [1, 2, 3, 5], [1, 2, 3, 4, 6]]) == 3
+    assert common_prefix_length([[1, 2, 3], [1, 2, 3, 4]]) == 2  # the shorter one keeps its last token
+    assert common_prefix_length([[7, 1], [8, 1]]) == 0
+    assert common_prefix_length([[1, 2, 9], [1, 5, 9]]) == 1
 
 
 class _Pieces:

@@ -182,3 +182,60 @@ def test_the_readme_plan_column_is_generated_from_the_plans(tmp_path):
     shutil.copy(REPO / "README.md", copy)
     assert not plan_all.update_readme(rows, copy), "README's plan column differs from plans.json: rerun plan_all.py"
     assert plan_all.markdown(rows) == (REPO / "experiments" / "results" / "plans.md").read_text()
+
+
+# ------------------------------------------------------------------------------------------- rollout samplers
+# The tiny policy on 4 chips (fsdp 2 x tensor 2; the sampler decodes on data 2 x tensor 2): 12 questions x G 8
+# = 96 rollouts of up to 64 + 32 tokens, 32 rows decoded at once, two sampling rounds per step.
+TINY_RL = ["model.preset=tiny", "mesh.shape.tensor=2", "rollout.tensor_parallel=2", "data.max_prompt_tokens=64",
+           "rollout.group_size=8", "rollout.questions_per_step=12", "rollout.sampler_batch_size=32",
+           "rollout.max_new_tokens=32", "rollout.dynamic_sampling=true", "rollout.max_sampling_rounds=2",
+           "train.accum_steps=4"]
+ROLLOUT = ("rollout_prefill", "rollout_insert", "rollout_decode_loop", "rollout_decode_step")
+
+
+def _tiny_rl_plan(batching: str):
+    from dsmath_jax.config import load_config
+    from dsmath_jax.plan.commands import plan_rl
+    config = load_config(str(REPO / "configs" / "rl" / "grpo_outcome.py") + ":tiny",
+                         [*TINY_RL, f"rollout.batching={batching}"], command="rl")
+    names = [n for n in ROLLOUT if batching == "continuous" or n != "rollout_insert"]
+    plan = plan_rl(config, parse_topology("v5p:2x2x1"), config_name="tiny", probes=False, only=names)
+    return {e.name: e for e in plan.executables}, plan
+
+
+def _forward_flops(tokens: int, context: int) -> float:
+    """2N per token + 4 L H d per token and context position, N the tiny preset's non-embedding parameters."""
+    from dsmath_jax.model import get_preset
+    cfg = get_preset("tiny")
+    return tokens * (2.0 * cfg.num_params(include_embedding=False) + 4.0 * 2 * 8 * 8 * context)
+
+
+@needs_libtpu
+def test_the_rl_plan_follows_the_rollout_engine():
+    """Continuous batching (the default): one prefill per 8 questions per round (ceil(12 / 8) x 2 = 4), one
+    insert per prefill, and at most ceil(96 rows / 32 slots) x 32 tokens x 2 rounds = 192 decode steps of all
+    32 slots, each slot 64 + 32 = 96 tokens long."""
+    exes, plan = _tiny_rl_plan("continuous")
+    assert list(exes) == list(ROLLOUT)
+    assert [exes[n].calls for n in ROLLOUT] == [4, 4, 0, 192]
+    assert exes["rollout_prefill"].model_flops == pytest.approx(_forward_flops(8 * 64, 32))
+    assert exes["rollout_insert"].model_flops == 0
+    assert exes["rollout_decode_step"].model_flops == pytest.approx(_forward_flops(32, 64 + 16))
+    assert "32 slots of 96 tokens" in plan.step
+    # The decode loop's cache, as the compiler placed it on one chip: 16 of the 32 slots (data 2), 2 of the 4 KV
+    # heads (tensor 2), 2 layers x 96 positions x head_dim 8, in the policy's compute dtype.
+    assert exes["rollout_decode_loop"].compiled.fits
+    assert any("f32[2,16,2,96,8]" in b.shapes for b in exes["rollout_decode_loop"].compiled.top_buffers)
+
+
+@needs_libtpu
+def test_static_batching_keeps_the_static_sampler_plan():
+    """batching="static": ceil(96 / 32) = 3 batches of 32 rows per round, 2 rounds: 6 prefills of 32 rows and
+    6 x 32 = 192 decode steps of 32 rows; no insert."""
+    exes, plan = _tiny_rl_plan("static")
+    assert list(exes) == ["rollout_prefill", "rollout_decode_loop", "rollout_decode_step"]
+    assert [exes[n].calls for n in exes] == [6, 0, 192]
+    assert exes["rollout_prefill"].model_flops == pytest.approx(_forward_flops(32 * 64, 32))
+    assert exes["rollout_decode_step"].model_flops == pytest.approx(_forward_flops(32, 64 + 16))
+    assert "6 sampler batches of 32" in plan.step

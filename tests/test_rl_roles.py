@@ -4,16 +4,20 @@ the method registry (Table 10: data source, batch, loss)."""
 
 import dataclasses
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from dsmath_jax.config.rl import METHODS, base_rl_config
 from dsmath_jax.data.tasks import Problem
 from dsmath_jax.evals.grader import Verdict
 from dsmath_jax.generate.sampler import Completion
+from dsmath_jax.model import CausalLM, get_preset
 from dsmath_jax.rl.losses import PolicyLossConfig
 from dsmath_jax.rl.math_shepherd import step_end_tokens
-from dsmath_jax.rl.methods import METHOD_REGISTRY, BatchSettings, get_method
+from dsmath_jax.rl.methods import METHOD_REGISTRY, BatchSettings, LossSettings, bucket_length, fit_length, get_method
 from dsmath_jax.rl.rollout import (
     Reward,
     Roller,
@@ -246,3 +250,38 @@ def test_the_loop_rejects_what_a_method_cannot_do():
     c.method, c.reward.kind = "online_rft", "prm"
     with pytest.raises(ValueError, match="process rewards"):
         RLRun(c, "unused")
+
+
+def test_batches_are_cut_to_the_shortest_bucket_holding_the_longest_row():
+    """Rows of 2 prompt + 1..4 completion tokens (5 inputs at most) in seq_len 64: with 4 buckets (16, 32, 48,
+    64) every [rows, seq] array is cut to 16; per-row arrays stay. The GRPO loss and its gradient on the cut
+    batch are the full batch's (right padding is past every real position of a causal row)."""
+    assert [bucket_length(u, 64, 4) for u in (1, 16, 17, 33, 48, 49, 64)] == [16, 16, 32, 48, 48, 64, 64]
+    assert [bucket_length(u, 100, 3) for u in (1, 40, 48, 49, 81)] == [48, 48, 48, 80, 100]  # ceil(100k/3) to 16s
+    ro = _rollout([1, 0, 0, 0, 1, 1, 0, 1], G=4)
+    full_settings = BatchSettings(seq_len=64, pad_id=0, group_size=4)
+    full = get_method("grpo").build_batch(ro, full_settings)
+    full["ref_logp"] = full["old_logp"] - 0.05 * full["weights"]
+    cut = fit_length(dict(full), dataclasses.replace(full_settings, length_buckets=4))
+    assert {k: v.shape for k, v in cut.items() if k != "truncated"} == {
+        k: (8, 16) for k in ("inputs", "targets", "weights", "old_logp", "segment_ids", "advantages", "ref_logp")}
+    assert fit_length(full, full_settings) is full  # one bucket: untouched
+    rft = get_method("rft").build_batch(ro, full_settings)
+    assert fit_length(rft, dataclasses.replace(full_settings, length_buckets=4))["correct"].shape == (8, 1)
+
+    model = CausalLM(get_preset("tiny", vocab_size=256, num_layers=1, d_model=32, num_heads=2, num_kv_heads=2,
+                                mlp_dim=64), rngs=nnx.Rngs(0))
+    loss_fn = get_method("grpo").make_loss(LossSettings(PolicyLossConfig(beta=0.04)))
+
+    @nnx.jit
+    def loss_and_grad(m, batch):
+        def loss(m):
+            total, weight, _ = loss_fn(m, batch)
+            return total / weight
+        return nnx.value_and_grad(loss)(m)
+
+    (a, ga), (b, gb) = (loss_and_grad(model, {k: jnp.asarray(v) for k, v in batch.items() if k != "truncated"})
+                        for batch in (full, cut))
+    np.testing.assert_allclose(float(a), float(b), rtol=1e-5)
+    for x, y in zip(jax.tree.leaves(nnx.state(ga)), jax.tree.leaves(nnx.state(gb))):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-6)

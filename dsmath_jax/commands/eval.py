@@ -24,7 +24,7 @@ def _flags(values: flags.FlagValues) -> None:
 
 def _main(values) -> int:
     from dsmath_jax.evals.runner import EvalSpec, run_eval
-    from dsmath_jax.generate import Sampler
+    from dsmath_jax.generate import make_sampler
     from dsmath_jax.parallel import initialize_from_config, make_mesh, rules_from_config
     from dsmath_jax.train.restore import load_run
 
@@ -37,7 +37,7 @@ def _main(values) -> int:
     mesh = make_mesh(cfg.mesh.shape.to_dict())
     rules = rules_from_config(cfg.mesh.get("rules"))
     model, tokenizer = load_run(path, mesh=mesh, rules=rules, step=values.step, **cfg.model_overrides.to_dict())
-    sampler = Sampler(model, tokenizer, batch_size=cfg.batch_size, mesh=mesh, rules=rules)
+    sampler = make_sampler(cfg.batching, model, tokenizer, rows=cfg.batch_size, mesh=mesh, rules=rules)
     del model  # the sampler holds its own copy of the weights, in the compute dtype and its decode layout
     spec = EvalSpec(**cfg.eval.to_dict())
     summary = run_eval(sampler, spec, values.workdir, data_dir=cfg.get("benchmarks_dir"), extra={"model": path})

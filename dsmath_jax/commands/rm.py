@@ -39,7 +39,8 @@ from dsmath_jax.commands.common import run_command
 from dsmath_jax.data.tasks import load_problems, prompt_text
 from dsmath_jax.data.tokenizers import check_tokenizer_fits, load_tokenizer
 from dsmath_jax.evals.grader import Grader
-from dsmath_jax.generate.sampler import Sampler, SamplingParams
+from dsmath_jax.generate.engine import make_sampler
+from dsmath_jax.generate.sampler import SamplingParams
 from dsmath_jax.model import ModelConfig
 from dsmath_jax.rl.loop import check_architecture
 from dsmath_jax.rl.math_shepherd import math_shepherd_labels
@@ -135,7 +136,7 @@ def label(config, policy, tokenizer, mesh, rules) -> tuple[list[dict], np.ndarra
     Math-Shepherd). Returns (examples, validation flags, stats)."""
     problems = _problems(config)
     s = config.sampling
-    sampler = Sampler(policy, tokenizer, batch_size=s.batch_size, mesh=mesh, rules=rules)
+    sampler = make_sampler(s.batching, policy, tokenizer, rows=s.batch_size, mesh=mesh, rules=rules)
     prompt_ids = sampler.encode_prompts([prompt_text(p, config.data.template) for p in problems])
     k = s.samples_per_problem
     params = SamplingParams(max_new_tokens=s.max_new_tokens, temperature=s.temperature,

@@ -16,6 +16,11 @@ import ml_collections
 from dsmath_jax.model.config import ModelConfig
 from dsmath_jax.parallel.mesh import MESH_AXES, rules_from_config
 
+# How a command's sampler schedules its rows (dsmath_jax.generate.make_sampler): "continuous" batching over slots
+# (`Engine`: a freed slot takes the next sample at once, one prefill per prompt, shared prefixes prefilled once) or
+# "static" batches decoded until their longest row ends (`Sampler`).
+BATCHING = ("continuous", "static")
+
 
 class ConfigError(ValueError):
     """A config that cannot be loaded or does not fit its command's schema; the message names the file

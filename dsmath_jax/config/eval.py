@@ -14,6 +14,7 @@ import ml_collections
 from ml_collections.config_dict import placeholder
 
 from dsmath_jax.config.checks import (
+    BATCHING,
     ConfigError,
     check_distributed,
     check_keys_and_types,
@@ -40,7 +41,8 @@ def base_eval_config(benchmarks: Sequence[str] = ("gsm8k", "math"), mode: str = 
     # protocol "deepseek": prompts, stops, tool loop and grading exactly as DeepSeek-Math's harness (the paper's
     # numbers); "strict": our prompts and the strict grader. Both verdicts are reported either way.
     c.eval.update(eval_fields)
-    c.batch_size = 64  # rows sampled at once (prompts x samples)
+    c.batch_size = 64  # rows sampled at once (prompts x samples): static batches, or the engine's slots
+    c.batching = "continuous"  # BATCHING: the continuous-batching engine, or static batches
     c.benchmarks_dir = placeholder(str)  # local copies; None downloads the public files
     c.model_overrides = ml_collections.ConfigDict(dict(dtype="bfloat16"))
     c.mesh = ml_collections.ConfigDict(dict(shape=dict(data=1, fsdp=-1, tensor=1), rules=placeholder(tuple)))
@@ -70,6 +72,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"eval.benchmarks={c.eval.benchmarks!r}: expected a non-empty list of benchmark names")
     one_of(c, "eval.mode", MODES)
     one_of(c, "eval.protocol", PROTOCOLS)
+    one_of(c, "batching", BATCHING)
     counts(c, "eval", positive=("n", "max_new_tokens", "limit"), non_negative=("max_tool_rounds",))
     check_sampling(c, "eval")
     bad = [k for k in c.eval.ks if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= c.eval.n]

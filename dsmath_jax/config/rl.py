@@ -26,6 +26,7 @@ import ml_collections
 from ml_collections.config_dict import placeholder
 
 from dsmath_jax.config.checks import (
+    BATCHING,
     ConfigError,
     above,
     at_least,
@@ -75,6 +76,11 @@ def base_rl_config() -> ml_collections.ConfigDict:
     c.rollout = ml_collections.ConfigDict(dict(
         group_size=64, questions_per_step=16, max_new_tokens=1024, temperature=1.0, top_p=1.0, top_k=0,
         sampler_batch_size=64, chunk_size=32, stop_strings=(),
+        # BATCHING (config.checks): "continuous" decodes sampler_batch_size slots of max_prompt_tokens +
+        # max_new_tokens (the larger of the rollout's and the evaluation's) tokens, a freed slot taking the next
+        # sample at once and each question prefilled once for its G samples; "static" decodes batches of
+        # sampler_batch_size rows until their longest ends.
+        batching="continuous",
         # The sampler decodes with its own bf16 copy of the weights split this many ways over heads/MLP
         # (tensor parallelism) and replicated over the rest of the devices (generate.sampler.decode_mesh);
         # None = the mesh's `tensor` size.
@@ -102,6 +108,9 @@ def base_rl_config() -> ml_collections.ConfigDict:
         iterations=1, steps_per_iteration=100, mu=1, accum_steps=1, log_every=1, checkpoint_every=50,
         keep_checkpoints=2, async_checkpoint=True, reference_on_host=False, max_nonfinite_in_a_row=10,
         tensorboard=True, seq_len=placeholder(int),
+        # Rows are cut to the shortest of length_buckets lengths (seq_len * k / length_buckets) that holds the
+        # step's longest row (rl.methods.fit_length); 1: always seq_len. One compiled train step per length used.
+        length_buckets=4,
         stop_after_steps=placeholder(int)))  # stop (with a checkpoint) after this many steps of one invocation
     c.rm_update = ml_collections.ConfigDict(dict(
         enabled=False, steps=100, batch_size=32, history_fraction=0.1, capacity=100000, lr=1e-6,
@@ -192,6 +201,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
            non_negative=("top_k",))
     check_sampling(c, "rollout")
     one_of(c, "rollout.old_logprobs", OLD_LOGPROBS)
+    one_of(c, "rollout.batching", BATCHING)
     above(c, "rollout.tis_cap", 0.0)
     if not all(isinstance(s, str) and s for s in c.rollout.stop_strings):
         raise ConfigError(f"rollout.stop_strings={c.rollout.stop_strings!r}: expected non-empty strings")
@@ -207,7 +217,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     check_optimizer(c, SCHEDULES)
     counts(c, "train", positive=("iterations", "steps_per_iteration", "mu", "accum_steps", "log_every",
                                  "checkpoint_every", "keep_checkpoints", "max_nonfinite_in_a_row", "seq_len",
-                                 "stop_after_steps"))
+                                 "length_buckets", "stop_after_steps"))
     counts(c, "rm_update", positive=("steps", "batch_size", "capacity"), non_negative=("samples_per_step",))
     in_range(c, "rm_update.history_fraction", 0.0, 1.0)
     above(c, "rm_update.lr", 0.0)

@@ -28,6 +28,7 @@ import ml_collections
 from ml_collections.config_dict import placeholder
 
 from dsmath_jax.config.checks import (
+    BATCHING,
     ConfigError,
     above,
     at_least,
@@ -67,7 +68,8 @@ def base_rm_config() -> ml_collections.ConfigDict:
         data_dir=placeholder(str), benchmarks_dir=placeholder(str), seq_len=1536, max_steps=64,
         validation_fraction=0.02))
     c.sampling = ml_collections.ConfigDict(dict(samples_per_problem=4, temperature=0.7, top_p=1.0,
-                                                max_new_tokens=1024, batch_size=64, seed=0))
+                                                max_new_tokens=1024, batch_size=64, seed=0,
+                                                batching="continuous"))  # BATCHING (config.checks)
     c.labels = ml_collections.ConfigDict(dict(mode="outcome", n=8, temperature=0.7, max_new_tokens=1024, seed=1))
     c.grader = ml_collections.ConfigDict(dict(workers=8, timeout=5.0))
     # What `--compile_only` plans assume where the data are not read: the longest prompt (question + template).
@@ -122,6 +124,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     in_range(c, "data.validation_fraction", 0.0, 1.0, high_open=True)
     counts(c, "sampling", positive=("samples_per_problem", "max_new_tokens", "batch_size"))
     check_sampling(c, "sampling")
+    one_of(c, "sampling.batching", BATCHING)
     counts(c, "labels", positive=("n", "max_new_tokens"))
     check_sampling(c, "labels", top_p=None)
     counts(c, "grader", positive=("workers",))

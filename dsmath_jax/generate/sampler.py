@@ -55,9 +55,9 @@ class SamplingParams:
     stop_strings: tuple[str, ...] = ()
     seed: int = 0
     # Per-row keys: token t of sample s of prompt p is drawn with `row_key(seed, p, s)` folded with t, so a
-    # row's draws do not depend on its batch or slot (the rollout engine always draws so). False keeps the
-    # per-batch key stream.
-    row_keys: bool = False
+    # row's draws do not depend on its batch or slot, and the static `Sampler` and the rollout engine (which
+    # always draws so) give the same completions. False: one key stream per static batch.
+    row_keys: bool = True
 
     def __post_init__(self):
         if self.max_new_tokens < 1 or self.n < 1:

@@ -5,12 +5,17 @@ functions, step factories and sampler) but on an abstract model (`nnx.eval_shape
 allocated, so a 70B config plans on a laptop) and hands its executables to `dsmath_jax.plan.core`:
 
   pretrain / sft  the train step (with its gradient accumulation) and the held-out eval step;
-  rl              the sampler's prefill, decode loop and decode step (rollout), the reward model's scoring
-                  forward (ORM / PRM), the reference forward, the policy's train step with the method's
-                  loss, PPO's value forward and critic step, and the reward model's train step (iterative RL);
-  rm              the policy's sampler (solutions and Math-Shepherd continuations), the reward model's
-                  train step and scoring forward;
-  eval            the sampler's prefill, decode loop and decode step.
+  rl              the rollout's sampler (`rollout.batching`), the reward model's scoring forward (ORM / PRM),
+                  the reference forward, the policy's train step with the method's loss, PPO's value forward
+                  and critic step, and the reward model's train step (iterative RL);
+  rm              the policy's sampler (`sampling.batching`; solutions and Math-Shepherd continuations), the
+                  reward model's train step and scoring forward;
+  eval            the sampler (`batching`).
+
+A sampler is planned as the command builds it: the continuous-batching engine (prefill of `prefill_rows`
+prompts, insert into slots, decode loop and decode step over every slot of a fixed length) or the static
+sampler (prefill, decode loop and decode step of a batch); see `_sampler_executables`. `only` plans just
+the executables of the names given.
 
 Model architectures come from the config (`model.preset` and its fields); where the config points at a
 Hugging Face or run directory that is readable here, its config.json is used instead (a missing one is
@@ -22,6 +27,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Collection
 from typing import Any
 
 import jax
@@ -30,6 +36,7 @@ import ml_collections
 from etils import epath
 from flax import nnx
 
+from dsmath_jax.generate.engine import Engine, make_sampler
 from dsmath_jax.generate.sampler import Sampler, SamplingParams
 from dsmath_jax.model import CausalLM, ModelConfig, ScalarHeadModel, get_params
 from dsmath_jax.model.attention import mesh_platform, resolve_implementation, splash_block_size
@@ -166,25 +173,73 @@ def _bucket(n: int, minimum: int = 16) -> int:
     return size
 
 
-def _sampler_executables(sampler, prompt_tokens: int, sampling, batches: float, prefix: str, resident: tuple,
-                         cfg: ModelConfig, probe: bool) -> list[Executable]:
-    """The sampler's executables for `batches` generate batches per step of prompts up to `prompt_tokens`."""
+def _sampler_executables(sampler: Sampler, prompt_tokens: int, sampling: SamplingParams, *, rows: int, prompts: int,
+                         rounds: int = 1, prefix: str, resident: tuple, cfg: ModelConfig,
+                         probe: bool) -> list[Executable]:
+    """The sampler's executables for a step of `rounds` generate calls, each of `rows` samples of `prompts`
+    distinct prompts (up to `prompt_tokens` tokens; `sampling.n` samples each).
+
+    Static `Sampler`: prefill, decode loop and decode step of ceil(rows / batch_size) batches per call.
+    `Engine` (continuous batching): prefill of `prefill_rows` prompts (one per prompt, shared by its samples),
+    insert (the prefilled keys/values copied into slots), decode loop and decode step of every slot; its slots
+    hold `max_len` tokens (the engine's, else the prompt bucket + max_new_tokens).
+    """
     prompt = _bucket(prompt_tokens)
+    new_tokens = sampling.max_new_tokens
+    if isinstance(sampler, Engine):
+        return _engine_executables(sampler, prompt, sampling, rows=rows, prompts=prompts, rounds=rounds,
+                                   prefix=prefix, resident=resident, cfg=cfg, probe=probe)
     exes = []
-    rows = sampler.batch_size
-    context = prompt + sampling.max_new_tokens // 2
+    batch = sampler.batch_size
+    batches = math.ceil(rows / batch) * rounds
     for name, fn, args in sampler.executables(prompt, sampling):
         if name == "prefill":
             exes.append(Executable(f"{prefix}prefill", fn, args, calls=batches, resident=resident,
-                                   model_flops=_forward_flops(cfg, rows * prompt, prompt // 2)))
+                                   model_flops=_forward_flops(cfg, batch * prompt, prompt // 2)))
         elif name == "decode":
             if not probe:  # the loop: compiled for its memory; its time is counted per token by decode_step
                 exes.append(Executable(f"{prefix}decode_loop", fn, args, calls=0, resident=resident,
                                        note=f"{sampler.chunk_size} tokens per call"))
         else:
-            exes.append(Executable(f"{prefix}decode_step", fn, args, calls=batches * sampling.max_new_tokens,
-                                   resident=resident, model_flops=_forward_flops(cfg, rows, context), cost_only=True,
+            exes.append(Executable(f"{prefix}decode_step", fn, args, calls=batches * new_tokens,
+                                   resident=resident, model_flops=_forward_flops(cfg, batch, prompt + new_tokens // 2),
+                                   cost_only=True,
                                    note="one token for every row: what the decode loop repeats"))
+    return exes
+
+
+def _engine_executables(engine: Engine, prompt: int, sampling: SamplingParams, *, rows: int, prompts: int,
+                        rounds: int, prefix: str, resident: tuple, cfg: ModelConfig,
+                        probe: bool) -> list[Executable]:
+    """`_sampler_executables` of the continuous-batching engine (prompt: the prompt bucket)."""
+    slots, new_tokens = engine.slots, sampling.max_new_tokens
+    max_len = engine.max_len or prompt + new_tokens
+    prefills = rounds * math.ceil(prompts / engine.prefill_rows)
+    # Every row running its full budget: ceil(rows / slots) waves of max_new_tokens steps per generate call.
+    steps = rounds * math.ceil(rows / slots) * new_tokens
+    exes = []
+    for name, fn, args in engine.executables(prompt, sampling, max_len=max_len):
+        if name == "prefill":
+            exes.append(Executable(f"{prefix}prefill", fn, args, calls=prefills, resident=resident,
+                                   model_flops=_forward_flops(cfg, engine.prefill_rows * prompt, prompt // 2),
+                                   note=f"{engine.prefill_rows} prompts of {prompt} tokens, once per prompt for its "
+                                        f"{sampling.n} sample(s)"))
+        elif name == "insert":
+            exes.append(Executable(f"{prefix}insert", fn, args, calls=prefills, resident=resident,
+                                   note="copies a prefill's keys/values into free slots (no model FLOPs); one call "
+                                        "per prefill"))
+        elif name == "decode":
+            if not probe:  # the loop: compiled for its memory; its time is counted per step by decode_step
+                exes.append(Executable(f"{prefix}decode_loop", fn, args, calls=0, resident=resident,
+                                       note=f"up to {engine.chunk_size} steps per call of {slots} slots x "
+                                            f"{max_len} tokens (KV cache)"))
+        else:
+            exes.append(Executable(f"{prefix}decode_step", fn, args, calls=steps, resident=resident,
+                                   model_flops=_forward_flops(cfg, slots, prompt + new_tokens // 2), cost_only=True,
+                                   note=f"one step of every slot: what the decode loop repeats; calls are an upper "
+                                        f"bound, every row running its full budget (ceil({rows} rows / {slots} "
+                                        f"slots) x {rounds} round(s) x {new_tokens} steps), attention over all "
+                                        f"{max_len} entries"))
     return exes
 
 
@@ -194,7 +249,7 @@ def _dims(cfg: ModelConfig, seq: int, cache: int | None = None) -> dict[str, int
 
 # ------------------------------------------------------------------------------------------- pretrain / sft
 def plan_train(config: ml_collections.ConfigDict, topology: Topology, *, command: str, config_name: str,
-               probes: bool = True, raise_if_not_fit: bool = True) -> Plan:
+               probes: bool = True, raise_if_not_fit: bool = True, only: Collection[str] | None = None) -> Plan:
     mesh, rules = _mesh(config, topology)
     init = _d(config.get("init"))
     cfg = model_from_hf_or_config(init.get("hf_dir"), _d(config.model))
@@ -234,7 +289,7 @@ def plan_train(config: ml_collections.ConfigDict, topology: Topology, *, command
 
     return make_plan(command=command, config_name=config_name, topology=topology, mesh=mesh,
                      model=_model_json(cfg, _d(config.model).get("preset")), build=build, num_layers=cfg.num_layers,
-                     dims=_dims(cfg, seq), probes=probes, raise_if_not_fit=raise_if_not_fit)
+                     dims=_dims(cfg, seq), probes=probes, raise_if_not_fit=raise_if_not_fit, only=only)
 
 
 def _train_knobs(accum: int, batch: int, mesh, cfg: ModelConfig, prefix: str = "train") -> dict[str, str]:
@@ -256,7 +311,7 @@ def _train_knobs(accum: int, batch: int, mesh, cfg: ModelConfig, prefix: str = "
 
 # ------------------------------------------------------------------------------------------- rl
 def plan_rl(config: ml_collections.ConfigDict, topology: Topology, *, config_name: str, probes: bool = True,
-            raise_if_not_fit: bool = True) -> Plan:
+            raise_if_not_fit: bool = True, only: Collection[str] | None = None) -> Plan:
     c = config
     mesh, rules = _mesh(c, topology)
     cfg = model_from_run_or_preset(c.init.get("run_dir"), _d(c.model), "the RL policy")
@@ -273,6 +328,11 @@ def plan_rl(config: ml_collections.ConfigDict, topology: Topology, *, config_nam
     rounds = c.rollout.max_sampling_rounds if c.rollout.dynamic_sampling else 1
     sampler_rows = c.rollout.sampler_batch_size
     batches = math.ceil(rows / sampler_rows) * rounds
+    continuous = c.rollout.batching == "continuous"
+    # The engine's slots: the longest prompt kept + the longer of the rollout's and the evaluation's budgets
+    # (RLRun.build); the static sampler's cache: the prompt bucket + the rollout's budget.
+    cache = (prompt + max(run.max_new, c.eval.max_new_tokens or run.max_new) if continuous
+             else _bucket(prompt) + run.max_new)
     sampling = SamplingParams(max_new_tokens=run.max_new, temperature=c.rollout.temperature or 1.0, n=G)
     rows_sharding = batch_sharding(mesh, rules)
     rm_cfg = None
@@ -330,8 +390,8 @@ def plan_rl(config: ml_collections.ConfigDict, topology: Topology, *, config_nam
         others = lambda *mine: tuple(r for r in everything if r not in mine)  # noqa: E731
         exes: list[Executable] = []
         if run.method.source != "gold":
-            exes += _sampler_executables(run.sampler, prompt, sampling, batches, "rollout_", others("rollout_batch"),
-                                         cfg, probe)
+            exes += _sampler_executables(run.sampler, prompt, sampling, rows=rows, prompts=Q, rounds=rounds,
+                                         prefix="rollout_", resident=others("rollout_batch"), cfg=cfg, probe=probe)
         micro = accum  # probe units (micro-batches) per call
         if rm is not None:
             rm_rows = rows // accum if probe else rows
@@ -374,21 +434,23 @@ def plan_rl(config: ml_collections.ConfigDict, topology: Topology, *, config_nam
                                    kernel_flops=attention_kernel_flops(cfg, mesh, bs, seq, training=True)))
         knobs = _train_knobs(accum, rows, mesh, cfg)
         knobs.update({
-            "rollout.sampler_batch_size": f"now {sampler_rows}: rows decoded at once (KV cache and decode "
-                                          "activations scale with it)",
+            "rollout.sampler_batch_size": f"now {sampler_rows}: {'slots' if continuous else 'rows'} decoded at once "
+                                          "(KV cache and decode activations scale with it)",
             "rollout.tensor_parallel": f"now {c.rollout.get('tensor_parallel') or mesh.shape['tensor']}: the "
                                        "sampler's bf16 weights are split this many ways (the rest replicate)",
             "train.reference_on_host": "keep the frozen reference in host memory between forwards",
         })
+        rollout = (f"continuous batching on {sampler_rows} slots of {cache} tokens" if continuous
+                   else f"{batches:g} sampler batches of {sampler_rows}")
         step = (f"{Q} questions x G {G} = {rows} rollouts of up to {prompt} + {run.max_new} tokens "
-                f"({batches:g} sampler batches of {sampler_rows}), then {mu} update(s) of {accum} micro-batch(es)")
+                f"({rollout}), then {mu} update(s) of {accum} micro-batch(es)")
         return Build(exes, resident, knobs=knobs, step=step, tokens_per_step=rows * seq)
 
     return make_plan(command="rl", config_name=config_name, topology=topology, mesh=mesh,
                      model=dict(_model_json(cfg, _d(c.model).get("preset")), method=method,
                                 reward=c.reward.kind), build=build, num_layers=cfg.num_layers,
-                     dims=_dims(cfg, seq, _bucket(prompt) + run.max_new), probes=probes,
-                     raise_if_not_fit=raise_if_not_fit)
+                     dims=_dims(cfg, seq, cache), probes=probes,
+                     raise_if_not_fit=raise_if_not_fit, only=only)
 
 
 def _rm_meta(rm_dir: str | None) -> dict | None:
@@ -408,7 +470,7 @@ def _rm_meta(rm_dir: str | None) -> dict | None:
 
 # ------------------------------------------------------------------------------------------- rm
 def plan_rm(config: ml_collections.ConfigDict, topology: Topology, *, config_name: str, probes: bool = True,
-            raise_if_not_fit: bool = True) -> Plan:
+            raise_if_not_fit: bool = True, only: Collection[str] | None = None) -> Plan:
     c = config
     mesh, rules = _mesh(c, topology)
     model = _d(c.model)
@@ -425,16 +487,21 @@ def plan_rm(config: ml_collections.ConfigDict, topology: Topology, *, config_nam
     def build(layers: int | None, probe: bool) -> Build:
         pcfg, rcfg = _variant(policy_cfg, layers), _variant(rm_cfg, layers)
         policy = _abstract_lm(pcfg)
-        sampler = Sampler(policy, None, batch_size=c.sampling.batch_size, mesh=mesh, rules=rules)
+        # Slots sized per call (as `dsmath rm` builds them): each use below fixes its own max_len.
+        sampler = make_sampler(c.sampling.batching, policy, None, rows=c.sampling.batch_size, mesh=mesh, rules=rules)
         policy_params = shaped(jax.eval_shape(lambda: get_params(policy)), param_shardings(policy, mesh, rules))
         rm = RewardModel.abstract(rcfg, c.kind, mesh, rules, seq_len=seq, max_steps=c.data.max_steps)
         trainer = rm.make_trainer(optimizer, 1 if probe else accum, schedule=schedule)
         state = shaped(trainer.state, trainer.fns.state_sharding)
         resident = {"policy_params": device_bytes(policy_params)}
-        exes = _sampler_executables(sampler, prompt, solutions, 1.0, "solutions_", ("policy_params",), pcfg, probe)
+        bs_sampling = c.sampling.batch_size
+        exes = _sampler_executables(sampler, prompt, solutions, rows=bs_sampling,
+                                    prompts=-(-bs_sampling // solutions.n), prefix="solutions_",
+                                    resident=("policy_params",), cfg=pcfg, probe=probe)
         if c.kind == "prm":
-            exes += _sampler_executables(sampler, prompt + c.sampling.max_new_tokens, continuation, 1.0,
-                                         "continuations_", ("policy_params",), pcfg, probe)
+            exes += _sampler_executables(sampler, prompt + c.sampling.max_new_tokens, continuation, rows=bs_sampling,
+                                         prompts=-(-bs_sampling // continuation.n), prefix="continuations_",
+                                         resident=("policy_params",), cfg=pcfg, probe=probe)
         rows = bs // accum if probe else bs
         sh = trainer.fns.batch_sharding
         data = {"inputs": _rows((rows, seq), jnp.int32, sh), "segment_ids": _rows((rows, seq), jnp.int32, sh),
@@ -454,7 +521,8 @@ def plan_rm(config: ml_collections.ConfigDict, topology: Topology, *, config_nam
                                calls=0, resident=("rm_optimizer",), note="held-out evaluation"))
         resident["rm_optimizer"] = device_bytes(state.opt_state)
         knobs = _train_knobs(accum, bs, mesh, rcfg)
-        knobs["sampling.batch_size"] = f"now {c.sampling.batch_size}: rows the policy decodes at once"
+        what = "slots" if c.sampling.batching == "continuous" else "rows"
+        knobs["sampling.batch_size"] = f"now {c.sampling.batch_size}: {what} the policy decodes at once"
         return Build(exes, resident, knobs=knobs,
                      step=f"labelling: batches of {c.sampling.batch_size} samples; training: {bs} rows x {seq} "
                           f"tokens in {accum} micro-batch(es)", tokens_per_step=bs * seq)
@@ -462,39 +530,47 @@ def plan_rm(config: ml_collections.ConfigDict, topology: Topology, *, config_nam
     return make_plan(command="rm", config_name=config_name, topology=topology, mesh=mesh,
                      model=dict(_model_json(rm_cfg, model.get("preset")), kind=c.kind), build=build,
                      num_layers=rm_cfg.num_layers, dims=_dims(rm_cfg, seq), probes=probes,
-                     raise_if_not_fit=raise_if_not_fit)
+                     raise_if_not_fit=raise_if_not_fit, only=only)
 
 
 # ------------------------------------------------------------------------------------------- eval
 def plan_eval(config: ml_collections.ConfigDict, topology: Topology, *, config_name: str, model_path: str | None,
-              probes: bool = True, raise_if_not_fit: bool = True) -> Plan:
+              probes: bool = True, raise_if_not_fit: bool = True, only: Collection[str] | None = None) -> Plan:
     c = config
     mesh, rules = _mesh(c, topology)
     overrides = _d(c.model_overrides)
     cfg = model_from_run_or_preset(model_path, dict(overrides, preset=c.plan.get("preset")), "the evaluated model")
     prompt = c.plan.prompt_tokens
     sampling = SamplingParams(max_new_tokens=c.eval.max_new_tokens, n=c.eval.n, temperature=c.eval.temperature)
+    continuous = c.batching == "continuous"
+    cache = _bucket(prompt) + sampling.max_new_tokens  # the engine's slots (and the static sampler's cache)
 
     def build(layers: int | None, probe: bool) -> Build:
         model_cfg = _variant(cfg, layers)
         model = _abstract_lm(model_cfg)
-        sampler = Sampler(model, None, batch_size=c.batch_size, mesh=mesh, rules=rules)
-        exes = _sampler_executables(sampler, prompt, sampling, 1.0, "", (), model_cfg, probe)
-        return Build(exes, {}, knobs={"batch_size": f"now {c.batch_size}: rows decoded at once",
+        sampler = make_sampler(c.batching, model, None, rows=c.batch_size, max_len=cache, mesh=mesh, rules=rules)
+        exes = _sampler_executables(sampler, prompt, sampling, rows=c.batch_size,
+                                    prompts=-(-c.batch_size // sampling.n), prefix="", resident=(), cfg=model_cfg,
+                                    probe=probe)
+        what = "slots" if continuous else "rows"
+        return Build(exes, {}, knobs={"batch_size": f"now {c.batch_size}: {what} decoded at once",
                                       "mesh.shape": f"now {dict(mesh.shape)}: `tensor` splits the sampler's weights"},
                      step=f"one batch of {c.batch_size} rows: prompts up to {prompt} tokens + "
-                          f"{sampling.max_new_tokens} new", tokens_per_step=c.batch_size * sampling.max_new_tokens)
+                          f"{sampling.max_new_tokens} new" + (f" ({c.batch_size} slots of {cache} tokens)"
+                                                              if continuous else ""),
+                     tokens_per_step=c.batch_size * sampling.max_new_tokens)
 
     return make_plan(command="eval", config_name=config_name, topology=topology, mesh=mesh,
                      model=_model_json(cfg, c.plan.get("preset")), build=build, num_layers=cfg.num_layers,
-                     dims=_dims(cfg, _bucket(prompt), _bucket(prompt) + sampling.max_new_tokens), probes=probes,
-                     raise_if_not_fit=raise_if_not_fit)
+                     dims=_dims(cfg, _bucket(prompt), cache), probes=probes,
+                     raise_if_not_fit=raise_if_not_fit, only=only)
 
 
 def plan_command(command: str, config, topology: Topology, *, config_name: str, model_path: str | None = None,
-                 probes: bool = True, raise_if_not_fit: bool = True) -> Plan:
-    """The plan of `dsmath <command>` with this config on `topology` (see the module docstring)."""
-    kw: dict[str, Any] = dict(config_name=config_name, probes=probes, raise_if_not_fit=raise_if_not_fit)
+                 probes: bool = True, raise_if_not_fit: bool = True, only: Collection[str] | None = None) -> Plan:
+    """The plan of `dsmath <command>` with this config on `topology` (see the module docstring); `only`: just
+    the executables of these names."""
+    kw: dict[str, Any] = dict(config_name=config_name, probes=probes, raise_if_not_fit=raise_if_not_fit, only=only)
     if command in ("pretrain", "sft"):
         return plan_train(config, topology, command=command, **kw)
     if command == "rl":

@@ -31,7 +31,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import jax
@@ -280,13 +280,17 @@ PROBE_OPTIONS = {"xla_tpu_enable_windowed_einsum_for_all_gather": "false",
                  "xla_tpu_enable_windowed_einsum_for_reduce_scatter": "false"}
 
 
-def _probe_costs(build: Callable[[int, bool], Build]) -> dict[str, tuple[CompiledInfo, ...]]:
-    """name -> (cost at 1 layer, cost at 2 layers) of every executable, built as probes (no loops)."""
+def _probe_costs(build: Callable[[int, bool], Build],
+                 only: Collection[str] | None = None) -> dict[str, tuple[CompiledInfo, ...]]:
+    """name -> (cost at 1 layer, cost at 2 layers) of every executable (or those named in `only`), built as
+    probes (no loops)."""
     out: dict[str, list[CompiledInfo]] = {}
     for layers in (1, 2):
         with unrolled_scans():
             probe = build(layers, True)
             for exe in probe.executables:
+                if only is not None and exe.name not in only:
+                    continue
                 info = compile_executable(exe.fn, exe.args, dump=False, options=PROBE_OPTIONS)
                 if info.loops:
                     log.warning("probe %s (%d layer(s)) still has %d loop(s): its FLOPs may be undercounted",
@@ -303,13 +307,20 @@ def _extrapolate(a: float | None, b: float | None, layers: int) -> float | None:
 
 def make_plan(*, command: str, config_name: str, topology: Topology, mesh, model: dict[str, Any],
               build: Callable[[int | None, bool], Build], num_layers: int, dims: dict[str, int],
-              probes: bool = True, raise_if_not_fit: bool = True) -> Plan:
+              probes: bool = True, raise_if_not_fit: bool = True, only: Collection[str] | None = None) -> Plan:
     """Compiles `build(None, False)` (the run as configured) for `topology` and, with `probes`, the
     1- and 2-layer probes `build(n, True)`; returns the Plan (raises PlanError naming buffers and knobs
-    when it does not fit and `raise_if_not_fit`)."""
+    when it does not fit and `raise_if_not_fit`). `only`: plan just the executables of these names (the
+    plan's peak and fit are then theirs)."""
     t0 = time.perf_counter()
     full = build(None, False)
-    costs = _probe_costs(build) if probes else {}
+    if only is not None:
+        unknown = set(only) - {e.name for e in full.executables}
+        if unknown:
+            raise ValueError(f"no executable named {sorted(unknown)} in this plan; it has "
+                             f"{[e.name for e in full.executables]}")
+        full.executables = [e for e in full.executables if e.name in only]
+    costs = _probe_costs(build, only) if probes else {}
     chip = topology.chip
     plans = []
     for exe in full.executables:

@@ -44,14 +44,14 @@ from etils import epath
 from dsmath_jax.config.rl import OLD_LOGPROBS, REWARDS
 from dsmath_jax.data.tasks import load_problems
 from dsmath_jax.evals.grader import Grader
-from dsmath_jax.generate.sampler import Sampler
+from dsmath_jax.generate.engine import make_sampler
 from dsmath_jax.model import CausalLM, ModelConfig, get_preset
 from dsmath_jax.parallel import global_batch
 from dsmath_jax.parallel.mesh import get_params, param_shardings
 from dsmath_jax.rl import losses
 from dsmath_jax.rl.grpo import check_response_logprobs, logprob_gap, make_reference_forward, truncated_is_weights
 from dsmath_jax.rl.iterative import RewardModelUpdates
-from dsmath_jax.rl.methods import BatchSettings, LossSettings, get_method
+from dsmath_jax.rl.methods import BatchSettings, LossSettings, fit_length, get_method
 from dsmath_jax.rl.ppo import Critic
 from dsmath_jax.rl.reward_model import RewardModel
 from dsmath_jax.rl.roles import Role
@@ -160,8 +160,13 @@ class RLRun:
         train_prompts = [ids for ids in prompts if ids is not None]
         if not train_prompts:
             raise ValueError("no training problem has a prompt within data.max_prompt_tokens")
-        self.test_prompts = [p if p is not None else [] for p in encode_prompts(
-            self.tokenizer, self.test_problems, data.template, data.max_prompt_tokens)[0]]
+        test_prompts, dropped = encode_prompts(self.tokenizer, self.test_problems, data.template,
+                                               data.max_prompt_tokens)
+        if dropped:
+            log.warning("%d held-out problems have prompts longer than data.max_prompt_tokens=%d: left out of the "
+                        "evaluation", dropped, data.max_prompt_tokens)
+        self.test_problems = [p for p, ids in zip(self.test_problems, test_prompts) if ids is not None]
+        self.test_prompts = [ids for ids in test_prompts if ids is not None]
         longest = max(len(p) for p in train_prompts)
         self.max_new = c.rollout.max_new_tokens
         self.seq_len = c.train.seq_len or -(-(longest + self.max_new - 1) // 16) * 16
@@ -170,7 +175,8 @@ class RLRun:
 
         self.build(model)
         self.batch_settings = BatchSettings(seq_len=self.seq_len, pad_id=self.sampler.pad_id, group_size=self.G,
-                                            scale_advantages=c.loss.scale_advantages)
+                                            scale_advantages=c.loss.scale_advantages,
+                                            length_buckets=c.train.length_buckets)
         self.state = self.fns.init_state(get_params(model))
         if self.critic is not None:
             self.critic.init(model, c.seed)
@@ -245,8 +251,11 @@ class RLRun:
             lambda x: (x.astype(dt) if jnp.issubdtype(x.dtype, jnp.floating) else x) * 1, p),
             out_shardings=self.params_sharding)
         rc = c.rollout
-        self.sampler = Sampler(model, self.tokenizer, batch_size=rc.sampler_batch_size, chunk_size=rc.chunk_size,
-                               mesh=self.mesh, rules=self.rules, tensor_parallel=rc.get("tensor_parallel"))
+        # Slots of the longest prompt kept + the longer of the rollout's and the evaluation's budgets.
+        max_len = c.data.max_prompt_tokens + max(rc.max_new_tokens, c.eval.max_new_tokens or rc.max_new_tokens)
+        self.sampler = make_sampler(rc.batching, model, self.tokenizer, rows=rc.sampler_batch_size, max_len=max_len,
+                                    chunk_size=rc.chunk_size, mesh=self.mesh, rules=self.rules,
+                                    tensor_parallel=rc.get("tensor_parallel"))
         self.sampler.release_params()  # the sampler gets the policy's weights before each rollout
 
     def _to_host(self, params):
@@ -292,7 +301,8 @@ class RLRun:
         sampled = self.method.source != "gold"
         if sampled:
             record.update(ro.metrics(time.perf_counter() - t0))
-        batch = self.method.build_batch(ro, self.batch_settings)
+        batch = fit_length(self.method.build_batch(ro, self.batch_settings), self.batch_settings)
+        record["train_seq_len"] = float(batch["inputs"].shape[1])
         describe = self._row_name(ro)
         if sampled:
             check_response_logprobs("old-policy (sampler)", batch["old_logp"], batch["weights"], describe)

@@ -90,6 +90,31 @@ class BatchSettings:
     pad_id: int
     group_size: int
     scale_advantages: bool = True
+    length_buckets: int = 1
+
+
+def bucket_length(used: int, seq_len: int, buckets: int) -> int:
+    """The shortest of `buckets` row lengths (seq_len * k / buckets for k = 1..buckets, rounded up to a multiple
+    of 16, at most seq_len) that holds `used` tokens."""
+    for k in range(1, buckets + 1):
+        share = -(-seq_len * k // buckets)  # ceil(seq_len * k / buckets)
+        length = min(seq_len, -(-share // 16) * 16)
+        if length >= used:
+            return length
+    return seq_len
+
+
+def fit_length(batch: dict[str, np.ndarray], s: BatchSettings) -> dict[str, np.ndarray]:
+    """The batch with its [rows, seq_len] arrays cut to the shortest bucket length (`bucket_length`) holding its
+    longest row: the padding every row carries past the longest one is not trained on, nor run through the
+    reference forward. Right-padded causal rows: the kept positions see what they saw before. One train step
+    (and reference forward) is compiled per bucket length used."""
+    if s.length_buckets <= 1:
+        return batch
+    used = np.flatnonzero(batch["segment_ids"].any(axis=0))
+    length = bucket_length(int(used[-1]) + 1 if len(used) else 1, s.seq_len, s.length_buckets)
+    return {k: v[:, :length] if v.ndim >= 2 and v.shape[1] == s.seq_len and k != "truncated" else v
+            for k, v in batch.items()}
 
 
 def _rows(ro: Rollout, s: BatchSettings) -> dict[str, np.ndarray]:
@@ -201,4 +226,5 @@ def get_method(name: str) -> Method:
 
 
 __all__ = ["SOURCES", "Method", "METHOD_REGISTRY", "get_method", "LossSettings", "BatchSettings", "rft_loss_fn",
-           "sft_loss_fn", "dpo_loss_fn", "sft_batch", "rft_batch", "grpo_batch", "dpo_batch"]
+           "sft_loss_fn", "dpo_loss_fn", "sft_batch", "rft_batch", "grpo_batch", "dpo_batch",
+           "bucket_length", "fit_length"]

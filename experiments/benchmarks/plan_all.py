@@ -21,6 +21,7 @@ config whose docstring names none is planned on `--default_topology`.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import pathlib
@@ -135,7 +136,17 @@ def markdown(rows: list[dict]) -> str:
         lines.append(f"| `{r['config']}` | {r['topology']} ({r['chips']}) | {mesh} | {r['peak_gib']:.2f} of "
                      f"{r['hbm_gib']:.2f} ({r['peak_at']}){fits} | {100 * r['headroom']:.1f}% | {step} | {mfu} | "
                      f"{flops} | {r['step']} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + engine_sections()
+
+
+def engine_sections() -> str:
+    """The "Rollout engine" sections of `experiments/tools/engine_slots.py`, one per stored result."""
+    spec = importlib.util.spec_from_file_location("engine_slots", REPO / "experiments" / "tools" / "engine_slots.py")
+    assert spec is not None and spec.loader is not None
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return "".join("\n" + tool.markdown(json.loads(p.read_text()), str(p.relative_to(REPO)))
+                   for p in sorted(RESULTS.glob("engine_slots_*.json")))
 
 
 def update_readme(rows: list[dict], readme: pathlib.Path) -> bool:

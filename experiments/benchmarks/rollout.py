@@ -2,6 +2,8 @@
 
   python experiments/benchmarks/rollout.py                      # CPU: ~5M Llama, 8 questions x G 16
   python experiments/benchmarks/rollout.py --torch              # + transformers `generate` on the same weights
+  python experiments/benchmarks/rollout.py --shared-prefix 512 --group 1 --questions 64 --max-new 64
+                                                                # few-shot evaluation: prefix caching on / off
   python experiments/benchmarks/rollout.py --preset deepseek_1_3b --dtype bfloat16 --questions 16 --group 64 \\
       --batch 256 --max-new 1024 --mean-len 300                 # GPU
 
@@ -17,6 +19,8 @@ warm-up call each (which compiles); the report gives medians over rounds. With -
 `generate` (static batches of --batch rows, sampling, the stop ids as eos, OMP_WAIT_POLICY=PASSIVE; one arm
 per --hf-cache: dynamic and static KV cache) joins the rotation on the same weights exported with `save_hf`;
 its samples differ (its own RNG), so its useful tokens are counted from its own completions.
+With --shared-prefix N every prompt starts with the same N tokens (a few-shot evaluation's exemplars) and the
+engine also runs with prefix caching off (`engine_no_prefix_cache`).
 """
 
 from __future__ import annotations
@@ -118,12 +122,15 @@ def main():
     parser.add_argument("--torch", action="store_true", help="add transformers generate as an arm")
     parser.add_argument("--hf-cache", nargs="+", choices=("dynamic", "static"), default=["dynamic", "static"],
                         help="transformers KV cache(s), one arm each")
+    parser.add_argument("--shared-prefix", type=int, default=0,
+                        help="tokens every prompt starts with (adds the engine without prefix caching as an arm)")
     parser.add_argument("--output", default=None)
     args = parser.parse_args()
 
     cfg = (get_preset(args.preset) if args.preset else MODEL_5M).replace(dtype=args.dtype)
     rng = np.random.default_rng(0)
-    prompts = [rng.integers(1, cfg.vocab_size, int(rng.integers(args.prompt // 2, args.prompt + 1))).tolist()
+    prefix = rng.integers(1, cfg.vocab_size, args.shared_prefix).tolist()
+    prompts = [prefix + rng.integers(1, cfg.vocab_size, int(rng.integers(args.prompt // 2, args.prompt + 1))).tolist()
                for _ in range(args.questions)]
     stops = tuple(int(t) for t in rng.choice(np.arange(1, cfg.vocab_size), max(1, round(cfg.vocab_size /
                                                                                           args.mean_len)),
@@ -131,7 +138,7 @@ def main():
     model = CausalLM(cfg, rngs=nnx.Rngs(0))
     params = SamplingParams(max_new_tokens=args.max_new, temperature=1.0, n=args.group, stop_token_ids=stops,
                             seed=0, row_keys=True)
-    max_len = _bucket(args.prompt) + args.max_new
+    max_len = _bucket(args.shared_prefix + args.prompt) + args.max_new
     sampler = Sampler(model, _IdTokenizer(), batch_size=args.batch, chunk_size=args.static_chunk)
     engine = Engine(model, _IdTokenizer(), slots=args.batch, max_len=max_len, chunk_size=args.chunk)
     kv_static, kv_engine = args.batch * max_len, engine.slots * engine.max_len  # cache tokens held at once
@@ -144,6 +151,10 @@ def main():
         return run
 
     arms = {"static": run_ours(sampler.generate), "engine": run_ours(engine.generate)}
+    if args.shared_prefix:
+        plain = Engine(model, _IdTokenizer(), slots=args.batch, max_len=max_len, chunk_size=args.chunk,
+                       prefix_caching=False)
+        arms["engine_no_prefix_cache"] = run_ours(plain.generate)
     if args.torch:
         for cache in args.hf_cache:
             arms[f"transformers_{cache}"] = _hf_arm(model, prompts, args, stops, cache)
@@ -173,6 +184,7 @@ def main():
     result = {
         "device": jax.devices()[0].device_kind, "cpu_threads": os.cpu_count(), "parameters": cfg.num_params(),
         "dtype": args.dtype, "questions": args.questions, "group": args.group, "prompt_max": args.prompt,
+        "shared_prefix": args.shared_prefix,
         "max_new": args.max_new, "mean_len_target": args.mean_len, "stop_ids": len(stops),
         "static_batch": args.batch, "engine_slots": engine.slots, "cache_tokens_static": kv_static,
         "cache_tokens_engine": kv_engine, "engine_chunk": args.chunk,
@@ -190,11 +202,16 @@ def main():
                                "engine": round(1000 * useful / median["engine"] / stats["decode_steps"], 2)},
         "engine_mean_attention_window": round(stats["attended_entries"] / max(1, stats["slot_steps"]), 1),
         "engine_decode_chunks": stats["decode_chunks"], "engine_prefill_calls": stats["prefill_calls"],
+        "engine_prefill_tokens": stats["prefill_tokens"],
         "useful_tokens_per_s_median": {name: round(v, 1) for name, v in median.items()},
         "useful_tokens_per_s_rounds": {name: [round(x, 1) for x in v] for name, v in rates.items()},
         "engine_vs_static_median": round(median["engine"] / median["static"], 2),
         "engine_vs_static_per_round": [round(e / s, 2) for e, s in zip(rates["engine"], rates["static"])],
     }
+    if args.shared_prefix:
+        result["engine_vs_no_prefix_cache_per_round"] = [
+            round(e / s, 2) for e, s in zip(rates["engine"], rates["engine_no_prefix_cache"])]
+        result["engine_vs_no_prefix_cache_median"] = round(median["engine"] / median["engine_no_prefix_cache"], 2)
     if args.torch:
         best = max((name for name in median if name.startswith("transformers")), key=median.__getitem__)
         result["engine_vs_best_transformers_median"] = round(median["engine"] / median[best], 2)
