@@ -7,8 +7,9 @@ reward model trained on the base model; here the default reward is the rule rewa
 the evaluation harness), with `reward.kind="orm"` and `--config.reward.rm_dir=` for a trained outcome
 reward model (configs/rm/orm.py). The paper reports GSM8K 88.2% and MATH 51.7% (greedy, zero-shot CoT).
 
-Launch (TPU v5p-128, 64 chips; about 3 days for one epoch of 144K questions: 9,000 steps, each predicted at 28.6 s
-by the compile-only plan, a roofline estimate, two thirds of it decoding):
+Launch (TPU v5p-128, 64 chips; about 2 days for one epoch of 144K questions: 9,000 steps, each predicted at 18.4 s
+by the compile-only plan, a roofline estimate, about half of it decoding with the rollout engine if every output
+ran to its 1,024-token budget):
   dsmath rl --config=configs/rl/grpo_outcome.py --workdir=gs://BUCKET/runs/grpo_outcome \
     --config.init.run_dir=gs://BUCKET/runs/dsm_instruct_7b --config.data.benchmarks_dir=gs://BUCKET/benchmarks
 

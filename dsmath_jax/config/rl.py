@@ -136,8 +136,9 @@ def paper_grpo(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.data.problems = dict(kind="gsm8k")
     c.data.template = COT_TEMPLATE
     c.data.max_prompt_tokens = 512  # question + instruction; longer ones are left out (counted, logged)
-    # All 1,024 rollouts decode at once on the sampler's bf16 copy of the weights, split 8 ways (tensor
-    # parallelism) and replicated over 8 groups of chips, each decoding its 128 rows.
+    # All 1,024 rollouts decode at once in the engine's 1,024 slots, on its bf16 copy of the weights split 8
+    # ways (tensor parallelism) and replicated over 8 groups of chips, each decoding its 128 slots (up to 8,336
+    # slots fit a v5p-128: experiments/tools/engine_slots.py).
     c.rollout.update(group_size=64, questions_per_step=16, max_new_tokens=1024, temperature=1.0,
                      sampler_batch_size=1024, tensor_parallel=8)
     c.loss.update(beta=0.04, kl_estimator="k3", aggregation="sequence_mean", clip_eps=0.2)
