@@ -2,7 +2,7 @@ r"""How many rollout-engine slots fit a chip: the KV cache and the decode loop p
 
   python experiments/tools/engine_slots.py                       # the paper's GRPO at 7B on v5p-128
   python experiments/tools/engine_slots.py --config configs/rl/paradigm.py:grpo_outcome --topology v5p-32
-  python experiments/tools/engine_slots.py --set rollout.max_new_tokens=2048 --out /tmp/slots.json
+  python experiments/tools/engine_slots.py --set rollout.max_new_tokens=2048 --out runs/engine_slots.json
 
 The rollout engine (`dsmath_jax.generate.engine.Engine`, `rollout.batching="continuous"`) decodes
 `rollout.sampler_batch_size` slots of `max_len` tokens (the longest prompt kept + the longer of the rollout's
