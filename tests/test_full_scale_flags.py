@@ -376,9 +376,9 @@ KNOWN_BUGS: dict[str, str] = {}
 SLOW_RUNS = frozenset({"rm_orm", "rm_prm_soft", "rl_grpo_process", "rl_iterative_orm", "rl_iterative_prm",
                        "rl_paradigm_grpo_process", "rl_paradigm_rft", "rl_paradigm_online_rft", "eval_instruct_cot",
                        "eval_maj_pass",
-                       # CI time: GRPO's outcome path runs in CI at the 7B flags (rl_grpo_outcome); the paradigm
-                       # group's sft, dpo and ppo arms keep the 1.3B flags in CI.
-                       "rl_paradigm_grpo_outcome"})
+                       # CI time: GRPO's outcome path runs in CI at the 7B flags (rl_grpo_outcome); of the
+                       # paradigm group, the PPO arm (policy, critic and reference at the 1.3B flags) runs in CI.
+                       "rl_paradigm_grpo_outcome", "rl_paradigm_sft", "rl_paradigm_dpo"})
 
 
 def _session_root(tmp_path_factory) -> pathlib.Path:

@@ -129,8 +129,8 @@ def rl_run(arithmetic_sft_run, tmp_path_factory) -> pathlib.Path:
     c = load_config("configs/rl/grpo_outcome.py:tiny")
     c.init.run_dir = arithmetic_sft_run
     c.train.update(steps_per_iteration=4, log_every=1, checkpoint_every=4, tensorboard=False, async_checkpoint=False)
-    c.rollout.update(questions_per_step=4, max_new_tokens=48)
-    c.eval.update(every=2, samples=4, n_problems=32)
+    c.rollout.update(questions_per_step=4, max_new_tokens=32)
+    c.eval.update(every=2, samples=4, n_problems=16)
     workdir = tmp_path_factory.mktemp("rl") / "grpo"
     summary = run_rl(c, str(workdir))
     assert summary["status"] == "completed" and summary["step"] == 4
