@@ -6,8 +6,8 @@ the steps ending at or after it. The PRM comes from `dsmath rm --config=configs/
 (Math-Shepherd labels); pass its run directory as `--config.reward.rm_dir=`. Other settings as
 configs/rl/grpo_outcome.py (G 64, 16 questions, lr 1e-6, beta 0.04).
 
-Launch (TPU v5p-128; the PRM's scores add about 5% to a step of configs/rl/grpo_outcome.py: about 3 days for
-one epoch of 144K questions, 9,000 steps predicted at 30.1 s each by the compile-only plan):
+Launch (TPU v5p-128; the PRM's scores add about 8% to a step of configs/rl/grpo_outcome.py: about 2 days for
+one epoch of 144K questions, 9,000 steps predicted at 19.8 s each by the compile-only plan):
   dsmath rl --config=configs/rl/grpo_process.py --workdir=gs://BUCKET/runs/grpo_process \
     --config.init.run_dir=gs://BUCKET/runs/dsm_instruct_7b --config.reward.rm_dir=gs://BUCKET/runs/prm_7b
 
