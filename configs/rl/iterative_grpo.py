@@ -6,7 +6,7 @@ Full scale: the 7B instruct policy and a Math-Shepherd PRM trained from DeepSeek
 (`dsmath rm --config=configs/rm/prm_math_shepherd.py`); per iteration the settings of
 configs/rl/grpo_outcome.py. Figure 6 shows the first iteration helping most.
 
-Launch (TPU v5p-128; about 3 days for two iterations of 4,500 steps, each predicted at 30.3 s by the
+Launch (TPU v5p-128; about 2 days for two iterations of 4,500 steps, each predicted at 20.1 s by the
 compile-only plan):
   dsmath rl --config=configs/rl/iterative_grpo.py --workdir=gs://BUCKET/runs/iterative_grpo \
     --config.init.run_dir=gs://BUCKET/runs/dsm_instruct_7b --config.reward.rm_dir=gs://BUCKET/runs/prm_7b
