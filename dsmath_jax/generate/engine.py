@@ -524,8 +524,11 @@ class _Run:
             self.prefill_prefix(common_prefix_length(encoded))
 
     def prefill_prefix(self, length: int) -> None:
-        """Prefills the first `length` tokens that every prompt shares, once, if there are enough of them."""
+        """Prefills the first `length` tokens that every prompt shares, once, if there are enough of them: a
+        multiple of `min_prefix` of them, so that calls whose prompts share a few more or fewer words (an RL step's
+        questions after a common template) reuse one compiled prefill instead of compiling one per length."""
         engine = self.engine
+        length -= length % engine.min_prefix
         if length < engine.min_prefix:
             return
         bucket = _bucket(length)
