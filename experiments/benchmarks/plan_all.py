@@ -1,7 +1,7 @@
 r"""Compile-only plans of every full-scale config of the paper map, on the TPU slice its docstring names.
 
   python experiments/benchmarks/plan_all.py                       # every config (about an hour on 2 cores)
-  python experiments/benchmarks/plan_all.py --only rl/grpo_outcome.py pretrain/deepseekmath_base_7b.py
+  python experiments/benchmarks/plan_all.py --only rl/grpo_outcome.py rl/paradigm.py:ppo  # a file, a variant
   python experiments/benchmarks/plan_all.py --readme             # only rewrite the README column from the JSON
 
 Each config runs `dsmath <command> --config=configs/<file>[:arg] --compile_only --topology=<slice>` in a
@@ -201,7 +201,8 @@ def _cells(line: str) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", nargs="*", default=None, help="config files (e.g. rl/grpo_outcome.py) to plan")
+    parser.add_argument("--only", nargs="*", default=None,
+                        help="what to plan: a config file (rl/paradigm.py: every variant listed) or file:arg (one)")
     parser.add_argument("--plans", default=str(RESULTS / "plans"), help="where each config's plan.json goes")
     parser.add_argument("--force", action="store_true", help="plan again configs whose plan.json exists")
     parser.add_argument("--noprobes", action="store_true", help="memory only (no FLOPs or step time)")
@@ -214,7 +215,7 @@ def main() -> None:
     for path, arg in CONFIGS:
         topology = topology_of(path, args.default_topology)
         out = plans / f"{key(path, arg)}.json"
-        selected = args.only is None or path in args.only
+        selected = args.only is None or path in args.only or f"{path}:{arg}" in args.only
         if not args.readme and selected and (args.force or not out.exists()):
             plan = plan_one(path, arg, topology, out, probes=not args.noprobes)
             if "error" in plan:
