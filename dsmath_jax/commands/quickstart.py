@@ -53,16 +53,28 @@ def _define_flags(values: flags.FlagValues) -> None:
     flags.DEFINE_string("configs_dir", None, "a configs/ folder to read the stage configs from (default: the "
                         "configs the package carries)", **d)
     flags.DEFINE_bool("plots", True, "draw plots/*.png (needs matplotlib)", **d)
+    flags.DEFINE_bool("deterministic", True, "the same numbers on any CPU core count: single-threaded Eigen for "
+                      "XLA's CPU matrix products (--xla_cpu_multi_thread_eigen=false; --nodeterministic lets them "
+                      "use every core)", **d)
     flags.DEFINE_string("log_level", "INFO", "logging level", **d)
 
 
 def main(argv: list[str]) -> int:
     prog = "dsmath quickstart"
     from dsmath_jax.commands.common import parse_plain_flags
-    from dsmath_jax.quickstart import STAGES, Options, QuickstartError, parse_override, run_quickstart
+    from dsmath_jax.quickstart import (
+        STAGES,
+        Options,
+        QuickstartError,
+        make_cpu_math_deterministic,
+        parse_override,
+        run_quickstart,
+    )
     values = parse_plain_flags(argv, prog, _define_flags, doc=__doc__, module=__name__)
     if isinstance(values, int):
         return values
+    if values.deterministic:  # before JAX starts its backends (the stages start them)
+        make_cpu_math_deterministic()
     if values.log_level.upper() != "DEBUG":  # Beam's DirectRunner logs every bundle and shard at INFO
         logging.getLogger("apache_beam").setLevel(logging.WARNING)
     try:

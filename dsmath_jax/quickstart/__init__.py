@@ -14,6 +14,7 @@ r"""`dsmath quickstart`: the whole pipeline at tiny scale in one run directory, 
     grpo/       GRPO with outcome rewards (configs/rl/grpo_outcome.py:tiny) from the SFT policy; held-out
                 greedy accuracy, maj@k and pass@k before and after (`eval.samples` = k)
     results.json, plots/*.png, report.md     the numbers of every stage, figures, a Markdown report
+    run.json                                 the run directory, seconds and throughput per stage
 
 The stage configs are those experiment files' `tiny` variants as the package carries them
 (`stage_configs.py`), so an installed package needs no checkout; `configs_dir` (`--configs_dir`) reads the
@@ -28,17 +29,19 @@ per stage, over all invocations, are kept in quickstart_state.json.
 
 One module per job; every name is re-exported here (`from dsmath_jax import quickstart as Q`):
 
-    config          `Options`, loading the stage configs, `--set` overrides, step scaling, benchmark files
+    config          `Options`, loading the stage configs, `--set` overrides, step scaling, benchmark files,
+                    deterministic CPU math
     stage_configs   the four stage configs the package carries
     stages          each stage's config and run, and `run_quickstart` (running them in order, resumably)
     state           the run directory: which stage completed, quickstart_state.json
-    report          results.json, plots/*.png and report.md from what the stages left
+    report          results.json, run.json, plots/*.png and report.md from what the stages left
 """
 
 from __future__ import annotations
 
 from dsmath_jax.quickstart.config import (
     BENCHMARK_FILES,
+    DETERMINISTIC_XLA_FLAGS,
     STAGE_CONFIGS,
     STAGES,
     Options,
@@ -47,6 +50,7 @@ from dsmath_jax.quickstart.config import (
     check_benchmarks_dir,
     configs_dir,
     load_config,
+    make_cpu_math_deterministic,
     parse_override,
     resolve_benchmarks_dir,
     scale_train,
@@ -56,11 +60,13 @@ from dsmath_jax.quickstart.report import (
     PLOTS_DIR,
     REPORT_FILE,
     RESULTS_FILE,
+    RUN_FILE,
     STAGE_RESULTS,
     collect_results,
     command_line,
     make_plots,
     render_report,
+    split_results,
     tokenizer_coverage,
     write_outputs,
 )
@@ -96,12 +102,14 @@ __all__ = [
     "COMPLETED",
     "CORPUS_DATASET",
     "CRAWL_SIZE_KEYS",
+    "DETERMINISTIC_XLA_FLAGS",
     "MINING_DONE",
     "Options",
     "PLOTS_DIR",
     "QuickstartError",
     "REPORT_FILE",
     "RESULTS_FILE",
+    "RUN_FILE",
     "STAGES",
     "STAGE_CONFIGS",
     "STAGE_DEFAULTS",
@@ -117,6 +125,7 @@ __all__ = [
     "grpo_config",
     "grpo_stage",
     "load_config",
+    "make_cpu_math_deterministic",
     "make_plots",
     "mine_config",
     "mine_stage",
@@ -129,6 +138,7 @@ __all__ = [
     "run_quickstart",
     "scale_train",
     "scaled",
+    "split_results",
     "sft_config",
     "sft_stage",
     "stage_completed",

@@ -140,6 +140,35 @@ def scale_train(c: ml_collections.ConfigDict, scale: float, steps_key: str = "tr
         schedule.warmup_steps = min(schedule.warmup_steps, steps // 4)
 
 
+# ------------------------------------------------------------------------------------------- determinism
+
+# XLA's CPU matrix products run on Eigen, whose multi-threaded contraction splits a product's reduction by the
+# size of its thread pool (the machine's cores), so 2 and 16 cores sum in different orders and a run's numbers
+# drift apart in the last bits, then in sampled tokens. Single-threaded Eigen sums in one order on any core
+# count. (XLA's own loops split only outer dimensions, and everything else of the pipeline is seeded.)
+DETERMINISTIC_XLA_FLAGS = ("--xla_cpu_multi_thread_eigen=false",)
+
+
+def make_cpu_math_deterministic(environ: dict | None = None) -> bool:
+    """Adds `DETERMINISTIC_XLA_FLAGS` to XLA_FLAGS (of `environ`, default os.environ) unless it sets them
+    already; returns whether they are in effect: False when JAX's backends started before (XLA reads its flags
+    once), which is logged as a warning. `dsmath quickstart` calls it first thing (`--deterministic`)."""
+    import logging
+    import sys
+    env = os.environ if environ is None else environ
+    flags = env.get("XLA_FLAGS", "")
+    missing = [f for f in DETERMINISTIC_XLA_FLAGS if f.split("=")[0] not in flags]
+    if missing:
+        env["XLA_FLAGS"] = " ".join([flags, *missing]).strip()
+    bridge = sys.modules.get("jax._src.xla_bridge")
+    if missing and bridge is not None and bridge.backends_are_initialized():
+        logging.getLogger(__name__).warning(
+            "JAX started before %s was set: this process's CPU matrix products depend on its thread count",
+            " ".join(missing))
+        return False
+    return True
+
+
 # ------------------------------------------------------------------------------------------- benchmarks
 
 

@@ -1,6 +1,11 @@
 """The quickstart's results and report from what the stages left in the run directory: results.json (each
-stage's numbers, read from its own summary.json / stats.json / metrics.jsonl), plots/*.png (the notebooks'
-figures) and report.md."""
+stage's numbers, read from its own summary.json / stats.json / metrics.jsonl), run.json (where and how the run
+went: its directory, the seconds and invocations per stage, throughput), plots/*.png (the notebooks' figures)
+and report.md.
+
+results.json holds only what the run computed, so the same command on another machine, with another thread
+count or hash seed, writes the same file byte for byte (tests/test_quickstart.py checks two runs); what
+depends on the machine or the run's history is in run.json."""
 
 from __future__ import annotations
 
@@ -22,6 +27,10 @@ from dsmath_jax.train.rundir import write_atomic, write_json
 log = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.json"
+RUN_FILE = "run.json"
+# Keys of `collect_results` that describe the run rather than its results (-> run.json): top level, per stage.
+RUN_KEYS = ("workdir", "total_seconds")
+STAGE_RUN_KEYS = ("seconds", "invocations", "tokens_per_s")
 REPORT_FILE = "report.md"
 PLOTS_DIR = "plots"
 
@@ -39,8 +48,11 @@ def _mine_results(path: str) -> dict:
     out = {"stage0": {k: counts.get(k, 0) for k in ("pages_read", "url_duplicates", "near_duplicates", "pages_kept")},
            "iterations": [{k: r[k] for k in keys} for r in table]}
     if run.get("final"):
+        tfds_dir = run["final"].get("tfds_dir")
         out["corpus"] = {"iteration": run["final"]["iteration"], "pages": run["final"]["pages"],
-                         "tokens": run["final"]["tokens"], "tfds_dir": run["final"].get("tfds_dir")}
+                         "tokens": run["final"]["tokens"],  # the TFDS directory relative to the run directory
+                         "tfds_dir": os.path.relpath(tfds_dir, os.path.dirname(os.path.abspath(path)))
+                         if tfds_dir else None}
     return out
 
 
@@ -324,12 +336,25 @@ def render_report(results: Mapping[str, Any]) -> str:
               f"--config.init.run_dir={wd}/sft --config.eval.samples=8 --config.train.steps_per_iteration=100",
               f"python experiments/rl_paradigm_tiny.py --out {wd}/paradigm   # Figure 5 (rl_analysis reads it)",
               "```", "", f"Numbers: `{RESULTS_FILE}`; figures: `{PLOTS_DIR}/`; per-stage details: each stage's "
-              "`summary.json` (mining: `stats.json`) and `metrics.jsonl`.", ""]
+              "`summary.json` (mining: `stats.json`) and `metrics.jsonl`; the run's directory, times and throughput: "
+              f"`{RUN_FILE}`.", ""]
     return "\n".join(lines)
 
 
+def split_results(results: Mapping[str, Any]) -> tuple[dict, dict]:
+    """(results.json, run.json) of `collect_results`'s dict: the computed numbers, and the run's directory, time
+    and throughput (`RUN_KEYS`, `STAGE_RUN_KEYS`), which differ between machines and invocations."""
+    computed = {k: v for k, v in results.items() if k not in RUN_KEYS}
+    computed["stages"] = {name: {k: v for k, v in s.items() if k not in STAGE_RUN_KEYS}
+                          for name, s in results["stages"].items()}
+    run = {k: results[k] for k in RUN_KEYS if k in results}
+    run["stages"] = {name: {k: s[k] for k in STAGE_RUN_KEYS if k in s} for name, s in results["stages"].items()}
+    return computed, run
+
+
 def write_outputs(workdir: str, *, plots: bool = True) -> dict:
-    """Writes results.json, the plots and report.md from what the stages left in `workdir`."""
+    """Writes results.json, run.json, the plots and report.md from what the stages left in `workdir`; returns
+    `collect_results`'s dict (both files' content together)."""
     results = collect_results(workdir)
     if plots:
         try:
@@ -339,6 +364,8 @@ def write_outputs(workdir: str, *, plots: bool = True) -> dict:
             results["plots"] = []
     else:
         results["plots"] = []
-    write_json(os.path.join(workdir, RESULTS_FILE), results)
+    computed, run = split_results(results)
+    write_json(os.path.join(workdir, RESULTS_FILE), computed)
+    write_json(os.path.join(workdir, RUN_FILE), run)
     write_atomic(os.path.join(workdir, REPORT_FILE), render_report(results))
     return results
