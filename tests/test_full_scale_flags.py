@@ -96,7 +96,9 @@ FLAGS = {
         "optimizer", "train.iterations", "train.mu", "train.accum_steps", "train.keep_checkpoints",
         "train.async_checkpoint", "train.reference_on_host", "train.max_nonfinite_in_a_row", "train.tensorboard",
         "train.seq_len", "train.length_buckets", "train.stop_after_steps", "rm_update.enabled",
-        "rm_update.history_fraction", "rm_update.capacity", "rm_update.lr", "rm_update.samples_per_step", "ppo",
+        "rm_update.history_fraction", "rm_update.capacity", "rm_update.lr", "rm_update.samples_per_step",
+        "rm_update.replay_rm_data", "rm_update.prm_labels", "rm_update.label_mode", "rm_update.label_temperature",
+        "ppo",
         "eval.samples", "eval.temperature", "eval.at_start", "eval.max_new_tokens"),
     "rm": COMMON_FLAGS + (
         "kind", "init.step", "data.problems", "data.split", "data.template", "data.validation_fraction",

@@ -6,6 +6,12 @@ model's correct samples (offline), online RFT on the current policy's, DPO on (c
 the SFT model's samples, PPO with a critic and GAE (KL in the reward), GRPO with the group baseline (KL in
 the loss). Figure 5's findings: online RFT > RFT, GRPO > online RFT, process > outcome supervision.
 
+PPO's value model starts from the reward model, as in the paper's PPO (after Ouyang et al. 2022):
+`ppo.critic_init="auto"` does so whenever the run has one, i.e. with the reward model of Table 10's PPO row,
+`--config.reward.kind=orm --config.reward.rm_dir=gs://BUCKET/runs/orm_1_3b` (same tokenizer as the policy);
+with the rule reward (the arms' default, as grpo_outcome's, so the arms compare) it starts from the policy's
+trunk with a fresh head (`ppo.critic_init="policy"`).
+
 The argument picks the method: sft | rft | online_rft | dpo | ppo | grpo_outcome | grpo_process, plus
 `tiny` for the arithmetic task on CPU (the policy from configs/sft/arithmetic.py:tiny).
 
@@ -39,7 +45,7 @@ def get_config(arg=None):
     if arm in ("rft", "online_rft", "sft"):
         c.optimizer.schedule = dict(name="constant", peak=1e-6, warmup_steps=0)
     if arm == "ppo":
-        c.ppo.update(kl_coef=0.04, critic_lr=1e-6)
+        c.ppo.update(kl_coef=0.04, critic_lr=1e-6, critic_init="auto")  # the reward model when there is one
     if args["tiny"]:
         tiny_rl_overrides(c)
         if arm == "grpo_process":

@@ -15,8 +15,9 @@ data source + a reward + a gradient coefficient:
 
 Sections: seed, method, init (the policy to start from), model (compute overrides), data (problems and
 prompt template), rollout (G, questions per step, sampling), reward, loss, optimizer, train (iterations,
-steps, mu, micro-batches, logging, checkpoints), rm_update (iterative RL: continue training the reward
-model with replay after each iteration), ppo, eval (held-out greedy accuracy, maj@k / pass@k), mesh,
+steps, mu, micro-batches, logging, checkpoints), rm_update (iterative RL: label new samples, Math-Shepherd
+for a PRM, and continue training the reward model with replay after each iteration), ppo (incl. where the
+value model starts: critic_init), eval (held-out greedy accuracy, maj@k / pass@k), mesh,
 distributed.
 """
 
@@ -52,6 +53,9 @@ KL_ESTIMATORS = ("k1", "k2", "k3")
 AGGREGATIONS = ("sequence_mean", "token_mean", "sum_constant")
 RATIOS = ("token", "sequence")
 OLD_LOGPROBS = ("auto", "recompute", "sampler")  # rollout.old_logprobs (dsmath_jax.rl.loop)
+PRM_LABELS = ("math_shepherd", "step_check", "outcome")  # rm_update.prm_labels (dsmath_jax.rl.iterative)
+LABEL_MODES = ("hard", "soft")  # rm_update.label_mode: Math-Shepherd's estimates (dsmath_jax.rl.math_shepherd)
+CRITIC_INITS = ("auto", "reward_model", "policy")  # ppo.critic_init (dsmath_jax.rl.ppo.Critic)
 # Sub-trees whose keys differ from the base config's: the problem source (its kind's keys, checked by the task
 # loader) and the learning-rate schedule (its name's keys).
 FREE_FORM = ("data.problems", "optimizer.schedule")
@@ -112,11 +116,22 @@ def base_rl_config() -> ml_collections.ConfigDict:
         # step's longest row (rl.methods.fit_length); 1: always seq_len. One compiled train step per length used.
         length_buckets=4,
         stop_after_steps=placeholder(int)))  # stop (with a checkpoint) after this many steps of one invocation
+    # Iterative RL (PAPER.md §4, Algorithm 1; dsmath_jax.rl.iterative): after each iteration the reward model
+    # trains on labelled new samples plus a replay of history (history_fraction of the training set; the history
+    # starts as the RM's own training data, its run's labels.npz, with replay_rm_data). samples_per_step: samples
+    # labelled per step (0: all). A PRM's labels (PRM_LABELS): "math_shepherd" (label_n continuations of every
+    # step prefix by the sampling policy at label_temperature, at most label_max_new_tokens each (None: the
+    # rollout's max_new_tokens); label_mode hard | soft; at most max_prefixes_per_step prefixes a step, 0: no
+    # cap), "step_check" (the arithmetic task's exact step checker) or "outcome" (the answer on every step).
     c.rm_update = ml_collections.ConfigDict(dict(
         enabled=False, steps=100, batch_size=32, history_fraction=0.1, capacity=100000, lr=1e-6,
-        samples_per_step=0))  # 0: every sampled output of the iteration
+        samples_per_step=0, replay_rm_data=True, prm_labels="math_shepherd", label_n=8, label_mode="hard",
+        label_temperature=0.7, label_max_new_tokens=placeholder(int), max_prefixes_per_step=0))
+    # critic_init (CRITIC_INITS): PPO's value model starts from the reward model (trunk and head, as the paper's
+    # PPO, after Ouyang et al. 2022; needs reward.kind "orm" with reward.rm_dir) or from the policy's trunk with a
+    # fresh head; "auto": the reward model when the run has one, else the policy.
     c.ppo = ml_collections.ConfigDict(dict(kl_coef=0.04, gamma=1.0, lam=0.95, value_clip=0.2, critic_lr=1e-6,
-                                           whiten_advantages=True))
+                                           whiten_advantages=True, critic_init="auto"))
     c.eval = ml_collections.ConfigDict(dict(
         every=50, n_problems=256, max_new_tokens=placeholder(int), samples=0, temperature=0.7,
         batch_size=placeholder(int), at_start=True))
@@ -219,9 +234,19 @@ def validate(c: ml_collections.ConfigDict) -> None:
     counts(c, "train", positive=("iterations", "steps_per_iteration", "mu", "accum_steps", "log_every",
                                  "checkpoint_every", "keep_checkpoints", "max_nonfinite_in_a_row", "seq_len",
                                  "length_buckets", "stop_after_steps"))
-    counts(c, "rm_update", positive=("steps", "batch_size", "capacity"), non_negative=("samples_per_step",))
+    counts(c, "rm_update", positive=("steps", "batch_size", "capacity", "label_n", "label_max_new_tokens"),
+           non_negative=("samples_per_step", "max_prefixes_per_step"))
     in_range(c, "rm_update.history_fraction", 0.0, 1.0)
     above(c, "rm_update.lr", 0.0)
+    one_of(c, "rm_update.prm_labels", PRM_LABELS)
+    one_of(c, "rm_update.label_mode", LABEL_MODES)
+    at_least(c, "rm_update.label_temperature", 0.0)
+    one_of(c, "ppo.critic_init", CRITIC_INITS)
+    if c.method == "ppo" and c.ppo.critic_init == "reward_model" and (c.reward.kind != "orm" or not c.reward.rm_dir):
+        raise ConfigError(f"ppo.critic_init='reward_model' starts PPO's value model from the reward model (PAPER.md "
+                          f"§5, the paper's PPO), but this run has none: reward.kind={c.reward.kind!r}, "
+                          f"reward.rm_dir={c.reward.rm_dir!r} (needs 'orm' and a `dsmath rm` run directory); set "
+                          "ppo.critic_init='policy' (or 'auto') to start it from the policy")
     at_least(c, "ppo.kl_coef", 0.0)
     in_range(c, "ppo.gamma", 0.0, 1.0)
     in_range(c, "ppo.lam", 0.0, 1.0)
@@ -233,5 +258,6 @@ def validate(c: ml_collections.ConfigDict) -> None:
     check_distributed(c)
 
 
-__all__ = ["AGGREGATIONS", "KL_ESTIMATORS", "METHODS", "OLD_LOGPROBS", "RATIOS", "REWARDS", "base_rl_config",
+__all__ = ["AGGREGATIONS", "CRITIC_INITS", "KL_ESTIMATORS", "LABEL_MODES", "METHODS", "OLD_LOGPROBS", "PRM_LABELS",
+           "RATIOS", "REWARDS", "base_rl_config",
            "paper_grpo", "tiny_rl_overrides", "validate"]

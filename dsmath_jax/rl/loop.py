@@ -2,12 +2,14 @@
 
   policy <- init
   for iteration = 1..I:
-      reference <- policy                                        (frozen; optionally on host memory)
+      reference <- policy                                        (frozen; optionally on host memory; at the
+                                                                  first step of every iteration)
       for step = 1..M:
           rollout <- the method's data source: sample G outputs for each of the step's questions with the
                      old policy and score them (`rollout.Roller`), or the gold responses (SFT)
           batch   <- the method's batch builder (`methods.METHOD_REGISTRY`), + reference log-probs
-          roles before the update (PPO's critic: values, GAE)
+          roles before the update (PPO's critic: values, GAE; iterative RL: label the samples for the
+                                    reward model, Math-Shepherd for a PRM, with the sampling policy)
           mu updates of the policy on the method's loss (micro-batched), each followed by the roles' own
       roles at the end of the iteration (iterative RL: the reward model continues training, with replay)
 
@@ -40,19 +42,21 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from etils import epath
+from flax import nnx
 
-from dsmath_jax.config.rl import OLD_LOGPROBS, REWARDS
+from dsmath_jax.config.rl import CRITIC_INITS, OLD_LOGPROBS, REWARDS
 from dsmath_jax.data.tasks import load_problems
 from dsmath_jax.evals.grader import Grader
 from dsmath_jax.generate.engine import make_sampler
+from dsmath_jax.generate.sampler import SamplingParams
 from dsmath_jax.model import CausalLM, ModelConfig, get_preset
 from dsmath_jax.parallel import global_batch
 from dsmath_jax.parallel.mesh import get_params, param_shardings
 from dsmath_jax.rl import losses
 from dsmath_jax.rl.grpo import check_response_logprobs, logprob_gap, make_reference_forward, truncated_is_weights
-from dsmath_jax.rl.iterative import RewardModelUpdates
+from dsmath_jax.rl.iterative import LabelSettings, RewardModelUpdates, rm_training_examples
 from dsmath_jax.rl.methods import BatchSettings, LossSettings, fit_length, get_method
-from dsmath_jax.rl.ppo import Critic
+from dsmath_jax.rl.ppo import Critic, check_critic_reward_model
 from dsmath_jax.rl.reward_model import RewardModel
 from dsmath_jax.rl.roles import Role
 from dsmath_jax.rl.rollout import (
@@ -124,6 +128,7 @@ class RLRun:
         self.roles: list[Role] = []
         self.critic: Critic | None = None
         self.reward_model: RewardModel | None = None
+        self.critic_from_rm = False  # PPO's value model starts from the reward model (ppo.critic_init)
 
     # -------------------------------------------------------------------------------------- set-up
     def require_paths(self) -> None:
@@ -135,6 +140,8 @@ class RLRun:
                              "directory or a Hugging Face directory)")
         if c.reward.kind in ("orm", "prm") and not c.reward.rm_dir:
             raise ValueError(f"reward.kind={c.reward.kind!r} needs reward.rm_dir (a `dsmath rm` run directory)")
+        if self.method.critic:
+            self.critic_init()  # a value model from the reward model needs one
 
     def _setup(self, grader: Grader) -> None:
         c = self.config
@@ -173,26 +180,30 @@ class RLRun:
         if self.method.source == "gold":
             self.gold_ids = [self.tokenizer.encode(" " + _response(p), add_eos=True) for p in train_problems]
 
+        if c.reward.kind in ("orm", "prm"):
+            self.reward_model = self._load_reward_model()
+        self.critic_from_rm = self.method.critic and self.critic_init() == "reward_model"
+        if self.critic_from_rm:
+            assert self.reward_model is not None
+            check_critic_reward_model(self.reward_model.config, model.config, rm_source=c.reward.rm_dir,
+                                      policy_source=c.init.run_dir, rm_tokenizer=self.reward_model.tokenizer,
+                                      policy_tokenizer=self.tokenizer, seq_len=self.seq_len)
         self.build(model)
         self.batch_settings = BatchSettings(seq_len=self.seq_len, pad_id=self.sampler.pad_id, group_size=self.G,
                                             scale_advantages=c.loss.scale_advantages,
                                             length_buckets=c.train.length_buckets)
         self.state = self.fns.init_state(get_params(model))
-        if self.critic is not None:
-            self.critic.init(model, c.seed)
+        if self.critic is not None:  # PPO's value model: from the reward model (the paper's) or the policy
+            rm = self.reward_model if self.critic_from_rm else None
+            self.critic.init(model, c.seed, None if rm is None else nnx.merge(rm.graphdef, rm.params))
         self.initial_params = self.frozen(self.state.params) if self.method.source == "initial" else None
         self.ref_params = None
         step_reward: StepRewardFn | None = step_rule_rewards if c.reward.kind == "step_rule" else None
-        if c.reward.kind in ("orm", "prm"):
-            self.reward_model = self._load_reward_model()
+        if self.reward_model is not None:
             if c.reward.kind == "prm":
                 step_reward = prm_rewards(self.reward_model)
             if c.rm_update.enabled:
-                u = c.rm_update
-                self.roles.append(RewardModelUpdates(
-                    self.reward_model, self.tokenizer, lr=u.lr, steps=u.steps, batch_size=u.batch_size,
-                    capacity=u.capacity, history_fraction=u.history_fraction, samples_per_step=u.samples_per_step,
-                    seed=c.seed))
+                self.roles.append(self._reward_model_updates(grader, train_problems))
         rc = c.rollout
         settings = RolloutSettings(
             group_size=self.G, questions=self.Q, max_new_tokens=self.max_new, seq_len=self.seq_len,
@@ -226,9 +237,12 @@ class RLRun:
         self.critic = None
         if self.method.critic:
             p = c.ppo
+            # From the reward model, the value model has its architecture (a compile-only plan, which reads no
+            # reward model, assumes the policy's).
+            value_config = self.reward_model.config if self.critic_from_rm and self.reward_model else None
             self.critic = Critic(model, self.mesh, self.rules, lr=p.critic_lr, clip_norm=opt.get("clip_norm", 1.0),
                                  value_clip=p.value_clip, accum_steps=accum, kl_coef=p.kl_coef, gamma=p.gamma,
-                                 lam=p.lam, whiten=p.whiten_advantages)
+                                 lam=p.lam, whiten=p.whiten_advantages, config=value_config)
         self.roles = [self.critic] if self.critic is not None else []
         self.params_sharding = param_shardings(model, self.mesh, self.rules)
         self.needs_ref = self.method.uses_reference(self.loss_config)
@@ -273,6 +287,46 @@ class RLRun:
             if not epath.Path(dst).exists():
                 copy_atomic(os.path.join(self.config.init.run_dir, name), dst)
 
+    def critic_init(self) -> str:
+        """Where PPO's value model starts (`ppo.critic_init`, "auto" resolved): "reward_model" or "policy"."""
+        c = self.config
+        choice = c.ppo.get("critic_init", "auto")
+        if choice not in CRITIC_INITS:
+            raise ValueError(f"config.ppo.critic_init {choice!r} is not one of {CRITIC_INITS}")
+        has_rm = c.reward.kind in ("orm", "prm") and bool(c.reward.rm_dir)
+        if choice == "reward_model" and not has_rm:
+            raise ValueError(f"ppo.critic_init='reward_model' starts PPO's value model from the reward model, but this "
+                             f"run has none (reward.kind={c.reward.kind!r}, reward.rm_dir={c.reward.rm_dir!r}); set "
+                             "ppo.critic_init='policy'")
+        return "reward_model" if choice == "reward_model" or (choice == "auto" and has_rm) else "policy"
+
+    def _reward_model_updates(self, grader: Grader, train_problems: list) -> RewardModelUpdates:
+        """Iterative RL's reward-model role (`rm_update`): labels by the rollout's sampler and grader, the
+        replay seeded with the reward model's own training data (`rm_update.replay_rm_data`)."""
+        c, u = self.config, self.config.rm_update
+        assert self.reward_model is not None
+        rc = c.rollout
+        labels = LabelSettings(
+            prm_labels=u.prm_labels, n=u.label_n, mode=u.label_mode,
+            sampling=SamplingParams(max_new_tokens=u.label_max_new_tokens or rc.max_new_tokens,
+                                    temperature=u.label_temperature, top_p=rc.top_p, top_k=rc.top_k,
+                                    stop_strings=tuple(rc.stop_strings)),
+            samples_per_step=u.samples_per_step, max_prefixes_per_step=u.max_prefixes_per_step)
+        if self.reward_model.kind == "prm" and u.prm_labels == "step_check":
+            missing = [p.id for p in train_problems if p.intermediates is None]
+            if missing:
+                raise ValueError(f"rm_update.prm_labels='step_check' needs problems with step results (the arithmetic "
+                                 f"task's exact step checker); {len(missing)} training problems have none (e.g. "
+                                 f"{missing[0]!r}): use 'math_shepherd'")
+        history = rm_training_examples(c.reward.rm_dir, self.reward_model.kind) if u.replay_rm_data else []
+        log.info("iterative RL: the reward model's replay starts with %d examples of its own training data",
+                 len(history))
+        return RewardModelUpdates(
+            self.reward_model, self.tokenizer, lr=u.lr, steps=u.steps, batch_size=u.batch_size, capacity=u.capacity,
+            history_fraction=u.history_fraction, labels=labels, sampler=self.sampler, grader=grader,
+            policy_params=self._sampling_params, history=history, steps_per_iteration=self.M, mu=self.mu,
+            seed=c.seed)
+
     def _load_reward_model(self) -> RewardModel:
         c = self.config
         reward_model = RewardModel.load(c.reward.rm_dir, self.mesh, self.rules)
@@ -290,8 +344,11 @@ class RLRun:
         or the current policy."""
         if self.method.source == "gold":
             return self.roller.gold(position, self.rows, self.gold_ids)
-        params = self.initial_params if self.method.source == "initial" else self.state.params
-        return self.roller.sample(params, step, position)
+        return self.roller.sample(self._sampling_params(), step, position)
+
+    def _sampling_params(self) -> Any:
+        """The weights the method samples with: the initial policy (RFT, offline DPO) or the current one."""
+        return self.initial_params if self.method.source == "initial" else self.state.params
 
     def step(self, step: int, position: int) -> tuple[dict, int]:
         """RL step number `step` (1-based): data, rewards, the method's batch, roles and mu updates."""

@@ -44,6 +44,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
+from dsmath_jax.model import ModelConfig
 from dsmath_jax.model.transformer import CausalLM, ScalarHeadModel
 from dsmath_jax.parallel.mesh import DEFAULT_RULES, ModuleT, Rules, get_params, param_shardings, set_params
 from dsmath_jax.rl.advantages import gae, outcome_token_rewards
@@ -55,9 +56,9 @@ from dsmath_jax.train.step import LossFn, StepFns, TrainState, adamw, make_forwa
 
 Batch = Mapping[str, jax.Array]
 
-__all__ = ["critic_from_policy", "critic_from_reward_model", "values_for_batch", "ppo_token_rewards",
-           "ppo_advantages", "ppo_batch", "critic_loss_fn", "ppo_policy_loss_fn", "PPOStepFns", "make_ppo_steps",
-           "Critic"]
+__all__ = ["critic_from_policy", "critic_from_reward_model", "check_critic_reward_model", "values_for_batch",
+           "ppo_token_rewards", "ppo_advantages", "ppo_batch", "critic_loss_fn", "ppo_policy_loss_fn", "PPOStepFns",
+           "make_ppo_steps", "Critic"]
 
 
 # ------------------------------------------------------------------------------------------ the critic
@@ -77,7 +78,8 @@ def critic_from_policy(policy: CausalLM, mesh: Mesh, rules: Rules = DEFAULT_RULE
     Ouyang et al. 2022, who initialise the value function from the reward model; that needs a trained reward
     model of the policy's size, which the small reproductions here do not always have, so the default copies
     the policy's trunk (the other common choice: the critic then starts from features that already read the
-    policy's own samples). To follow the paper, pass the reward model to :func:`critic_from_reward_model`.
+    policy's own samples). To follow the paper, pass the reward model to :func:`critic_from_reward_model`
+    (the RL loop's ``ppo.critic_init="reward_model"``, the default "auto" when the run has a reward model).
     Either way the critic is a second trained model of the policy's size, with its own optimizer state.
     """
     if not isinstance(policy, CausalLM):
@@ -93,6 +95,38 @@ def critic_from_reward_model(reward_model: ScalarHeadModel, mesh: Mesh, rules: R
     if not isinstance(reward_model, ScalarHeadModel):
         raise TypeError(f"critic_from_reward_model: expected a ScalarHeadModel, got {type(reward_model).__name__}")
     return _copy_sharded(nnx.clone(reward_model), mesh, rules)
+
+
+def check_critic_reward_model(rm_config: ModelConfig, policy_config: ModelConfig, *, rm_source: str,
+                              policy_source: str, rm_tokenizer: Any = None, policy_tokenizer: Any = None,
+                              seq_len: int | None = None) -> None:
+    """Raises ValueError, naming both models, when a reward model cannot start PPO's value model for this
+    policy: the critic reads the policy's token ids, so the vocabularies (sizes) must match and, where both
+    tokenizers are known, they must be the same tokenizer (vocabulary size, special ids and the ids of a probe
+    text); its context must hold the training rows (``seq_len``). The architecture may differ."""
+    if rm_config.vocab_size != policy_config.vocab_size:
+        raise ValueError(f"ppo.critic_init='reward_model': the reward model {rm_source} has a vocabulary of "
+                         f"{rm_config.vocab_size} tokens but the policy {policy_source} has "
+                         f"{policy_config.vocab_size}: "
+                         "the value model reads the policy's token ids, so both need the same tokenizer (or set "
+                         "ppo.critic_init='policy')")
+    if rm_tokenizer is not None and policy_tokenizer is not None:
+        probe = "Question: 12 + 7 * 3 = ?\nAnswer: 33\n\\boxed{33}"
+        fields = {"vocab_size": (rm_tokenizer.vocab_size, policy_tokenizer.vocab_size),
+                  "bos_id": (rm_tokenizer.bos_id, policy_tokenizer.bos_id),
+                  "eos_id": (rm_tokenizer.eos_id, policy_tokenizer.eos_id),
+                  "pad_id": (rm_tokenizer.pad_id, policy_tokenizer.pad_id),
+                  "ids of a probe text": (list(rm_tokenizer.encode(probe)), list(policy_tokenizer.encode(probe)))}
+        diff = {k: v for k, v in fields.items() if v[0] != v[1]}
+        if diff:
+            raise ValueError(f"ppo.critic_init='reward_model': the reward model {rm_source} and the policy "
+                             f"{policy_source} have different tokenizers ("
+                             + "; ".join(f"{k}: {a} vs {b}" for k, (a, b) in diff.items())
+                             + "): the value model reads the policy's token ids (or set ppo.critic_init='policy')")
+    if seq_len is not None and rm_config.max_seq_len < seq_len:
+        raise ValueError(f"ppo.critic_init='reward_model': the reward model {rm_source} has a context of "
+                         f"{rm_config.max_seq_len} tokens, shorter than the training rows ({seq_len} tokens) of the "
+                         f"policy {policy_source}")
 
 
 def _values(critic: nnx.Module, batch: Batch) -> jax.Array:
@@ -260,24 +294,35 @@ class Critic(Role):
     Before the policy's updates it reads V_old(s_t) on the step's batch and adds the KL-shaped token rewards,
     GAE advantages and returns (:func:`ppo_token_rewards`, :func:`ppo_advantages`); after each policy update
     it takes one step of the clipped value loss (its metrics are ``critic_<name>``). Built on an abstract
-    `policy` (only its config is read), so a compile-only plan can build it too; :meth:`init` places the
-    first weights.
+    `policy` (only its config is read; ``config`` gives another architecture, a reward model's), so a
+    compile-only plan can build it too; :meth:`init` places the first weights: the reward model's (the
+    paper's PPO, ``ppo.critic_init``) or the policy's trunk with a fresh head.
     """
 
     def __init__(self, policy: CausalLM, mesh: Mesh, rules: Rules = DEFAULT_RULES, *, lr: float,
                  clip_norm: float = 1.0, value_clip: float = 0.2, accum_steps: int = 1, kl_coef: float = 0.04,
-                 gamma: float = 1.0, lam: float = 0.95, whiten: bool = True):
+                 gamma: float = 1.0, lam: float = 0.95, whiten: bool = True, config: ModelConfig | None = None):
         self.mesh, self.rules = mesh, rules
-        critic = nnx.eval_shape(lambda: ScalarHeadModel(policy.config, rngs=nnx.Rngs(0)))
+        self.config = config or policy.config  # the value model's architecture (a reward model's may differ)
+        critic = nnx.eval_shape(lambda: ScalarHeadModel(self.config, rngs=nnx.Rngs(0)))
         self.fns = make_train_step(critic, adamw(lr, weight_decay=0.0, clip_norm=clip_norm), mesh, rules,
                                    loss_fn=critic_loss_fn(value_clip), accum_steps=accum_steps)
         self.values = on_forward_inputs(make_forward(critic, _values, mesh, rules, micro_batches=accum_steps))
         self.kl_coef, self.gamma, self.lam, self.whiten = kl_coef, gamma, lam, whiten
         self.state: TrainState | None = None
 
-    def init(self, policy: CausalLM, seed: int) -> None:
-        """The first critic: the policy's trunk with a fresh head (:func:`critic_from_policy`)."""
-        self.state = self.fns.init_state(get_params(critic_from_policy(policy, self.mesh, self.rules, seed)))
+    def init(self, policy: CausalLM, seed: int, reward_model: ScalarHeadModel | None = None) -> None:
+        """The first critic: a copy of ``reward_model`` (:func:`critic_from_reward_model`, the paper's PPO;
+        ``ppo.critic_init="reward_model"``) or else the policy's trunk with a fresh head
+        (:func:`critic_from_policy`). Check a reward model with :func:`check_critic_reward_model` first."""
+        if reward_model is not None:
+            model = critic_from_reward_model(reward_model, self.mesh, self.rules)
+        else:
+            if self.config != policy.config:
+                raise ValueError("Critic.init: this critic was built for another architecture than the policy's; "
+                                 "pass the reward model it was built for")
+            model = critic_from_policy(policy, self.mesh, self.rules, seed)
+        self.state = self.fns.init_state(get_params(model))
 
     def before_update(self, rollout: Any, batch: dict, record: dict) -> None:
         assert self.state is not None, "Critic.init (or restore) first"

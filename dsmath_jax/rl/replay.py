@@ -5,7 +5,9 @@ replay mechanism that incorporates 10% of historical data". :class:`ReplayBuffer
 during an iteration the newly labelled examples are added as *pending* (:meth:`ReplayBuffer.add_pending`);
 :meth:`ReplayBuffer.training_set` is the pending examples plus historical ones drawn so that history is
 ``history_fraction`` of the result; :meth:`ReplayBuffer.commit` ends the iteration, moving pending into
-history (first in, first out, up to ``capacity``).
+history (first in, first out, up to ``capacity``). :meth:`ReplayBuffer.add_history` seeds the history
+before the first iteration (iterative RL seeds it with the reward model's own training data, so the first
+retraining already mixes it in).
 
 Examples are dicts of numpy values (reward-model examples, :mod:`dsmath_jax.rl.reward_model`): scalar fields
 (``prompt_len``, ``label``) and 1-d array fields of any length (``tokens``, ``step_ends``, ...). All examples
@@ -160,6 +162,13 @@ class ReplayBuffer:
     def add_pending(self, examples: Sequence[Mapping[str, Any]]) -> None:
         """Adds this iteration's newly labelled examples."""
         self.pending.extend(self._check(examples))
+
+    def add_history(self, examples: Sequence[Mapping[str, Any]]) -> None:
+        """Adds examples straight to the history (first in, first out, at most ``capacity`` kept), e.g. the
+        reward model's own training data, so that the first :meth:`training_set` already replays them."""
+        self.history.extend(self._check(examples))
+        if len(self.history) > self.capacity:
+            self.history = self.history[len(self.history) - self.capacity:]
 
     def history_sample(self) -> list[int]:
         """Indices into :attr:`history` of the examples :meth:`training_set` mixes in (without replacement)."""
