@@ -10,6 +10,11 @@ at the start and the end. Everything goes to one results JSON that notebooks/rl_
 
 Runs resume: each SFT and RL run directory is reused when its summary exists. About 3 minutes per arm and
 seed on 2 CPU cores at the defaults (32 questions x G 8 per step).
+
+Its results (experiments/results/rl_paradigm_tiny.json) keep this format. experiments/rl_findings.py is the
+fuller experiment: every arm of Figure 5 (PPO, DPO and GRPO+PS with a trained PRM included), iterative GRPO
+(Figure 6), maj@k / pass@k for k up to 64 from one set of samples (Figure 7), and statistics over seeds
+(t-intervals, paired sign-flip tests, verdicts per claimed ordering; notebooks/rl_findings.ipynb).
 """
 
 from __future__ import annotations

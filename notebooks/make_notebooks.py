@@ -25,11 +25,11 @@ def show(fig, name):
 '''.strip()
 
 
-def _setup(paths: list[str], load: list[str]) -> str:
-    """The cell after the parameters: imports, environment overrides of the paths, the figure helper, then
-    the loading lines."""
+def _setup(paths: list[str], load: list[str], imports: tuple[str, ...] = ()) -> str:
+    """The cell after the parameters: imports (`imports` after the analysis package's), environment overrides
+    of the paths, the figure helper, then the loading lines."""
     head = ["%matplotlib inline", "import os", "", "from IPython.display import display", "",
-            "from dsmath_jax import analysis as A", "",
+            "from dsmath_jax import analysis as A", *imports, "",
             "# Environment variables override the parameters (CI points the notebook at its own runs).",
             'RUN_DIR = A.resolve_dir(os.environ.get("DSMATH_RUN_DIR") or RUN_DIR)']
     plots = ['PLOTS_DIR = os.environ.get("DSMATH_PLOTS_DIR") or PLOTS_DIR or os.path.join(RUN_DIR, "plots")',
@@ -176,8 +176,9 @@ def rl_analysis() -> nbformat.NotebookNode:
 
 One `dsmath rl` run: reward, KL, response length, entropy and group statistics over steps, held-out accuracy
 over steps, and maj@k vs pass@k before and after RL (the paper's Figure 7: RL improves maj@k, not pass@k).
-With the results JSON of `experiments/rl_paradigm_tiny.py`, the paradigm comparison (Figure 5: accuracy per
-method over steps, mean and spread over seeds). Figures are saved as PNG files in `PLOTS_DIR`."""),
+With the results JSON of `experiments/rl_paradigm_tiny.py` (or `experiments/rl_findings.py`), the paradigm
+comparison (Figure 5: accuracy per method over steps, mean and spread over seeds); `rl_findings.ipynb` adds the
+statistics over seeds and Figures 6 and 7. Figures are saved as PNG files in `PLOTS_DIR`."""),
         _parameters('''
 # Parameters: the run directories this notebook reads (environment variables override them, next cell).
 RUN_DIR = "runs/quickstart"  # a `dsmath quickstart` run directory ($DSMATH_RUN_DIR)
@@ -229,8 +230,66 @@ PLOTS_DIR = ""  # where the PNG figures go; "" = RUN_DIR/plots ($DSMATH_PLOTS_DI
     ])
 
 
+def rl_findings() -> nbformat.NotebookNode:
+    return _notebook([
+        new_markdown_cell("""# RL findings over seeds (paper Figures 5, 6 and 7)
+
+The results JSON of `experiments/rl_findings.py`: for each seed one SFT policy and, from it, every RL arm
+(RFT, online RFT, DPO, PPO, GRPO with outcome supervision, GRPO with process supervision by a trained PRM or
+by the task's exact step checker, iterative GRPO). Per arm and metric the mean over seeds with a Student-t
+interval; for each ordering the paper claims the per-seed paired differences, their mean and interval, an
+exact sign-flip permutation p-value and a verdict ("holds" only when the interval excludes 0 in the claimed
+direction). Figures: held-out greedy accuracy over RL steps (Figure 5), iterative GRPO per iteration
+(Figure 6), maj@k and pass@k against k before and after RL (Figure 7), all with error bars. Figures are saved
+as PNG files in `PLOTS_DIR`."""),
+        _parameters('''
+# Parameters: the results this notebook reads (environment variables override them, next cell).
+RUN_DIR = "runs/quickstart"  # a `dsmath quickstart` run directory ($DSMATH_RUN_DIR)
+FINDINGS_JSON = ""  # results of experiments/rl_findings.py; "" = RUN_DIR/findings/results.json ($DSMATH_FINDINGS_JSON)
+PLOTS_DIR = ""  # where the PNG figures go; "" = RUN_DIR/plots ($DSMATH_PLOTS_DIR)
+LEVEL = 0.95  # confidence level of the intervals
+FIGURE7_ARMS = []  # arms drawn in Figure 7 besides SFT; [] = every arm with maj@k / pass@k
+'''),
+        new_code_cell(_setup(
+            ['FINDINGS_JSON = A.resolve_dir(os.environ.get("DSMATH_FINDINGS_JSON") or FINDINGS_JSON',
+             '                              or os.path.join(RUN_DIR, "findings", "results.json"))'],
+            ["results = P.load_paradigm_results(FINDINGS_JSON)",
+             'runs, seeds = results["runs"], results.get("seeds")',
+             'print(f"{FINDINGS_JSON}: {len(runs)} runs, arms {P.paradigm_arms(results)}, seeds {seeds}, "',
+             '      f"k up to {P.max_k(results)}")',
+             'failed = [f"{r[\'arm\']} seed {r[\'seed\']}" for r in runs',
+             '          if r.get("status") not in (None, "completed")]',
+             "if failed:",
+             '    print("note: runs that did not complete:", ", ".join(failed))',
+             'if results.get("wall_s") is not None:',
+             '    hours = results["wall_s"] / 3600, results.get("elapsed_s", 0) / 3600',
+             '    print(f"compute {hours[0]:.2f} h, elapsed {hours[1]:.2f} h")'],
+            imports=("from dsmath_jax.analysis import paradigm as P  # the statistics of experiments/rl_findings.py",),
+        )),
+        new_markdown_cell("## Per arm: mean over seeds and its interval\nThe final value of each metric and its "
+                          "gain over the seed's SFT policy (`low`/`high`: the t-interval at `LEVEL`; empty with one "
+                          "seed)."),
+        new_code_cell('print(A.format_table(P.paradigm_summary(results, LEVEL)))'),
+        new_markdown_cell("## The paper's orderings\nPer claim: the mean over seeds of the paired difference a - b, "
+                          "its interval, the sign-flip p-value and the verdict."),
+        new_code_cell('findings = P.paradigm_findings(results, level=LEVEL)\n'
+                      'if findings:\n'
+                      '    print(A.format_table(P.findings_table_rows(findings)))\n'
+                      'else:\n'
+                      '    print("note: no claim has both of its arms in the results")'),
+        new_markdown_cell("## Figure 5: the methods over RL steps"),
+        new_code_cell('show(P.findings_figure5(results, LEVEL), "findings_figure5")'),
+        new_markdown_cell("## Figure 6: iterative GRPO\nIteration 0 is the SFT policy."),
+        new_code_cell('show(P.findings_figure6(results, LEVEL), "findings_figure6")'),
+        new_markdown_cell("## Figure 7: maj@k and pass@k against k\nFrom one set of samples per problem at the "
+                          "evaluation temperature; RL should raise maj@k and leave pass@k."),
+        new_code_cell('arms = (["sft"] + list(FIGURE7_ARMS)) if FIGURE7_ARMS else None\n'
+                      'show(P.findings_figure7(results, arms, LEVEL), "findings_figure7")'),
+    ])
+
+
 NOTEBOOKS = {"corpus_mining.ipynb": corpus_mining, "training_curves.ipynb": training_curves,
-             "rl_analysis.ipynb": rl_analysis}
+             "rl_analysis.ipynb": rl_analysis, "rl_findings.ipynb": rl_findings}
 
 
 def render(build) -> str:

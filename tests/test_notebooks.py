@@ -3,16 +3,18 @@ dsmath_jax/analysis/ they call, against hand-written metrics files and the runs'
 
 Real inputs: the session's arithmetic SFT run (a training run directory), a 4-step GRPO run from it with
 held-out evaluations (maj@4 / pass@4), a 2-iteration mining run on a small synthetic crawl (started in a
-background process at the first test, so it runs while the policy trains), and a results JSON in the format
-of experiments/rl_paradigm_tiny.py.
+background process at the first test, so it runs while the policy trains), and results JSONs in the formats
+of experiments/rl_paradigm_tiny.py and experiments/rl_findings.py.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -32,7 +34,7 @@ pytestmark = pytest.mark.xdist_group("notebooks")
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 ENV_VARS = ("DSMATH_RUN_DIR", "DSMATH_MINING_DIR", "DSMATH_TRAIN_DIRS", "DSMATH_RL_DIR", "DSMATH_PARADIGM_JSON",
-            "DSMATH_PLOTS_DIR")
+            "DSMATH_FINDINGS_JSON", "DSMATH_PLOTS_DIR")
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -167,6 +169,43 @@ def paradigm_json(tmp_path_factory) -> pathlib.Path:
     return path
 
 
+def _maj_pass(base: float, gain: float) -> dict:
+    return {"ks": [1, 2, 4], "maj": [base, base + gain, base + 2 * gain], "pass": [base, base + 0.2, base + 0.3],
+            "greedy": base + gain}
+
+
+def findings_results() -> dict:
+    """A results JSON in experiments/rl_findings.py's format: 3 seeds, SFT, online RFT and GRPO+OS (2 steps),
+    iterative GRPO (2 x 1 steps); maj@k / pass@k for k = 1, 2, 4. GRPO+OS beats online RFT by 0.04 on every seed."""
+    runs = []
+    for s in range(3):
+        base = 0.5 + 0.02 * s
+        mp = functools.partial(_maj_pass, base)
+        runs.append({"arm": "sft", "seed": s, "status": "completed", "eval_history": [
+            {"step": 0, "eval_accuracy": base}], "maj_pass": mp(0.0)})
+        for arm, gain in (("online_rft", 0.02), ("grpo_outcome", 0.06)):
+            runs.append({"arm": arm, "seed": s, "status": "completed", "steps": 2, "steps_per_iteration": 2,
+                         "iterations": 1, "maj_pass": mp(gain), "eval_history": [
+                             {"step": 0, "eval_accuracy": base}, {"step": 1, "eval_accuracy": base + gain / 2},
+                             {"step": 2, "eval_accuracy": base + gain}]})
+        runs.append({"arm": "iterative_grpo", "seed": s, "status": "completed", "steps": 2, "steps_per_iteration": 1,
+                     "iterations": 2, "maj_pass": mp(0.05),
+                     "iteration_evals": [{"iteration": 1, "step": 1, "maj_pass": mp(0.03)},
+                                         {"iteration": 2, "step": 2, "maj_pass": mp(0.05)}],
+                     "eval_history": [{"step": 0, "eval_accuracy": base}, {"step": 1, "eval_accuracy": base + 0.03},
+                                      {"step": 2, "eval_accuracy": base + 0.05}]})
+    return {"experiment": "rl_findings", "format": 2, "arms": ["sft", "online_rft", "grpo_outcome", "iterative_grpo"],
+            "seeds": [0, 1, 2], "steps": 2, "k": 4, "ks": [1, 2, 4], "runs": runs, "wall_s": 3600.0,
+            "elapsed_s": 4000.0}
+
+
+@pytest.fixture(scope="module")
+def findings_json(tmp_path_factory) -> pathlib.Path:
+    path = tmp_path_factory.mktemp("findings") / "results.json"
+    path.write_text(json.dumps(findings_results()))
+    return path
+
+
 @pytest.fixture(scope="module")
 def handmade_run(tmp_path_factory) -> pathlib.Path:
     """A training run directory written by hand: 3 logged windows, 2 held-out losses, MFU, a torn last line."""
@@ -188,7 +227,8 @@ def handmade_run(tmp_path_factory) -> pathlib.Path:
 # ----------------------------------------------------------------------------------------------- the notebooks as files
 
 
-@pytest.mark.parametrize("name", ["corpus_mining.ipynb", "training_curves.ipynb", "rl_analysis.ipynb"])
+@pytest.mark.parametrize("name", ["corpus_mining.ipynb", "training_curves.ipynb", "rl_analysis.ipynb",
+                                  "rl_findings.ipynb"])
 def test_stored_notebooks_are_the_generators_with_outputs_cleared(name):
     sys.path.insert(0, str(NOTEBOOKS))
     try:
@@ -355,6 +395,21 @@ def test_rl_notebook_with_the_paradigm_results(rl_run, paradigm_json, tmp_path, 
     assert "maj@4  step 0:" in out and "grpo_outcome" in out and "note:" not in out
     assert_pngs(plots, ["rl_training", "rl_eval_accuracy", "rl_maj_pass", "rl_paradigm", "rl_paradigm_maj_pass"])
     assert images(nb) == 5
+
+
+def test_rl_findings_notebook(findings_json, tmp_path, monkeypatch):
+    """The statistics and Figures 5-7 of a results JSON of experiments/rl_findings.py."""
+    plots = tmp_path / "plots"
+    nb = execute("rl_findings.ipynb", {"DSMATH_FINDINGS_JSON": findings_json, "DSMATH_PLOTS_DIR": plots},
+                 monkeypatch, tmp_path)
+    out = stdout(nb)
+    assert f"{findings_json}: 12 runs, arms ['sft', 'online_rft', 'grpo_outcome', 'iterative_grpo']" in out
+    assert "compute 1.00 h, elapsed 1.11 h" in out and "note:" not in out
+    rows = [line for line in out.splitlines() if line.startswith("Figure")]  # the table of the claims
+    for claim in ("GRPO+OS > Online RFT", "Iterative GRPO: iteration 2 > iteration 1", "GRPO+OS raises maj@4"):
+        assert any(claim in row and re.search(r"\sholds\s+True$", row.rstrip()) for row in rows), (claim, rows)
+    assert_pngs(plots, ["findings_figure5", "findings_figure6", "findings_figure7"])
+    assert images(nb) == 3
 
 
 def test_rl_notebook_quickstart_layout_without_optional_inputs(rl_run, tmp_path, monkeypatch):
