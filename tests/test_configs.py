@@ -568,6 +568,7 @@ def test_tiny_iterative_grpo_with_an_orm_runs(arithmetic_sft_run, run_cli, tmp_p
     assert all(np.isfinite(r["rm_loss"]) for r in rows if "rm_loss" in r)
 
 
+@pytest.mark.slow  # CI time (~80 s): hard Math-Shepherd labels run in CI (rm_prm_hard, the iterative tests)
 def test_tiny_prm_soft_labels_agree_with_hard_labels(arithmetic_sft_run, run_cli, tmp_path):
     """`prm_math_shepherd.py:soft,tiny` and `:tiny` on the same samples and continuations (same seeds): a
     soft label is the fraction of n = 2 continuations that reach the answer, so it lies in {0, 1/2, 1},

@@ -380,7 +380,10 @@ SLOW_RUNS = frozenset({"rm_orm", "rm_prm_soft", "rl_grpo_process", "rl_iterative
                        "eval_maj_pass",
                        # CI time: GRPO's outcome path runs in CI at the 7B flags (rl_grpo_outcome); of the
                        # paradigm group, the PPO arm (policy, critic and reference at the 1.3B flags) runs in CI.
-                       "rl_paradigm_grpo_outcome", "rl_paradigm_sft", "rl_paradigm_dpo"})
+                       "rl_paradigm_grpo_outcome", "rl_paradigm_sft", "rl_paradigm_dpo",
+                       # the 7B pre-training and SFT flags run in CI (pretrain_7b, sft_instruct_7b), and the eval
+                       # group's PoT and tool runs exercise the evaluation's flags and sampler
+                       "pretrain_1_3b", "eval_base_cot"})
 
 
 def _session_root(tmp_path_factory) -> pathlib.Path:

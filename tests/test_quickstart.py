@@ -249,7 +249,7 @@ def test_results_json_matches_each_stage(run):
     assert info["total_seconds"] == pytest.approx(sum(s["seconds"] for s in info["stages"].values()), abs=0.05)
     for stage in ("pretrain", "sft"):
         assert info["stages"][stage]["tokens_per_s"] > 0
-    assert res["stages"]["mine"]["corpus"]["tfds_dir"] == "tfds/dsmath_corpus/1.0.0"
+    assert res["stages"]["mine"]["corpus"]["tfds_dir"] == "mine/tfds/dsmath_corpus/1.0.0"  # in the run directory
     assert res["options"]["steps_scale"] == STEPS_SCALE and res["options"]["eval_samples"] == 4
     for stage in STAGE_DIRS:
         assert res["stages"][stage]["status"] == "completed"
@@ -422,17 +422,22 @@ def test_packaged_stage_configs_equal_the_experiment_files(stage, monkeypatch):
         assert repr(packaged) == repr(experiment), stage
 
 
-def test_deterministic_cpu_math_sets_xla_flags_once():
+def test_deterministic_cpu_math_sets_xla_flags_once(monkeypatch):
+    from jax._src import xla_bridge
+    monkeypatch.setattr(xla_bridge, "backends_are_initialized", lambda: False)  # as in a fresh `dsmath` process
     env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-    Q.make_cpu_math_deterministic(env)
+    assert Q.make_cpu_math_deterministic(env)
     assert env["XLA_FLAGS"].split() == ["--xla_force_host_platform_device_count=8", *Q.DETERMINISTIC_XLA_FLAGS]
-    Q.make_cpu_math_deterministic(env)  # idempotent
+    assert Q.make_cpu_math_deterministic(env)  # idempotent
     assert env["XLA_FLAGS"].split() == ["--xla_force_host_platform_device_count=8", *Q.DETERMINISTIC_XLA_FLAGS]
     mine = {"XLA_FLAGS": "--xla_cpu_multi_thread_eigen=true"}  # the caller's own choice is kept
     assert Q.make_cpu_math_deterministic(mine) and mine["XLA_FLAGS"] == "--xla_cpu_multi_thread_eigen=true"
-    import jax
-    jax.devices()  # this test process's backends are running: too late for a flag that is not set yet
-    assert not Q.make_cpu_math_deterministic({})
+    # Too late once JAX runs (as in this test process): nothing is changed, so processes started later do not
+    # inherit flags this one does not run with.
+    monkeypatch.setattr(xla_bridge, "backends_are_initialized", lambda: True)
+    late = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    assert not Q.make_cpu_math_deterministic(late)
+    assert late == {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
 
 
 @pytest.mark.slow

@@ -194,6 +194,7 @@ def tiny_config(shared_data, config_file, arg="tiny", **train):
     return c
 
 
+@pytest.mark.slow  # CI time (~70 s): the tiny SFT run here and the quickstart's pre-training stage run in CI
 def test_tiny_pretraining_lowers_the_loss(shared_data, tmp_path):
     from dsmath_jax.train.loop import train
     summary = train(tiny_config(shared_data, "pretrain/table1_corpora.py"), str(tmp_path), "pretrain")

@@ -151,21 +151,23 @@ DETERMINISTIC_XLA_FLAGS = ("--xla_cpu_multi_thread_eigen=false",)
 
 def make_cpu_math_deterministic(environ: dict | None = None) -> bool:
     """Adds `DETERMINISTIC_XLA_FLAGS` to XLA_FLAGS (of `environ`, default os.environ) unless it sets them
-    already; returns whether they are in effect: False when JAX's backends started before (XLA reads its flags
-    once), which is logged as a warning. `dsmath quickstart` calls it first thing (`--deterministic`)."""
+    already; returns whether they are in effect. When JAX's backends started before (XLA reads its flags once),
+    it changes nothing (processes this one starts would inherit flags it does not run with), logs a warning and
+    returns False. `dsmath quickstart` calls it first thing (`--deterministic`)."""
     import logging
     import sys
     env = os.environ if environ is None else environ
     flags = env.get("XLA_FLAGS", "")
     missing = [f for f in DETERMINISTIC_XLA_FLAGS if f.split("=")[0] not in flags]
-    if missing:
-        env["XLA_FLAGS"] = " ".join([flags, *missing]).strip()
+    if not missing:
+        return True
     bridge = sys.modules.get("jax._src.xla_bridge")
-    if missing and bridge is not None and bridge.backends_are_initialized():
+    if bridge is not None and bridge.backends_are_initialized():
         logging.getLogger(__name__).warning(
             "JAX started before %s was set: this process's CPU matrix products depend on its thread count",
             " ".join(missing))
         return False
+    env["XLA_FLAGS"] = " ".join([flags, *missing]).strip()
     return True
 
 

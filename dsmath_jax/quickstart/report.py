@@ -50,7 +50,7 @@ def _mine_results(path: str) -> dict:
     if run.get("final"):
         tfds_dir = run["final"].get("tfds_dir")
         out["corpus"] = {"iteration": run["final"]["iteration"], "pages": run["final"]["pages"],
-                         "tokens": run["final"]["tokens"],  # the TFDS directory relative to the run directory
+                         "tokens": run["final"]["tokens"],  # the TFDS directory, relative to the quickstart's
                          "tfds_dir": os.path.relpath(tfds_dir, os.path.dirname(os.path.abspath(path)))
                          if tfds_dir else None}
     return out
