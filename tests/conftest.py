@@ -94,3 +94,15 @@ def load_config(spec: str):
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
     return module.get_config(arg or None)
+
+
+class CharTokenizer:
+    """One token per character (ids = code points), so step ends are easy to hand-work."""
+
+    bos_id, eos_id, pad_id, vocab_size = None, None, 0, 256
+
+    def encode(self, text, add_bos=False, add_eos=False):  # noqa: ARG002 - the tokenizer interface
+        return [ord(ch) for ch in text]
+
+    def decode(self, ids, skip_special_tokens=True):  # noqa: ARG002 - the tokenizer interface
+        return "".join(chr(i) for i in ids)

@@ -9,7 +9,7 @@ import json
 import jax
 import numpy as np
 import pytest
-from conftest import load_config
+from conftest import CharTokenizer, load_config
 from flax import nnx
 
 from dsmath_jax.config.checks import ConfigError
@@ -26,18 +26,6 @@ from dsmath_jax.rl.replay import ReplayBuffer, history_count
 from dsmath_jax.rl.rollout import Rollout
 
 pytestmark = pytest.mark.xdist_group("iterative_rl")
-
-
-class CharTokenizer:
-    """One token per character (ids = code points)."""
-
-    bos_id, eos_id, pad_id, vocab_size = None, None, 0, 256
-
-    def encode(self, text, add_bos=False, add_eos=False):  # noqa: ARG002 - the tokenizer interface
-        return [ord(ch) for ch in text]
-
-    def decode(self, ids, skip_special_tokens=True):  # noqa: ARG002 - the tokenizer interface
-        return "".join(chr(i) for i in ids)
 
 
 class LastLineGrader:

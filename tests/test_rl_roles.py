@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import CharTokenizer
 from flax import nnx
 
 from dsmath_jax.config.rl import METHODS, base_rl_config
@@ -28,18 +29,6 @@ from dsmath_jax.rl.rollout import (
     question_indices,
     step_rule_rewards,
 )
-
-
-class CharTokenizer:
-    """One token per character (ids = code points), so step ends are easy to hand-work."""
-
-    bos_id, eos_id, pad_id, vocab_size = None, None, 0, 256
-
-    def encode(self, text, add_bos=False, add_eos=False):  # noqa: ARG002 - the tokenizer interface
-        return [ord(ch) for ch in text]
-
-    def decode(self, ids, skip_special_tokens=True):  # noqa: ARG002 - the tokenizer interface
-        return "".join(chr(i) for i in ids)
 
 
 class ExactGrader:
