@@ -102,6 +102,18 @@ def test_round_trip_is_bitwise(tmp_path):
                                   jax.random.key_data(rng))
 
 
+def test_a_relative_run_directory_is_saved_and_restored(tmp_path, monkeypatch):
+    """A run directory given relative to the working directory (as `--workdir runs/x` or a script passes it):
+    orbax's writers need absolute paths, so the checkpointer resolves it; the checkpoint lands under it."""
+    monkeypatch.chdir(tmp_path)
+    params = _save_simple("runs/rel", steps=(3,))
+    assert (tmp_path / "runs" / "rel" / "3").is_dir()
+    with Checkpointer("runs/rel") as ckpt:
+        out = ckpt.restore(targets={"params": abstract_like(params)})
+    assert out["step"] == 3
+    _assert_tree_equal(out["params"], jax.tree.map(lambda x: x + 3, params))
+
+
 def test_keep_last_n_and_interval(tmp_path):
     params = _save_simple(tmp_path, steps=range(1, 6), max_to_keep=2)
     with Checkpointer(tmp_path, max_to_keep=2) as ckpt:

@@ -239,3 +239,22 @@ def test_static_batching_keeps_the_static_sampler_plan():
     assert exes["rollout_prefill"].model_flops == pytest.approx(_forward_flops(32 * 64, 32))
     assert exes["rollout_decode_step"].model_flops == pytest.approx(_forward_flops(32, 64 + 16))
     assert "6 sampler batches of 32" in plan.step
+
+
+@needs_libtpu
+def test_the_prm_plan_prefills_each_step_prefix_once_for_its_continuations():
+    """Math-Shepherd labelling (`dsmath rm`, kind prm) calls the sampler with n = labels.n continuations per step
+    prefix, so the engine prefills each prefix once: sampler calls of 64 rows hold 64 / 4 = 16 prefixes, two
+    prefills of 8 (not 64 / 8 = 8 prefills, one per continuation); the solutions likewise (K = 4 per question)."""
+    from dsmath_jax.config import load_config
+    from dsmath_jax.plan.commands import plan_rm
+    config = load_config(str(REPO / "configs" / "rm" / "prm_math_shepherd.py") + ":tiny",
+                         ["model.preset=tiny", "mesh.shape.tensor=1"], command="rm")
+    assert (config.sampling.batch_size, config.labels.n, config.sampling.samples_per_problem) == (64, 4, 4)
+    names = ("solutions_prefill", "continuations_prefill", "continuations_decode_step")
+    plan = plan_rm(config, parse_topology("v5p:2x2x1"), config_name="tiny", probes=False, only=names)
+    exes = {e.name: e for e in plan.executables}
+    assert exes["solutions_prefill"].calls == 2
+    assert exes["continuations_prefill"].calls == 2
+    assert "once per prompt for its 4 sample(s)" in exes["continuations_prefill"].note
+    assert exes["continuations_decode_step"].calls == 48  # ceil(64 rows / 64 slots) x 48 new tokens

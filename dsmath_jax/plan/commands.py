@@ -482,7 +482,9 @@ def plan_rm(config: ml_collections.ConfigDict, topology: Topology, *, config_nam
     optimizer, schedule = optimizer_from_config(c)
     solutions = SamplingParams(max_new_tokens=c.sampling.max_new_tokens, n=c.sampling.samples_per_problem,
                                temperature=c.sampling.temperature or 1.0)
-    continuation = SamplingParams(max_new_tokens=c.labels.max_new_tokens, temperature=c.labels.temperature or 1.0)
+    # Math-Shepherd: N = labels.n continuations of every step prefix, one prefill per prefix (as `dsmath rm` calls it).
+    continuation = SamplingParams(max_new_tokens=c.labels.max_new_tokens, n=c.labels.n,
+                                  temperature=c.labels.temperature or 1.0)
 
     def build(layers: int | None, probe: bool) -> Build:
         pcfg, rcfg = _variant(policy_cfg, layers), _variant(rm_cfg, layers)

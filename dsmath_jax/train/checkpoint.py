@@ -97,7 +97,9 @@ class Checkpointer:
     def __init__(self, directory: str | os.PathLike, *, max_to_keep: int | None = 3,
                  save_interval_steps: int = 1, async_save: bool = True, create: bool = True,
                  read_only: bool = False) -> None:
-        self.directory = epath.Path(directory)  # epath handles gs://, never os.path here
+        if "://" not in os.fspath(directory):  # a local path: orbax's writers need it absolute
+            directory = os.path.abspath(directory)
+        self.directory = epath.Path(directory)  # epath handles gs://
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep, save_interval_steps=save_interval_steps,
             create=create and not read_only, enable_async_checkpointing=async_save,
