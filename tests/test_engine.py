@@ -89,8 +89,10 @@ def test_a_refilled_slot_leaves_its_neighbours_alone(engine):
     assert [len(c[0].tokens) for c in busy] == [14, 2, 2, 2, 9]
     alone = engine.generate(prompts[:1], params, max_new_tokens=[14])
     quiet = engine.generate(prompts[:4], params, max_new_tokens=[14] * 4)
-    assert_same(busy[:1], alone, atol=1e-6)
-    assert_same(busy[:1], quiet[:1], atol=1e-6)
+    # The same tokens; log-probs to float32 rounding (a few ulps: the attention window the engine sizes to its
+    # busy slots differs between the three runs, and with it the order of the softmax's sums).
+    assert_same(busy[:1], alone, atol=1e-5)
+    assert_same(busy[:1], quiet[:1], atol=1e-5)
 
 
 def test_per_row_budgets_cut_the_same_rows(engine):
