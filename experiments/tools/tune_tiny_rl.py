@@ -56,17 +56,11 @@ def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
 
 def _metrics(workdir: pathlib.Path) -> dict[str, list[float]]:
     """Per-step training reward and all-equal group share from the run's metrics log."""
-    out: dict[str, list[float]] = {"reward": [], "zero_std": []}
-    path = workdir / "metrics.jsonl"
-    if not path.exists():
-        return out
-    for line in path.read_text().splitlines():
-        row = json.loads(line)
-        if "reward_mean" in row:
-            out["reward"].append(float(row["reward_mean"]))
-        if "zero_variance_groups" in row:
-            out["zero_std"].append(float(row["zero_variance_groups"]))
-    return out
+    from dsmath_jax.train.metrics import read_metrics
+
+    rows = read_metrics(str(workdir / "metrics.jsonl")) if (workdir / "metrics.jsonl").exists() else []
+    return {"reward": [float(r["reward_mean"]) for r in rows if "reward_mean" in r],
+            "zero_std": [float(r["zero_variance_groups"]) for r in rows if "zero_variance_groups" in r]}
 
 
 def run_one(config: str, overrides: dict[str, Any], task: dict[str, Any] | None, sft: str, seed: int,
