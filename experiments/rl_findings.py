@@ -172,9 +172,11 @@ def _load(spec: str, overrides: Mapping[str, Any], command: str, task: Mapping[s
 
 def sft_config(seed: int, args, task: Mapping[str, Any] | None):
     steps = args.sft_steps
-    return _load(SFT_CONFIG, {"seed": seed, "data.seed": seed, "train.steps": steps, "train.tensorboard": False,
-                              "train.checkpoint_every": min(150, steps), "train.eval_every": min(150, steps)},
-                 "sft", task, _apply_sft_task)
+    overrides: dict[str, Any] = {"seed": seed, "data.seed": seed, "train.steps": steps, "train.tensorboard": False,
+                                 "train.checkpoint_every": min(150, steps), "train.eval_every": min(150, steps)}
+    if args.sft_seq_len:  # a task with longer problems than the config's context would be truncated
+        overrides["data.seq_len"] = args.sft_seq_len
+    return _load(SFT_CONFIG, overrides, "sft", task, _apply_sft_task)
 
 
 def prm_config(seed: int, sft_dir: str, args, task: Mapping[str, Any] | None):
@@ -340,7 +342,8 @@ class Experiment:
             "experiment": "rl_findings", "format": 2, "arms": list(a.arms), "seeds": list(a.seeds), "steps": a.steps,
             "iteration_steps": a.iteration_steps, "eval_every": a.eval_every, "k": a.k, "ks": k_values(a.k),
             "temperature": a.temperature, "eval_problems": a.eval_problems,
-            "k_problems": self.eval_settings["k_problems"], "sft_steps": a.sft_steps, "task": self.task,
+            "k_problems": self.eval_settings["k_problems"], "sft_steps": a.sft_steps,
+            "sft_seq_len": a.sft_seq_len or None, "task": self.task,
             "runs": runs, "reward_models": [self.reward_models[s] for s in sorted(self.reward_models)],
             "complete": len(runs) == len(a.arms) * len(a.seeds) and all(r["status"] == "completed" for r in runs),
             "failed": list(self.failed), "wall_s": float(sum(walls)),
@@ -496,6 +499,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="held-out problems sampled K times (the first of --eval-problems; 0: all of them)")
     p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature of maj@k / pass@k")
     p.add_argument("--sft-steps", type=int, default=450)
+    p.add_argument("--sft-seq-len", type=int, default=0,
+                   help="SFT context length in tokens (0: the tiny config's 128; longer tasks need more)")
     p.add_argument("--rm-steps", type=int, default=0, help="PRM training steps (0: the tiny config's)")
     p.add_argument("--rm-problems", type=int, default=0, help="PRM labelling problems (0: the tiny config's)")
     p.add_argument("--questions-per-step", type=int, default=0, help="RL questions per step (0: the configs')")
@@ -516,6 +521,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    # XLA's CPU matrix products on one thread: a rerun gives the same numbers on any core count (as the quickstart)
+    from dsmath_jax.quickstart.config import make_cpu_math_deterministic
+    make_cpu_math_deterministic()
     task = parse_task(args.task)
     if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # runs of one experiment share their compiled programs
         jax.config.update("jax_compilation_cache_dir", str(pathlib.Path(args.out).resolve() / ".jax_cache"))

@@ -160,6 +160,9 @@ def table(results: dict[str, Any]) -> str:
 
 
 def main(argv=None) -> int:
+    # XLA's CPU matrix products on one thread: a rerun gives the same numbers on any core count (as the quickstart)
+    from dsmath_jax.quickstart.config import make_cpu_math_deterministic
+    make_cpu_math_deterministic()
     from dsmath_jax.data.arithmetic import DIFFICULTY_LEVELS, arithmetic_spec
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -98,6 +98,9 @@ def run_one(config: str, overrides: dict[str, Any], task: dict[str, Any] | None,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # XLA's CPU matrix products on one thread: a rerun gives the same numbers on any core count (as the quickstart)
+    from dsmath_jax.quickstart.config import make_cpu_math_deterministic
+    make_cpu_math_deterministic()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sft", nargs="+", required=True, help="SFT run directories (the policies RL starts from)")
     p.add_argument("--out", required=True, help="directory of the RL runs")
