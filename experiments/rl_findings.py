@@ -32,7 +32,10 @@ figures with error bars.
 
 `--task` names the arithmetic problem spec of every stage (the SFT data, the RL and the reward model's
 problems): a JSON object (dsmath_jax.data.tasks; kind "arithmetic" is implied) or the name of a constant of
-dsmath_jax.data.arithmetic (e.g. ARITHMETIC_TINY, the tiny configs' own and the default).
+dsmath_jax.data.arithmetic (e.g. ARITHMETIC_TINY, the tiny configs' own and the default). A task whose question
+and solution exceed the tiny SFT config's 128 tokens (three distractors, four steps) needs `--sft-seq-len 192`,
+else its SFT examples are truncated. XLA's CPU matrix products run single-threaded (as in the quickstart), so a
+rerun gives the same numbers on any number of cores.
 
 Runs resume: a stage whose run directory holds a completed summary is reused (its evaluations too), so a
 stopped experiment continues where it was; the seeds, steps and task must stay the same per `--out`.
