@@ -517,6 +517,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     for name in ("steps", "iteration_steps", "eval_every", "eval_problems", "k", "sft_steps"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.sft_seq_len < 0:
+        p.error(f"--sft-seq-len {args.sft_seq_len}: a context length in tokens, or 0 for the config's")
     if len(set(args.seeds)) != len(args.seeds):
         p.error(f"--seeds {args.seeds}: repeated seeds")
     return args

@@ -311,6 +311,8 @@ def test_task_and_arms_reach_the_configs(driver, tmp_path):
     assert sft.data.seq_len == 128  # the tiny config's context unless --sft-seq-len
     longer = driver.parse_args(["--out", str(tmp_path), "--sft-seq-len", "192"])
     assert driver.sft_config(2, longer, task).data.seq_len == 192
+    with pytest.raises(SystemExit):
+        driver.parse_args(["--out", str(tmp_path), "--sft-seq-len", "-1"])
     prm = driver.prm_config(2, "sft_dir", args, task)
     assert prm.kind == "prm" and prm.init.run_dir == "sft_dir" and prm.train.steps == 8
     assert [dict(p) for p in prm.data.problems] == [task]
