@@ -39,14 +39,16 @@ rerun gives the same numbers on any number of cores.
 
 Runs resume: a stage whose run directory holds a completed summary is reused (its evaluations too), so a
 stopped experiment continues where it was; the seeds, steps and task must stay the same per `--out`.
-Wall time on 2 CPU cores at the defaults (estimated from a smoke run's fixed costs and the tiny configs'
-calibration of ~3 min per 40-step arm): SFT ~2.5 min and its evaluation ~2-3 min per seed, a PRM ~4-6 min per
-seed, each RL arm ~3-4 min plus ~2-3 min of evaluation (256 greedy answers, 128 problems x 64 samples;
-iterative GRPO evaluates twice), about 1 hour per seed and 5 hours for all 9 arms x 5 seeds. The smoke run
-(1 seed, 2 RL steps of 4 questions, k = 4 on 8 problems; --sft-steps 20 --rm-steps 4 --rm-problems 8), mostly
-compilation: SFT 72 s + 58 s evaluation, PRM 198 s, GRPO+OS 183 s + 16 s, GRPO+PS (PRM) 114 s + 10 s; 11 min
-in all. Each run's wall time and the experiment's are recorded in results.json (`wall_s`, `eval_wall_s`,
-`elapsed_s`); a run directory's `findings_timing.json` keeps its training time across resumptions.
+Wall time on 2 CPU cores at the defaults, measured on the recorded experiment (experiments/results/
+rl_findings_level1.json, every arm over 5 seeds, two or three processes splitting the seeds, so each stage
+shared the cores): SFT ~2.3 min and its evaluation ~1 min per seed, a PRM ~1.2 min, an RL arm 2-6 min (PPO and
+iterative GRPO the longest) plus 0.5-1.3 min of evaluation; 2.74 h of training and 0.60 h of evaluation in all,
+about 2 hours of wall clock. Run seeds in parallel with `--seeds` on one `--out`, then once with every seed
+(everything reused) for the combined results.json. The smoke run (1 seed, 2 RL steps of 4 questions, k = 4 on 8
+problems; --sft-steps 20 --rm-steps 4 --rm-problems 8), mostly compilation: SFT 72 s + 58 s evaluation, PRM
+198 s, GRPO+OS 183 s + 16 s, GRPO+PS (PRM) 114 s + 10 s; 11 min in all. Each run's wall time and the
+experiment's are recorded in results.json (`wall_s`, `eval_wall_s`, `elapsed_s`); a run directory's
+`findings_timing.json` keeps its training time across resumptions.
 """
 
 from __future__ import annotations

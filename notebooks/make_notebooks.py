@@ -234,25 +234,25 @@ def rl_findings() -> nbformat.NotebookNode:
     return _notebook([
         new_markdown_cell("""# RL findings over seeds (paper Figures 5, 6 and 7)
 
-The results JSON of `experiments/rl_findings.py`: for each seed one SFT policy and, from it, every RL arm
-(RFT, online RFT, DPO, PPO, GRPO with outcome supervision, GRPO with process supervision by a trained PRM or
-by the task's exact step checker, iterative GRPO). Per arm and metric the mean over seeds with a Student-t
-interval; for each ordering the paper claims the per-seed paired differences, their mean and interval, an
-exact sign-flip permutation p-value and a verdict ("holds" only when the interval excludes 0 in the claimed
-direction). Figures: held-out greedy accuracy over RL steps (Figure 5), iterative GRPO per iteration
-(Figure 6), maj@k and pass@k against k before and after RL (Figure 7), all with error bars. Figures are saved
-as PNG files in `PLOTS_DIR`."""),
+The results JSON of `experiments/rl_findings.py` (by default the recorded experiment,
+`experiments/results/rl_findings_level1.json`: 5 seeds on difficulty level 1): for each seed one SFT policy and,
+from it, every RL arm (RFT, online RFT, DPO, PPO, GRPO with outcome supervision, GRPO with process supervision by
+a trained PRM or by the task's exact step checker, iterative GRPO). Per arm and metric the mean over seeds with a
+Student-t interval; for each ordering the paper claims the per-seed paired differences, their mean and interval,
+an exact sign-flip permutation p-value and a verdict ("holds" only when the interval excludes 0 in the claimed
+direction). Figures: held-out greedy accuracy over RL steps (Figure 5), iterative GRPO per iteration (Figure 6),
+maj@k and pass@k against k before and after RL (Figure 7), all with error bars. Figures are saved as PNG files in
+`PLOTS_DIR`."""),
         _parameters('''
 # Parameters: the results this notebook reads (environment variables override them, next cell).
 RUN_DIR = "runs/quickstart"  # a `dsmath quickstart` run directory ($DSMATH_RUN_DIR)
-FINDINGS_JSON = ""  # results of experiments/rl_findings.py; "" = RUN_DIR/findings/results.json ($DSMATH_FINDINGS_JSON)
+FINDINGS_JSON = "experiments/results/rl_findings_level1.json"  # rl_findings.py results ($DSMATH_FINDINGS_JSON)
 PLOTS_DIR = ""  # where the PNG figures go; "" = RUN_DIR/plots ($DSMATH_PLOTS_DIR)
 LEVEL = 0.95  # confidence level of the intervals
 FIGURE7_ARMS = []  # arms drawn in Figure 7 besides SFT; [] = every arm with maj@k / pass@k
 '''),
         new_code_cell(_setup(
-            ['FINDINGS_JSON = A.resolve_dir(os.environ.get("DSMATH_FINDINGS_JSON") or FINDINGS_JSON',
-             '                              or os.path.join(RUN_DIR, "findings", "results.json"))'],
+            ['FINDINGS_JSON = A.resolve_dir(os.environ.get("DSMATH_FINDINGS_JSON") or FINDINGS_JSON)'],
             ["results = P.load_paradigm_results(FINDINGS_JSON)",
              'runs, seeds = results["runs"], results.get("seeds")',
              'print(f"{FINDINGS_JSON}: {len(runs)} runs, arms {P.paradigm_arms(results)}, seeds {seeds}, "',

@@ -412,6 +412,21 @@ def test_rl_findings_notebook(findings_json, tmp_path, monkeypatch):
     assert images(nb) == 3
 
 
+def test_rl_findings_notebook_draws_the_recorded_experiment(tmp_path, monkeypatch):
+    """With no results named, the notebook (run from notebooks/, as Jupyter does) reads the recorded experiment
+    experiments/results/rl_findings_level1.json and prints its verdicts."""
+    recorded = ROOT / "experiments" / "results" / "rl_findings_level1.json"
+    results = json.loads(recorded.read_text())
+    plots = tmp_path / "plots"
+    nb = execute("rl_findings.ipynb", {"DSMATH_PLOTS_DIR": plots}, monkeypatch, NOTEBOOKS)
+    out = stdout(nb)
+    assert f"rl_findings_level1.json: {len(results['runs'])} runs" in out and "seeds [0, 1, 2, 3, 4]" in out
+    rows = [line.rstrip() for line in out.splitlines() if line.startswith("Figure")]
+    for finding in results["statistics"]["findings"]:
+        assert any(finding["claim"] in row and finding["verdict"] in row for row in rows), finding["claim"]
+    assert_pngs(plots, ["findings_figure5", "findings_figure6", "findings_figure7"])
+
+
 def test_rl_notebook_quickstart_layout_without_optional_inputs(rl_run, tmp_path, monkeypatch):
     """DSMATH_RUN_DIR alone, laid out like a quickstart run: no paradigm JSON and an RL run without
     evaluations give notes, not errors; figures go to RUN_DIR/plots."""

@@ -116,7 +116,7 @@ def test_verdicts():
 
     assert P.verdict(iv(0.1, 0.02, 0.18), 1) == ("holds", True)
     assert P.verdict(iv(0.1, -0.02, 0.22), 1) == ("same direction, not significant", False)
-    assert P.verdict(iv(-0.1, -0.22, 0.02), 1) == ("reversed", False)
+    assert P.verdict(iv(-0.1, -0.22, 0.02), 1) == ("opposite direction, not significant", False)
     assert P.verdict(iv(-0.1, -0.18, -0.02), 1) == ("reversed", True)
     assert P.verdict(iv(-0.1, -0.18, -0.02), -1) == ("holds", True)  # a claimed a < b
     assert P.verdict(iv(0.0, -0.1, 0.1), 1) == ("no difference", False)
@@ -226,6 +226,12 @@ def test_findings_of_a_synthetic_results_file_by_hand(tmp_path):
         [0.5, 0.51, 0.52, 0.53, 0.54], ddof=1) / math.sqrt(5)] * 3, rtol=1e-6)
     mp = P.maj_pass_curves(results, "sft")
     assert mp["ks"] == [1, 2, 4] and mp["pass"][2] == pytest.approx([0.8] * 5)
+    # A run whose log holds a step twice (an earlier attempt's row) counts once there, with its last row.
+    rerun = next(r for r in results["runs"] if r["arm"] == "grpo_outcome" and r["seed"] == 0)
+    rerun["eval_history"].insert(0, {"step": 0, "eval_accuracy": 0.0})
+    curves = P.paradigm_curves(results)
+    np.testing.assert_array_equal(curves["grpo_outcome"]["n"], [5, 5, 5])
+    np.testing.assert_allclose(curves["grpo_outcome"]["mean"], [0.52, 0.55, 0.58])
 
 
 def test_figures_draw_error_bars():
@@ -353,6 +359,40 @@ def test_results_json_round_trip(driver, tmp_path):
     assert len(loaded["invocations"]) == 1 and not loaded["complete"]  # 9 arms asked, 6 recorded
     driver.Experiment(args, None).save()  # a second invocation appends to the history
     assert len(json.loads((tmp_path / "results.json").read_text())["invocations"]) == 2
+
+
+RECORDED = {  # experiments/results/<name>: the seeds and arms of a recorded run of experiments/rl_findings.py
+    "rl_findings_level1.json": ([0, 1, 2, 3, 4], None),  # None: every arm
+    "rl_findings_level1_prm512.json": ([0, 1, 2, 3, 4], ["sft", "grpo_process_prm"]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RECORDED))
+def test_the_recorded_experiments_follow_from_their_runs(driver, name):
+    """The recorded experiments are complete, their statistics are those of their runs, every run starts at its
+    seed's SFT policy (the RL loop's own step-0 evaluation equals the driver's), and every maj@k / pass@k block
+    keeps the identities maj@1 = pass@1 = sample accuracy, pass@k non-decreasing in k and maj@K <= pass@K."""
+    results = P.load_paradigm_results(str(ROOT / "experiments" / "results" / name))
+    seeds, arms = RECORDED[name]
+    assert results["complete"] and not results["failed"] and results["seeds"] == seeds
+    assert results["arms"] == (arms or list(driver.ARMS))
+    assert len(results["runs"]) == len(results["arms"]) * len(seeds)
+    assert json.loads(json.dumps(P.paradigm_statistics(results, 0.95))) == results["statistics"]
+    sft = {r["seed"]: r["maj_pass"]["greedy"] for r in results["runs"] if r["arm"] == "sft"}
+    assert sorted(sft) == seeds
+    for run in results["runs"]:
+        assert run["status"] == "completed", (run["arm"], run["seed"])
+        history = run["eval_history"]
+        assert history[0]["step"] == 0 and history[0]["eval_accuracy"] == pytest.approx(sft[run["seed"]])
+        if run["arm"] != "sft":
+            assert history[-1]["step"] == run["steps"]
+        blocks = [run["maj_pass"]] + [it["maj_pass"] for it in run.get("iteration_evals", [])]
+        for mp in blocks:
+            assert mp["ks"] == results["ks"] and mp["samples"] == results["k"]
+            assert mp["maj"][0] == pytest.approx(mp["pass"][0]) and mp["pass"][0] == pytest.approx(
+                mp["sample_accuracy"])
+            assert all(a <= b + 1e-12 for a, b in zip(mp["pass"], mp["pass"][1:]))
+            assert mp["maj"][-1] <= mp["pass"][-1] + 1e-12
 
 
 @pytest.mark.slow

@@ -98,6 +98,34 @@ def test_stop_resume_and_rerun_match_the_straight_run(tmp_path):
     assert _rows(tmp_path / "b") == _rows(tmp_path / "a")
 
 
+def test_a_rerun_after_dying_before_the_first_checkpoint_keeps_one_history(tmp_path):
+    """An attempt that dies before its first checkpoint leaves rows (the start hook's step 0, step 2); the rerun
+    starts from scratch and its metrics.jsonl equals a straight run's, with no second step-0 row."""
+    straight, finished = _runner(tmp_path / "a"), []
+    _hooks(straight, finished)
+    straight.resume(lambda step: None)
+    straight.run(*_toy({"x": 0.0}))
+
+    died = _runner(tmp_path / "b")
+    _hooks(died, finished)
+    died.resume(lambda step: None)
+    step_fn, checkpoint = _toy({"x": 0.0})
+
+    def dies_at_3(step):
+        if step == 3:
+            raise RuntimeError("killed")
+        return step_fn(step)
+
+    with pytest.raises(RuntimeError, match="killed"):
+        died.run(dies_at_3, checkpoint)
+    assert [r["step"] for r in _rows(tmp_path / "b")] == [0, 2, 3]
+    rerun = _runner(tmp_path / "b")
+    _hooks(rerun, finished)
+    assert rerun.resume(lambda step: pytest.fail("no checkpoint to resume")) == 0
+    assert rerun.run(*_toy({"x": 0.0})).status == "completed"
+    assert _rows(tmp_path / "b") == _rows(tmp_path / "a")
+
+
 def test_a_step_function_ends_the_run_early_with_a_status(tmp_path):
     runner = _runner(tmp_path)
     runner.resume(lambda step: None)

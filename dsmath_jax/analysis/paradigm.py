@@ -14,8 +14,8 @@ Statistics over seeds (each seed is one SFT policy, the start of every arm of th
   t-interval and the exact two-sided sign-flip permutation p-value over seeds (`sign_flip_p_value`: under
   the null each difference is as likely negative as positive; all 2^n sign patterns are enumerated);
 * a verdict (`verdict`): "holds" only when the interval excludes 0 in the claimed direction, "same
-  direction, not significant", "reversed" (with `significant` set when the interval excludes 0 the other
-  way), "no difference" (a mean difference of exactly 0) or "too few seeds" (n < 2: no interval). A claim
+  direction, not significant", "reversed" only when it excludes 0 the other way, "opposite direction, not
+  significant", "no difference" (a mean difference of exactly 0) or "too few seeds" (n < 2: no interval). A claim
   without a direction (PPO vs GRPO) is "a > b, significant", "a < b, significant" or "no significant
   difference".
 """
@@ -45,6 +45,7 @@ SFT_ARM = "sft"
 HOLDS = "holds"
 NOT_SIGNIFICANT = "same direction, not significant"
 REVERSED = "reversed"
+REVERSED_NOT_SIGNIFICANT = "opposite direction, not significant"
 NO_DIFFERENCE = "no difference"
 TOO_FEW = "too few seeds"
 
@@ -232,7 +233,7 @@ def verdict(interval: Mapping[str, Any], direction: int) -> tuple[str, bool]:
         return NO_DIFFERENCE, False
     if mean * direction > 0:
         return (HOLDS if significant else NOT_SIGNIFICANT), significant
-    return REVERSED, significant
+    return (REVERSED if significant else REVERSED_NOT_SIGNIFICANT), significant
 
 
 def paired_comparison(a: Mapping[Any, float], b: Mapping[Any, float], *, direction: int = 1,
@@ -450,14 +451,17 @@ def paradigm_curves(results: Mapping[str, Any], key: str = "eval_accuracy",
                     level: float = 0.95) -> dict[str, dict[str, np.ndarray]]:
     """Figure 5's curves: {arm: {"step", "mean", "std", "half_width", "n"}}: per evaluated step, the mean, the
     (population) standard deviation and the `level` t-interval's half width (NaN with one seed) of `key` over
-    the seeds that evaluated it; arms without it (the sft arm: one point) are left out."""
+    the seeds that evaluated it (a run with two rows at one step, from a rerun that logged before a fix of
+    dsmath_jax.train.runner, counts once, with its last row, as `run_value` reads it); arms without it (the sft
+    arm: one point) are left out."""
     out = {}
     for arm in paradigm_arms(results):
         if arm == SFT_ARM:
             continue
         by_step: dict[float, list[float]] = {}
         for run in _runs(results, arm):
-            for step, value in zip(*series(run.get("eval_history", []), key)):
+            last = dict(zip(*series(run.get("eval_history", []), key)))  # per step, the run's last row
+            for step, value in last.items():
                 by_step.setdefault(step, []).append(value)
         if by_step:
             steps = sorted(by_step)

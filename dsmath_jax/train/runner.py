@@ -238,7 +238,10 @@ class Runner:
         `total_steps`; `checkpoint(step)` gives the (items, metadata) a checkpoint at `step` saves. Closes the
         checkpointer and the metrics at the end, also on an error."""
         start, total = self.start, self.total_steps
-        self._writer = MetricsWriter(self.workdir, resume_step=start, tensorboard=self.tensorboard)
+        # A fresh start (no checkpoint: an earlier attempt may have died before its first) drops every old row,
+        # its step-0 rows included: the start hooks write them again.
+        self._writer = MetricsWriter(self.workdir, resume_step=start if start > 0 else -1,
+                                     tensorboard=self.tensorboard)
         self._shown = start
         if self.progress_desc is not None:
             self._progress = tqdm(total=total, initial=start, desc=self.progress_desc,
