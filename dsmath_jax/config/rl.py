@@ -177,8 +177,9 @@ def tiny_rl_overrides(c: ml_collections.ConfigDict, *, steps: int = 40) -> ml_co
     warm-up jolts the SFT policy), evaluation on 256 held-out problems.
 
     Calibration (configs/sft/arithmetic.py:tiny, 450 steps, then 40 GRPO steps on 2 CPU cores): held-out
-    greedy accuracy 76.2% -> 80.9%, maj@8 76.6% -> 78.9%, mean training reward 0.59 -> 0.72. With 8 questions
-    per step, or lr 2e-4 without warm-up, the update is too noisy and held-out accuracy falls."""
+    greedy accuracy 76.2% -> 78.9% (the first calibration, before later changes to the rollout engine, recorded
+    80.9% and a mean training reward 0.59 -> 0.72). With 8 questions per step, or lr 2e-4 without warm-up, the
+    update is too noisy and held-out accuracy falls."""
     c.data.problems = dict(ARITHMETIC_TINY)
     c.rollout.update(group_size=8, questions_per_step=32, max_new_tokens=96, sampler_batch_size=256, chunk_size=16)
     c.optimizer.schedule = dict(name="constant", peak=1e-4, warmup_steps=10)
