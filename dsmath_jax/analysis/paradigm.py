@@ -451,9 +451,9 @@ def paradigm_curves(results: Mapping[str, Any], key: str = "eval_accuracy",
                     level: float = 0.95) -> dict[str, dict[str, np.ndarray]]:
     """Figure 5's curves: {arm: {"step", "mean", "std", "half_width", "n"}}: per evaluated step, the mean, the
     (population) standard deviation and the `level` t-interval's half width (NaN with one seed) of `key` over
-    the seeds that evaluated it (a run with two rows at one step, from a rerun that logged before a fix of
-    dsmath_jax.train.runner, counts once, with its last row, as `run_value` reads it); arms without it (the sft
-    arm: one point) are left out."""
+    the seeds that evaluated it (a run with two rows at one step, a rerun's log that kept an earlier attempt's
+    row, counts once, with its last row, as `run_value` reads it); arms without it (the sft arm: one point) are
+    left out."""
     out = {}
     for arm in paradigm_arms(results):
         if arm == SFT_ARM:
