@@ -217,6 +217,25 @@ PLOTS_DIR = ""  # where the PNG figures go; "" = RUN_DIR/plots ($DSMATH_PLOTS_DI
                       '        if b is not None and a is not None:\n'
                       '            print(f"{label:>8}  step {s0}: {b:.3f} -> step {s1}: {a:.3f} ({a - b:+.3f})")\n'
                       'show(A.maj_pass_figure({run["name"]: before_after}), "rl_maj_pass")'),
+        new_markdown_cell("## Greedy accuracy before vs after, problem by problem\nThe first and last evaluations "
+                          "compared on the same held-out problems (`evals/step_<step>.jsonl`): problems gained and "
+                          "lost, the change's exact 95% interval given those, and an exact McNemar p-value. The "
+                          "interval is the test set's sampling noise only; another training seed moves the change "
+                          "too."),
+        new_code_cell('if len(history) < 2:\n'
+                      '    print("note: fewer than two held-out evaluations to compare")\n'
+                      'else:\n'
+                      '    s0, s1 = int(history[0]["step"]), int(history[-1]["step"])\n'
+                      '    try:\n'
+                      '        pc = A.paired_change(A.load_eval_rows(RL_DIR, s0), A.load_eval_rows(RL_DIR, s1))\n'
+                      '    except A.RunDirError as e:\n'
+                      '        print(f"note: no per-problem evaluations ({e})")\n'
+                      '    else:\n'
+                      '        n, gained, lost, p = pc["problems"], pc["gained"], pc["lost"], pc["p_value"]\n'
+                      '        print(f"step {s0} -> {s1} on {n} problems: greedy {pc[\'before\']:.3f} -> "\n'
+                      '              f"{pc[\'after\']:.3f}, {gained} gained, {lost} lost; "\n'
+                      '              f"change {pc[\'difference\']:+.3f}, "\n'
+                      '              f"95% interval [{pc[\'low\']:+.3f}, {pc[\'high\']:+.3f}], McNemar p = {p:.3g}")'),
         new_markdown_cell("## The unified paradigm (Figure 5)\nHeld-out accuracy of each method over RL steps, "
                           "mean over seeds with a +-std band, and each method's maj@k / pass@k gains."),
         new_code_cell('if os.path.isfile(PARADIGM_JSON):\n'

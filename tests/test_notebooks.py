@@ -393,6 +393,13 @@ def test_rl_notebook_with_the_paradigm_results(rl_run, paradigm_json, tmp_path, 
                                        "DSMATH_PLOTS_DIR": plots}, monkeypatch, tmp_path)
     out = stdout(nb)
     assert "maj@4  step 0:" in out and "grpo_outcome" in out and "note:" not in out
+    # Problem by problem: the counts of the run's own per-problem files (steps 0 and 4).
+    verdicts = [[json.loads(line)["correct"] for line in open(rl_run / "evals" / f"step_{s:06d}.jsonl")]
+                for s in (0, 4)]
+    pairs = list(zip(*verdicts))
+    assert (f"step 0 -> 4 on {len(pairs)} problems: greedy {sum(verdicts[0]) / len(pairs):.3f} -> "
+            f"{sum(verdicts[1]) / len(pairs):.3f}, {pairs.count((False, True))} gained, "
+            f"{pairs.count((True, False))} lost") in out
     assert_pngs(plots, ["rl_training", "rl_eval_accuracy", "rl_maj_pass", "rl_paradigm", "rl_paradigm_maj_pass"])
     assert images(nb) == 5
 
@@ -439,6 +446,7 @@ def test_rl_notebook_quickstart_layout_without_optional_inputs(rl_run, tmp_path,
     out = stdout(nb)
     assert "note: this run has no held-out evaluation" in out
     assert "note: no maj@k / pass@k before and after" in out
+    assert "note: fewer than two held-out evaluations to compare" in out
     assert f"note: no paradigm results at {quick / 'paradigm' / 'results.json'}" in out
     assert_pngs(quick / "plots", ["rl_training", "rl_eval_accuracy", "rl_maj_pass"])
 

@@ -319,6 +319,19 @@ def test_results_json_matches_each_stage(run):
         assert solved == pytest.approx(round(solved))
     assert g["before"]["step"] == 0 and g["after"]["step"] == summary["step"]
     assert g["eval_history"] == summary["eval_history"]
+    # Problem by problem: the per-problem verdicts the two evaluations wrote, counted here from the files.
+    rows = {when: metrics(wd / "grpo" / "evals" / f"step_{g[when]['step']:06d}.jsonl") for when in ("before", "after")}
+    for when in ("before", "after"):
+        assert len(rows[when]) == FLAGS["eval_problems"]
+        assert sum(r["correct"] for r in rows[when]) / len(rows[when]) == g[when]["greedy"]
+        assert all(0 <= r["samples_correct"] <= 4 for r in rows[when])
+    assert [r["id"] for r in rows["before"]] == [r["id"] for r in rows["after"]]
+    pairs = [(b["correct"], a["correct"]) for b, a in zip(rows["before"], rows["after"])]
+    pc = g["greedy_paired"]
+    assert (pc["problems"], pc["gained"], pc["lost"]) == (len(pairs), pairs.count((False, True)),
+                                                          pairs.count((True, False)))
+    assert pc["difference"] == pytest.approx(g["after"]["greedy"] - g["before"]["greedy"])
+    assert pc["low"] <= pc["difference"] <= pc["high"] and 0 < pc["p_value"] <= 1
     rewards = [r["reward_mean"] for r in metrics(wd / "grpo" / "metrics.jsonl") if "reward_mean" in r]
     assert g["reward_curve"]["first"] == rewards[0] and g["reward_curve"]["last"] == rewards[-1]
     assert g["reward_curve"]["max"] == max(rewards)
@@ -341,6 +354,9 @@ def test_report_has_the_numbers_and_figures(run):
     for label, key in (("greedy accuracy", "greedy"), ("maj@4", "maj@4"), ("pass@4", "pass@4")):
         before, after = g["before"][key], g["after"][key]
         assert rows[label] == [f"{before:.3f}", f"{after:.3f}", f"{after - before:+.3f}"]
+    pc = g["greedy_paired"]
+    assert (f"{pc['gained']} of the {pc['problems']} held-out problems are right after GRPO and were wrong before, "
+            f"{pc['lost']} the reverse") in report
     for rel in run.results["plots"]:
         assert f"]({rel})" in report
     assert f"final loss {run.results['stages']['sft']['final_loss']:.3f}" in report
@@ -440,6 +456,17 @@ def test_deterministic_cpu_math_sets_xla_flags_once(monkeypatch):
     assert late == {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
 
 
+def as_users_run_it(**extra: str) -> dict[str, str]:
+    """The environment of a `dsmath quickstart` subprocess as a user's shell has it: without the 8 host devices
+    conftest.py forces for the test session, over which the run would shard its model and sum in another order
+    (the README's numbers are of the default, one CPU device); `extra` variables added."""
+    import os
+    env = dict(os.environ, **extra)
+    flags = [f for f in env.get("XLA_FLAGS", "").split() if not f.startswith("--xla_force_host_platform_device_count")]
+    env["XLA_FLAGS"] = " ".join(flags)
+    return env
+
+
 @pytest.mark.slow
 def test_two_runs_on_different_core_counts_write_the_same_results_json(tmp_path):
     """The shrunk quickstart twice through the command line, at once: one process on every core, one pinned to
@@ -454,7 +481,7 @@ def test_two_runs_on_different_core_counts_write_the_same_results_json(tmp_path)
     one_core = {min(os.sched_getaffinity(0))}
     procs = {}
     for name, hash_seed, pin in (("all_cores", "0", None), ("one_core", "1", one_core)):
-        env = dict(os.environ, PYTHONHASHSEED=hash_seed, JAX_PLATFORMS="cpu")
+        env = as_users_run_it(PYTHONHASHSEED=hash_seed, JAX_PLATFORMS="cpu")
         procs[name] = subprocess.Popen(
             [sys.executable, "-m", "dsmath_jax.cli", *cli_args(tmp_path / name, {"grpo": GRPO_FAST})], env=env,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -475,13 +502,16 @@ def test_two_runs_on_different_core_counts_write_the_same_results_json(tmp_path)
 
 @pytest.mark.slow
 def test_the_full_quickstart_raises_held_out_accuracy(tmp_path):
-    """The README's command at full size (about 12 minutes on 2 cores; run with -m slow): it completes, and
-    after GRPO held-out greedy accuracy and maj@8 are above their values before, as the report says."""
+    """The README's command at full size (run with -m slow; the README gives its time on 2 cores): it completes,
+    and after GRPO held-out greedy accuracy is at least 1.5 points and maj@8 above their values before, as the
+    report says. The command is deterministic (seed 0: 88.3% -> 91.0%), so this checks that the code still gives
+    its measured gain; other seeds gain +1.6, +2.3 and 0.0 (experiments/results/tiny_rl_tuning.json), so the
+    margin is not a property of GRPO at this size, and the report gives the change's interval over problems."""
     import subprocess
     import sys
     workdir = tmp_path / "quickstart"
     proc = subprocess.run([sys.executable, "-m", "dsmath_jax.cli", "quickstart", f"--workdir={workdir}"],
-                          capture_output=True, text=True, timeout=3600)
+                          capture_output=True, text=True, timeout=3600, env=as_users_run_it())
     assert proc.returncode == 0, proc.stderr[-3000:]
     g = read_json(workdir / Q.RESULTS_FILE)["stages"]["grpo"]
     assert g["steps"] == load_config("configs/rl/grpo_outcome.py:tiny").train.steps_per_iteration

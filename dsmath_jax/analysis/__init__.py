@@ -11,7 +11,8 @@ notebook shows them with `display(fig)` and nothing leaks); `save_figure` writes
                iter_k/stats.json (one report per iteration), iter_k/{domains,paths,paths_annotated}.csv,
                iter_k/corpus/pages-*.jsonl.gz, iter_k/classifier.bin, stats.json (written at the end)
     training   a `dsmath pretrain` / `dsmath sft` run directory: metrics.jsonl, config.json, summary.json
-    rl         a `dsmath rl` run directory: metrics.jsonl (step rows and eval_* rows), summary.json
+    rl         a `dsmath rl` run directory: metrics.jsonl (step rows and eval_* rows), summary.json,
+               evals/step_<step>.jsonl (each held-out problem's verdicts at an evaluation)
     paradigm   the results JSON of experiments/rl_paradigm_tiny.py
 
 A directory that is not what a loader expects raises `RunDirError` naming the path and the file it looked
@@ -56,6 +57,7 @@ from dsmath_jax.analysis.mining import (
 )
 from dsmath_jax.analysis.paradigm import (
     load_paradigm_results,
+    mcnemar_p_value,
     paradigm_arms,
     paradigm_curves,
     paradigm_figure,
@@ -67,9 +69,11 @@ from dsmath_jax.analysis.rl import (
     eval_accuracy_figure,
     eval_history,
     eval_k,
+    load_eval_rows,
     load_rl_run,
     maj_pass_before_after,
     maj_pass_figure,
+    paired_change,
     rl_curves,
     rl_summary,
     rl_training_figure,
@@ -104,16 +108,19 @@ __all__ = [
     "format_table",
     "iter_jsonl_shards",
     "load_mining_run",
+    "load_eval_rows",
     "load_paradigm_results",
     "load_rl_run",
     "load_training_run",
     "maj_pass_before_after",
     "maj_pass_figure",
+    "mcnemar_p_value",
     "mining_iteration_table",
     "mining_iterations_figure",
     "new_figure",
     "note",
     "number",
+    "paired_change",
     "paradigm_arms",
     "paradigm_curves",
     "paradigm_figure",

@@ -1,7 +1,9 @@
-"""A `dsmath rl` run directory: metrics.jsonl (step rows and eval_* rows), summary.json."""
+"""A `dsmath rl` run directory: metrics.jsonl (step rows and eval_* rows), summary.json, evals/step_<step>.jsonl
+(per-problem verdicts of each held-out evaluation, compared before / after by `paired_change`)."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -9,8 +11,18 @@ from typing import Any
 import numpy as np
 
 from dsmath_jax.analysis.figures import new_figure, note
-from dsmath_jax.analysis.files import Curve, number, read_json_if_exists, require_file, resolve_dir, series
+from dsmath_jax.analysis.files import (
+    Curve,
+    ResultsFormatError,
+    number,
+    read_json_if_exists,
+    require_file,
+    resolve_dir,
+    series,
+)
+from dsmath_jax.analysis.paradigm import mcnemar_p_value, paired_difference_interval
 from dsmath_jax.train.metrics import read_metrics
+from dsmath_jax.train.rundir import EVALS_DIR, eval_rows_path
 
 RL_CURVES = ("reward_mean", "reward_std", "accuracy", "kl", "clip_frac", "entropy", "response_length",
              "zero_variance_groups", "finished_frac", "rollout_tokens_per_s", "train_tokens_per_s", "loss")
@@ -67,6 +79,55 @@ def maj_pass_before_after(history: Sequence[Mapping[str, Any]]) -> dict[str, Any
     pick = lambda key: (number(first.get(key)), number(last.get(key)))  # noqa: E731
     return {"k": k, "steps": (int(first["step"]), int(last["step"])), "greedy": pick("eval_accuracy"),
             "maj": pick(f"eval_maj@{k}"), "pass": pick(f"eval_pass@{k}"), "sample": pick("eval_sample_accuracy")}
+
+
+def load_eval_rows(path: str, step: int) -> list[dict[str, Any]]:
+    """The per-problem verdicts of an RL run's held-out evaluation at `step` (`evals/step_<step>.jsonl`: id,
+    correct, answer, samples_correct); `RunDirError` when the run wrote none there (runs before this file existed
+    wrote none), `ResultsFormatError` naming the line of a row without an id or a verdict."""
+    path = resolve_dir(path)
+    rel = os.path.relpath(eval_rows_path(path, step), path)
+    file = require_file(path, rel, f"an RL run directory with per-problem evaluations (`{EVALS_DIR}/`)")
+    rows = []
+    with open(file, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ResultsFormatError(f"{file}:{n}: not JSON ({e.msg})") from None
+            if not isinstance(row, dict) or not isinstance(row.get("id"), str) or not isinstance(row.get("correct"),
+                                                                                                  bool):
+                raise ResultsFormatError(f"{file}:{n}: a row needs a string `id` and a boolean `correct`")
+            rows.append(row)
+    return rows
+
+
+def paired_change(before: Sequence[Mapping[str, Any]], after: Sequence[Mapping[str, Any]], *,
+                  level: float = 0.95) -> dict[str, Any]:
+    """Greedy accuracy before vs after on the same problems (rows of `load_eval_rows`, matched by id):
+    {problems, before, after, gained (wrong before, right after), lost (the reverse), difference (after - before),
+    low, high (its exact `level` interval given the gained + lost problems that changed,
+    `paired_difference_interval`: the test set's sampling noise, not the training seed's), p_value (exact
+    McNemar, `mcnemar_p_value`; below 1 - level exactly when the interval excludes 0)}. The two evaluations
+    must cover the same problem ids (a ValueError names the first that differs)."""
+    a = {r["id"]: bool(r["correct"]) for r in before}
+    b = {r["id"]: bool(r["correct"]) for r in after}
+    if len(a) != len(before) or len(b) != len(after):
+        raise ValueError("an evaluation lists a problem id twice")
+    if set(a) != set(b):
+        missing = sorted(set(a) ^ set(b))
+        raise ValueError(f"the two evaluations cover different problems: {missing[0]!r} is in only one "
+                         f"({len(missing)} such ids)")
+    if not a:
+        raise ValueError("no problems to compare")
+    diffs = [int(b[i]) - int(a[i]) for i in a]
+    gained, lost = diffs.count(1), diffs.count(-1)
+    low, high = paired_difference_interval(gained, lost, len(diffs), level)
+    return {"problems": len(diffs), "before": sum(a.values()) / len(a), "after": sum(b.values()) / len(b),
+            "gained": gained, "lost": lost, "difference": (gained - lost) / len(diffs), "low": low, "high": high,
+            "level": level, "p_value": mcnemar_p_value(gained, lost)}
 
 
 def rl_summary(run: Mapping[str, Any]) -> dict[str, Any]:

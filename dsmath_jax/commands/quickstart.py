@@ -1,4 +1,4 @@
-"""`dsmath quickstart`: the whole pipeline at tiny scale, on a laptop CPU (about 6 minutes on 2 cores).
+"""`dsmath quickstart`: the whole pipeline at tiny scale, on a laptop CPU (about 5 minutes on 2 idle cores).
 
   dsmath quickstart [--workdir=runs/quickstart] [--benchmarks_dir=DIR]
 

@@ -93,6 +93,11 @@ def _rl_results(path: str) -> dict:
             names.update({f"eval_maj@{k}": f"maj@{k}", f"eval_pass@{k}": f"pass@{k}"})
         out["before"] = {"step": before["step"], **{v: before.get(key) for key, v in names.items()}}
         out["after"] = {"step": after["step"], **{v: after.get(key) for key, v in names.items()}}
+        try:  # problem by problem, from the two evaluations' per-problem verdicts
+            out["greedy_paired"] = A.paired_change(A.load_eval_rows(path, before["step"]),
+                                                   A.load_eval_rows(path, after["step"]))
+        except A.RunDirError:
+            pass  # a run from before per-problem evaluations were written
     out["eval_history"] = history
     return out
 
@@ -308,6 +313,14 @@ def render_report(results: Mapping[str, Any]) -> str:
             b, a = g["before"].get(key), g["after"].get(key)
             change = f"{a - b:+.3f}" if a is not None and b is not None else "-"
             lines.append(f"| {label} | {_fmt(b)} | {_fmt(a)} | {change} |")
+        pc = g.get("greedy_paired")
+        if pc:
+            lines += ["", f"Problem by problem (greedy): {pc['gained']} of the {pc['problems']} held-out problems are "
+                          f"right after GRPO and were wrong before, {pc['lost']} the reverse; the change "
+                          f"{pc['difference']:+.3f} has an exact {pc['level']:.0%} interval of [{pc['low']:+.3f}, "
+                          f"{pc['high']:+.3f}] given the problems that changed, and an exact McNemar p-value of "
+                          f"{pc['p_value']:.3g}. That is the test set's sampling noise only: another seed of SFT "
+                          "and GRPO moves the change too (the README gives it over seeds)."]
         rc = g.get("reward_curve") or {}
         if rc:
             lines += ["", f"Training reward (the mean over each step's groups of {g.get('reward')} rewards): "

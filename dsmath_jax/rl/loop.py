@@ -27,10 +27,14 @@ exits.
 Metrics (`<workdir>/metrics.jsonl`, TensorBoard): reward mean/std, accuracy (rule reward), KL, clip
 fraction, entropy, response length, the share of groups whose rewards are all equal (zero advantage),
 truncated outputs, rollout and train tokens/s, and held-out greedy accuracy (plus maj@k / pass@k).
+Each held-out evaluation also writes every problem's verdicts to `<workdir>/evals/step_<step>.jsonl`
+(id, greedy verdict and answer, right samples of k), so two evaluations compare problem by problem
+(`dsmath_jax.analysis.paired_change`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -65,7 +69,7 @@ from dsmath_jax.rl.rollout import (
     RolloutSettings,
     StepRewardFn,
     encode_prompts,
-    evaluate,
+    evaluate_problems,
     outcome_rewards,
     prm_rewards,
     step_rule_rewards,
@@ -75,7 +79,7 @@ from dsmath_jax.train.checkpoint import Checkpointer, abstract_like
 from dsmath_jax.train.loop import start_run
 from dsmath_jax.train.metrics import read_metrics
 from dsmath_jax.train.restore import load_run, run_tokenizer_files
-from dsmath_jax.train.rundir import copy_atomic
+from dsmath_jax.train.rundir import copy_atomic, eval_rows_path, write_atomic
 from dsmath_jax.train.runner import Runner, StepInfo
 from dsmath_jax.train.step import TrainState, adamw, make_train_step
 
@@ -416,13 +420,18 @@ class RLRun:
         return lambda r: f"row {r} (question {ro.problems[r // self.G].id!r}, sample {r % self.G})"
 
     # -------------------------------------------------------------------------------------- evaluation
-    def evaluate(self) -> dict[str, float]:
+    def evaluate(self, step: int | None = None) -> dict[str, float]:
         """Greedy accuracy of the current policy on the held-out problems (and maj@k / pass@k with
-        `eval.samples` = k > 0 samples at `eval.temperature`)."""
+        `eval.samples` = k > 0 samples at `eval.temperature`). With `step`, each problem's verdicts also go to
+        `evals/step_<step>.jsonl` (`eval_rows_path`), for problem-by-problem comparisons of two evaluations."""
         c = self.config.eval
-        return evaluate(self.sampler, self.roller.grader, self.state.params, self.test_problems, self.test_prompts,
-                        max_new_tokens=c.max_new_tokens or self.max_new, samples=c.samples,
-                        temperature=c.temperature)
+        metrics, rows = evaluate_problems(
+            self.sampler, self.roller.grader, self.state.params, self.test_problems, self.test_prompts,
+            max_new_tokens=c.max_new_tokens or self.max_new, samples=c.samples, temperature=c.temperature)
+        if step is not None and jax.process_index() == 0:
+            lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
+            write_atomic(eval_rows_path(self.workdir, step), lines)
+        return metrics
 
     # -------------------------------------------------------------------------------------- checkpoints
     def _items(self) -> dict:
@@ -497,7 +506,7 @@ class RLRun:
             return {"iteration": (info.step - 1) // self.M + 1, "skipped_steps": runner.skipped}
 
         def evaluate(info: StepInfo) -> dict:
-            evals[info.step] = self.evaluate()
+            evals[info.step] = self.evaluate(info.step)
             info.log = True  # a step with an evaluation is logged off the log_every grid too
             return evals[info.step]
 

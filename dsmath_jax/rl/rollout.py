@@ -379,11 +379,24 @@ def evaluate(sampler: Sampler, grader: Grader, params: Any, problems: Sequence[P
     """Greedy accuracy of ``params`` on held-out problems (``eval_accuracy``, ``eval_length``) and, with
     ``samples`` = k > 0 outputs per problem at ``temperature``, ``eval_pass@k``, ``eval_maj@k`` (majority vote
     over the grader's normalised answers) and ``eval_sample_accuracy``."""
+    return evaluate_problems(sampler, grader, params, problems, prompts, max_new_tokens=max_new_tokens,
+                             samples=samples, temperature=temperature, seed=seed)[0]
+
+
+def evaluate_problems(sampler: Sampler, grader: Grader, params: Any, problems: Sequence[Problem],
+                      prompts: Sequence[list[int]], *, max_new_tokens: int, samples: int = 0,
+                      temperature: float = 1.0, seed: int = 12345) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """:func:`evaluate`'s metrics and one row per problem, in the problems' order: ``id``, ``correct`` (the
+    greedy answer's verdict), ``answer`` (the greedy answer the grader extracted, None if none) and, with
+    samples, ``samples_correct`` (how many of the k samples are right). Two evaluations of the same problems
+    (before and after training) compare problem by problem with :func:`dsmath_jax.analysis.rl.paired_change`."""
     sampler.update_params(params)
     greedy = sampler.generate(list(prompts), SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, n=1))
     verdicts = grader.grade([(g[0].text, p.answer, p.kind) for p, g in zip(problems, greedy)])
     out = {"eval_accuracy": float(np.mean([v.correct for v in verdicts])),
            "eval_length": float(np.mean([len(g[0].tokens) for g in greedy]))}
+    rows: list[dict[str, Any]] = [{"id": p.id, "correct": bool(v.correct), "answer": v.extracted}
+                                  for p, v in zip(problems, verdicts)]
     k = samples
     if k:
         sampled = sampler.generate(list(prompts), SamplingParams(max_new_tokens=max_new_tokens,
@@ -395,10 +408,13 @@ def evaluate(sampler: Sampler, grader: Grader, params: Any, problems: Sequence[P
         out[f"eval_maj@{k}"] = float(np.mean([maj_at_k([(v.extracted, v.correct) for v in vs], k, same)
                                               for vs in per]))
         out["eval_sample_accuracy"] = float(np.mean([v.correct for v in flat]))
+        for row, vs in zip(rows, per):
+            row["samples_correct"] = sum(bool(v.correct) for v in vs)
     sampler.release_params()
-    return out
+    return out, rows
 
 
 __all__ = ["Rows", "Reward", "RewardFn", "StepRewardFn", "rule_reward", "format_reward", "overlong_reward",
            "orm_reward", "outcome_rewards", "step_rule_rewards", "prm_rewards", "Rollout", "RolloutSettings",
-           "Roller", "question_indices", "sampling_seed", "encode_prompts", "evaluate"]
+           "Roller", "question_indices", "sampling_seed", "encode_prompts", "evaluate",
+           "evaluate_problems"]

@@ -48,4 +48,13 @@ def copy_atomic(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     write_atomic(dst, epath.Path(src).read_bytes())
 
 
-__all__ = ["is_remote", "write_atomic", "write_json", "read_json", "copy_atomic"]
+EVALS_DIR = "evals"  # an RL run's per-problem verdicts of each held-out evaluation
+
+
+def eval_rows_path(workdir: str | os.PathLike, step: int) -> str:
+    """Where an RL run writes its held-out evaluation at `step`, one JSON row per problem
+    (`dsmath_jax.rl.rollout.evaluate_problems`): `<workdir>/evals/step_<step, 6 digits>.jsonl`."""
+    return os.path.join(os.fspath(workdir), EVALS_DIR, f"step_{int(step):06d}.jsonl")
+
+
+__all__ = ["is_remote", "write_atomic", "write_json", "read_json", "copy_atomic", "EVALS_DIR", "eval_rows_path"]
