@@ -34,8 +34,10 @@ figures with error bars.
 problems): a JSON object (dsmath_jax.data.tasks; kind "arithmetic" is implied) or the name of a constant of
 dsmath_jax.data.arithmetic (e.g. ARITHMETIC_TINY, the tiny configs' own and the default). A task whose question
 and solution exceed the tiny SFT config's 128 tokens (three distractors, four steps) needs `--sft-seq-len 192`,
-else its SFT examples are truncated. XLA's CPU matrix products run single-threaded (as in the quickstart), so a
-rerun gives the same numbers on any number of cores.
+else its SFT examples are truncated. XLA's CPU math runs on one thread (as in the quickstart: single-threaded
+Eigen and a one-thread intra-op pool), so a rerun gives the same numbers on any number of cores. (The recorded
+experiments in experiments/results/ were run before the pool was limited, with the 2-thread pool of a 2-core
+machine: a rerun with this code differs from them in the last bits, then in sampled tokens.)
 
 Runs resume: a stage whose run directory holds a completed summary is reused (its evaluations too), so a
 stopped experiment continues where it was; the seeds, steps and task must stay the same per `--out`.

@@ -1,4 +1,4 @@
-"""`dsmath quickstart`: the whole pipeline at tiny scale, on a laptop CPU (about 5 minutes on 2 idle cores).
+"""`dsmath quickstart`: the whole pipeline at tiny scale, on a laptop CPU (about 6 minutes on 2 idle cores).
 
   dsmath quickstart [--workdir=runs/quickstart] [--benchmarks_dir=DIR]
 
@@ -53,9 +53,9 @@ def _define_flags(values: flags.FlagValues) -> None:
     flags.DEFINE_string("configs_dir", None, "a configs/ folder to read the stage configs from (default: the "
                         "configs the package carries)", **d)
     flags.DEFINE_bool("plots", True, "draw plots/*.png (needs matplotlib)", **d)
-    flags.DEFINE_bool("deterministic", True, "the same numbers on any CPU core count: single-threaded Eigen for "
-                      "XLA's CPU matrix products (--xla_cpu_multi_thread_eigen=false; --nodeterministic lets them "
-                      "use every core)", **d)
+    flags.DEFINE_bool("deterministic", True, "the same numbers on any CPU core count (Linux): XLA's CPU math on "
+                      "one thread, single-threaded Eigen (--xla_cpu_multi_thread_eigen=false) and a one-thread "
+                      "intra-op pool; --nodeterministic lets it use every core", **d)
     flags.DEFINE_string("log_level", "INFO", "logging level", **d)
 
 

@@ -145,29 +145,64 @@ def scale_train(c: ml_collections.ConfigDict, scale: float, steps_key: str = "tr
 # XLA's CPU matrix products run on Eigen, whose multi-threaded contraction splits a product's reduction by the
 # size of its thread pool (the machine's cores), so 2 and 16 cores sum in different orders and a run's numbers
 # drift apart in the last bits, then in sampled tokens. Single-threaded Eigen sums in one order on any core
-# count. (XLA's own loops split only outer dimensions, and everything else of the pipeline is seeded.)
+# count. XLA's CPU client also runs library fusions (YNNPACK dots, e.g. the weight gradients, whose reduction is
+# over batch x sequence) and parallel loops on its own intra-op thread pool, sized by the cores the process may
+# use when the client starts and split by that size: `start_xla_cpu_on_one_thread` starts the client while the
+# process may use one core, so the pool has one thread on any machine, then gives every thread back the cores it
+# had. (Everything else of the pipeline is seeded.)
 DETERMINISTIC_XLA_FLAGS = ("--xla_cpu_multi_thread_eigen=false",)
+
+
+def start_xla_cpu_on_one_thread() -> bool:
+    """Starts JAX's backends with the process limited to one core, so XLA's CPU client sizes its intra-op thread
+    pool at one thread, then restores every thread's cores (the pool's thread included: it runs on any core, alone).
+    Returns False, changing nothing, where a process cannot set its cores (no `os.sched_setaffinity`: not Linux)
+    or JAX's backends have started already."""
+    import sys
+    bridge = sys.modules.get("jax._src.xla_bridge")
+    if not hasattr(os, "sched_setaffinity") or (bridge is not None and bridge.backends_are_initialized()):
+        return False
+    cores = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(cores)})
+    try:
+        import jax
+        jax.devices()  # starts the backends (the CPU client and its thread pool) under one core
+    finally:
+        for tid in os.listdir("/proc/self/task"):
+            try:
+                os.sched_setaffinity(int(tid), cores)
+            except OSError:  # a thread that ended meanwhile
+                pass
+    return True
 
 
 def make_cpu_math_deterministic(environ: dict | None = None) -> bool:
     """Adds `DETERMINISTIC_XLA_FLAGS` to XLA_FLAGS (of `environ`, default os.environ) unless it sets them
-    already; returns whether they are in effect. When JAX's backends started before (XLA reads its flags once),
-    it changes nothing (processes this one starts would inherit flags it does not run with), logs a warning and
-    returns False. `dsmath quickstart` calls it first thing (`--deterministic`)."""
+    already and, for this process (no `environ`), starts JAX with a one-thread intra-op pool
+    (`start_xla_cpu_on_one_thread`); returns whether both are in effect (with `environ`: the flags). When JAX's
+    backends started before (XLA reads its flags and sizes its pool once), it changes nothing (processes this one
+    starts would inherit flags it does not run with), logs a warning and returns False. `dsmath quickstart` calls
+    it first thing (`--deterministic`)."""
     import logging
     import sys
     env = os.environ if environ is None else environ
     flags = env.get("XLA_FLAGS", "")
     missing = [f for f in DETERMINISTIC_XLA_FLAGS if f.split("=")[0] not in flags]
-    if not missing:
-        return True
     bridge = sys.modules.get("jax._src.xla_bridge")
     if bridge is not None and bridge.backends_are_initialized():
+        if missing or environ is None:
+            logging.getLogger(__name__).warning(
+                "JAX started before its CPU math was made deterministic (%s, a one-thread pool): this process's "
+                "CPU numbers depend on its thread count", " ".join(missing) or "flags set")
+            return False
+        return True
+    if missing:
+        env["XLA_FLAGS"] = " ".join([flags, *missing]).strip()
+    if environ is None and not start_xla_cpu_on_one_thread():
         logging.getLogger(__name__).warning(
-            "JAX started before %s was set: this process's CPU matrix products depend on its thread count",
-            " ".join(missing))
+            "this platform cannot limit a process to one core (no os.sched_setaffinity): XLA's CPU thread pool has "
+            "one thread per core, and numbers depend on the core count")
         return False
-    env["XLA_FLAGS"] = " ".join([flags, *missing]).strip()
     return True
 
 
