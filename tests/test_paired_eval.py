@@ -113,5 +113,5 @@ def test_eval_rows_round_trip_and_errors(tmp_path):
         A.load_eval_rows(str(run), 40)
     with open(path, "w") as f:
         f.write('{"id": "arith-0-1", "correct": true\n')
-    with pytest.raises(A.ResultsFormatError, match=r"step_000040.jsonl:1: not JSON"):
+    with pytest.raises(A.ResultsFormatError, match=r"step_000040.jsonl:1: not valid JSON"):
         A.load_eval_rows(str(run), 40)

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -21,6 +20,7 @@ from dsmath_jax.analysis.files import (
     series,
 )
 from dsmath_jax.analysis.paradigm import mcnemar_p_value, paired_difference_interval
+from dsmath_jax.data.text_files import DataFormatError, iter_jsonl
 from dsmath_jax.train.metrics import read_metrics
 from dsmath_jax.train.rundir import EVALS_DIR, eval_rows_path
 
@@ -89,18 +89,13 @@ def load_eval_rows(path: str, step: int) -> list[dict[str, Any]]:
     rel = os.path.relpath(eval_rows_path(path, step), path)
     file = require_file(path, rel, f"an RL run directory with per-problem evaluations (`{EVALS_DIR}/`)")
     rows = []
-    with open(file, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ResultsFormatError(f"{file}:{n}: not JSON ({e.msg})") from None
-            if not isinstance(row, dict) or not isinstance(row.get("id"), str) or not isinstance(row.get("correct"),
-                                                                                                  bool):
+    try:
+        for n, row in iter_jsonl(file):
+            if not isinstance(row.get("id"), str) or not isinstance(row.get("correct"), bool):
                 raise ResultsFormatError(f"{file}:{n}: a row needs a string `id` and a boolean `correct`")
             rows.append(row)
+    except DataFormatError as e:
+        raise ResultsFormatError(str(e)) from None
     return rows
 
 
