@@ -166,6 +166,63 @@ def test_jsonl_builds_an_sft_dataset(tmp_path):
         assert row == {"question": p.question, "response": p.response, "format": "cot", "source": p.id}
 
 
+LEVEL1 = {"max_operand": 9, "max_value": 30, "max_steps": 2, "distractors": 1}
+
+
+def _sft_rows(data_dir, name):
+    return [decode_example(row) for split in ("train", "validation")
+            for row in (lambda src: [src[i] for i in range(len(src))])(data_source(name, split, data_dir=data_dir))]
+
+
+def test_answer_only_share_of_an_arithmetic_sft_source(tmp_path):
+    """`answer_only` gives that share of the problems as their final-answer line alone (format "answer"), the
+    others as their worked solutions; which ones is a stable hash of the problem id (the same on every machine
+    and in every build), and the recipe carries the share (a build with another share is not reused)."""
+    spec = {"n_train": 1000, "n_test": 20, "seed": 0, "knobs": LEVEL1}
+    train, _ = train_test_split(1000, 20, seed=0, **LEVEL1)
+    by_id = {p.id: p for p in train}
+    source = {"kind": "arithmetic", "arithmetic": spec, "answer_only": 0.5}
+    report = build_sft_dataset("mix", [source], data_dir=tmp_path / "a", validation_fraction=0.02)
+    rows = _sft_rows(tmp_path / "a", "mix")
+    assert sorted(r["source"] for r in rows) == sorted(by_id)
+    answer_only = {r["source"] for r in rows if r["format"] == "answer"}
+    for r in rows:
+        p = by_id[r["source"]]
+        assert r["question"] == p.question
+        if r["format"] == "answer":
+            assert r["response"] == p.response.splitlines()[-1] == f"The final answer is $\\boxed{{{p.answer}}}$."
+        else:
+            assert r["format"] == "cot" and r["response"] == p.response and len(p.response.splitlines()) >= 2
+    # Binomial(1000, 0.5): 99.9% of draws fall within 500 +- 52.
+    assert 448 <= len(answer_only) <= 552, len(answer_only)
+    assert report.counts["format"] == {"answer": len(answer_only), "cot": 1000 - len(answer_only)}
+    # The same problems in another build (another directory, another process's hash seed would not matter):
+    build_sft_dataset("mix", [source], data_dir=tmp_path / "b", validation_fraction=0.02)
+    assert {r["source"] for r in _sft_rows(tmp_path / "b", "mix") if r["format"] == "answer"} == answer_only
+    # Another share is another recipe: the built dataset is not reused for it (an error naming the difference),
+    # and a rebuild with the larger share keeps the smaller one's problems (one hash, one threshold).
+    with pytest.raises(ValueError, match=r"built from different inputs or options.*'answer_only': 0.8"):
+        build_sft_dataset("mix", [dict(source, answer_only=0.8)], data_dir=tmp_path / "a", validation_fraction=0.02)
+    build_sft_dataset("mix", [dict(source, answer_only=0.8)], data_dir=tmp_path / "a", validation_fraction=0.02,
+                      overwrite=True)
+    larger = {r["source"] for r in _sft_rows(tmp_path / "a", "mix") if r["format"] == "answer"}
+    assert answer_only < larger and 748 <= len(larger) <= 852
+    # 0 is the worked solutions only, as without the option.
+    build_sft_dataset("none", [dict(source, answer_only=0.0)], data_dir=tmp_path / "a", validation_fraction=0.02)
+    assert {r["format"] for r in _sft_rows(tmp_path / "a", "none")} == {"cot"}
+
+
+@pytest.mark.parametrize("source, message", [
+    ({"kind": "arithmetic", "arithmetic": {"n_train": 10}, "answer_only": 1.5},
+     r"answer_only must be a share in \[0, 1\], got 1.5"),
+    ({"kind": "arithmetic", "arithmetic": {"n_train": 10}, "answer_only": True}, "answer_only must be a share"),
+    ({"kind": "jsonl", "files": ["x.jsonl"], "answer_only": 0.5}, "answer_only=0.5 is for arithmetic sources"),
+])
+def test_answer_only_is_checked(tmp_path, source, message):
+    with pytest.raises(ValueError, match=message):
+        build_sft_dataset("bad", [source], data_dir=tmp_path)
+
+
 def test_tokenizer_vocabulary_and_lengths(tmp_path):
     tok = train_sentencepiece(texts_for_tokenizer(generate_problems(2000, seed=11)), tmp_path / "arith",
                               vocab_size=512, num_threads=2)

@@ -38,9 +38,9 @@ ARGUMENTS = {
     "pretrain/code_then_math.py": [None, "tiny", "two_stage_code", "two_stage_math", "one_stage",
                                    "two_stage_math,tiny", "one_stage,tiny"],
     "pretrain/deepseekmath_base_7b.py": [None, "tiny"],
-    "sft/arithmetic.py": [None, "tiny", "small"],
+    "sft/arithmetic.py": [None, "tiny", "small", "tiny,answer_mix"],
     "sft/deepseekmath_instruct.py": [None, "tiny"],
-    "rl/grpo_outcome.py": [None, "tiny", "gsm8k", "math", "math,tiny"],
+    "rl/grpo_outcome.py": [None, "tiny", "gsm8k", "math", "math,tiny", "tiny,answer_mix"],
     "rl/grpo_process.py": [None, "tiny", "math", "math,tiny"],
     "rl/iterative_grpo.py": [None, "tiny", "process", "outcome", "outcome,tiny"],
     "rl/paradigm.py": [f"{arm}{tiny}" for arm in ("sft", "rft", "online_rft", "dpo", "ppo", "grpo_outcome",
@@ -277,7 +277,8 @@ def test_the_commands_the_quickstart_and_the_sweep_report_the_loaders_errors(tmp
     sft = configs / "sft" / "arithmetic.py"
     sft.write_text(sft.read_text().replace("    return arithmetic_sft_config(", "    c = arithmetic_sft_config(")
                    + "    c.train.update(warmup=3)\n    return c\n")
-    with pytest.raises(Q.QuickstartError, match=r"sft/arithmetic.py:tiny: train.warmup: not a key of the schema"):
+    with pytest.raises(Q.QuickstartError,
+                       match=r"sft/arithmetic.py:tiny,answer_mix: train.warmup: not a key of the schema"):
         Q.load_config(Q.STAGE_CONFIGS["sft"], configs)
 
 

@@ -17,9 +17,11 @@ Which tiny variants run where (a variant is `file:arg`; the runs here are capped
   sft/deepseekmath_instruct.py:tiny        test_train.py::test_tiny_sft_lowers_the_loss
   sft/arithmetic.py:tiny                   conftest.py::arithmetic_sft_run (the policy of every RL/RM run)
   sft/arithmetic.py:small                  not a tiny variant (a GPU or a longer CPU run); it loads, below
+  sft/arithmetic.py:tiny,answer_mix        test_quickstart.py (its sft stage)
   rl/grpo_outcome.py:tiny                  test_rl_loop.py::test_grpo_raises_held_out_greedy_accuracy (as it
                                            is), ::test_resume_mid_iteration_is_bitwise; test_quickstart.py
   rl/grpo_outcome.py:<data>,tiny           the same config as :tiny (asserted below)
+  rl/grpo_outcome.py:tiny,answer_mix       test_quickstart.py (its grpo stage; :tiny on the answer_mix task)
   rl/grpo_process.py:tiny                  here: test_tiny_rl_variants_run (<data>,tiny: the same config)
   rl/iterative_grpo.py:tiny                test_rl_loop.py::test_iterative_grpo_with_a_prm_resumes_bitwise
   rl/iterative_grpo.py:outcome,tiny        here: test_tiny_iterative_grpo_with_an_orm_runs
@@ -156,11 +158,15 @@ def test_every_config_file_is_discovered_with_its_arguments():
     assert len(CONFIG_FILES) >= 16
     # The combinations a config rejects, and why: a message naming what to pass instead.
     assert {f"{p}:{a}" for p, a in REJECTED} == {"rl/paradigm.py:None", "rl/paradigm.py:tiny",
-                                                 "sft/arithmetic.py:small,tiny"}, REJECTED
+                                                 "sft/arithmetic.py:small,tiny",
+                                                 "sft/arithmetic.py:small,answer_mix,tiny",
+                                                 "rl/grpo_outcome.py:answer_mix"}, REJECTED
     for (path, arg), message in REJECTED.items():
         assert message.startswith("ValueError: "), f"configs/{path}:{arg}: {message}"
         if path == "rl/paradigm.py":
             assert all(arm in message for arm in argument_choices(path)["arm"]), message
+        elif path == "rl/grpo_outcome.py":
+            assert "tiny,answer_mix" in message, message
         else:
             assert "small" in message and "tiny" in message, message
     for path in CONFIG_FILES:

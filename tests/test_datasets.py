@@ -316,6 +316,8 @@ def test_sft_formats_are_validated():
     assert "```python" in check_response_format("pot", "print(1)")
     assert "```output" in check_response_format("tool", "```python\nprint(1)\n```")
     assert "not one of" in check_response_format("poem", "x")
+    assert check_response_format("answer", "The final answer is $\\boxed{7}$.") is None
+    assert "one line" in check_response_format("answer", "He buys 2 more: 5 + 2 = 7.\nThe final answer is 7.")
 
 
 def test_sft_from_jsonl_gsm8k_and_math(bench_dir, shared_data, tmp_path):

@@ -192,7 +192,7 @@ def test_a_crashed_stage_continues_from_its_checkpoint(run):
     assert max(r["step"] for r in run.sft_metrics1) in (at, at + 1)
     summary = read_json(run.workdir / "sft" / "summary.json")
     assert summary["status"] == "completed"
-    assert summary["step"] == expected_steps("configs/sft/arithmetic.py:tiny")
+    assert summary["step"] == expected_steps("configs/" + Q.STAGE_CONFIGS["sft"])
     assert run.state2["stages"]["sft"]["invocations"] == 2 and run.state2["stages"]["sft"]["status"] == "completed"
     # mine and pretrain did not run again.
     for stage in ("mine", "pretrain"):
@@ -207,7 +207,7 @@ def test_a_stopped_rl_stage_is_reported_then_continues(run):
     assert r2["stages"]["grpo"]["status"] == "stopped" and r2["stages"]["grpo"]["steps"] == 1
     assert run.grpo_summary2["status"] == "stopped" and run.grpo_summary2["step"] == 1
     assert run.code3 == 0
-    total = expected_steps("configs/rl/grpo_outcome.py:tiny", "train.steps_per_iteration")
+    total = expected_steps("configs/" + Q.STAGE_CONFIGS["grpo"], "train.steps_per_iteration")
     summary = read_json(run.workdir / "grpo" / "summary.json")
     assert summary["status"] == "completed" and summary["step"] == total
     assert run.state3["stages"]["grpo"]["invocations"] == 2
@@ -273,7 +273,7 @@ def test_results_json_matches_each_stage(run):
     from dsmath_jax.mining import files
     manifest = read_json(wd / "mine" / "synthetic" / "manifest.json")
     assert manifest["source"] == "arithmetic" and manifest["benchmarks"] == ["arithmetic"]
-    held_out = [p.question for p in load_problems(load_config("configs/rl/grpo_outcome.py:tiny").data.problems,
+    held_out = [p.question for p in load_problems(load_config("configs/" + Q.STAGE_CONFIGS["grpo"]).data.problems,
                                                   "test")]
     bench = [json.loads(line) for line in (wd / "mine/synthetic/benchmarks/arithmetic/test.jsonl").open()]
     assert [r["question"] for r in bench] == held_out
@@ -287,7 +287,7 @@ def test_results_json_matches_each_stage(run):
 
     # Pre-training on the mixture, with a tokenizer trained on both sources; SFT and GRPO use that tokenizer.
     for stage, spec in (("pretrain", "configs/pretrain/table1_corpora.py:deepseekmath_corpus,tiny"),
-                        ("sft", "configs/sft/arithmetic.py:tiny")):
+                        ("sft", "configs/" + Q.STAGE_CONFIGS["sft"])):
         summary = read_json(wd / stage / "summary.json")
         assert res["stages"][stage]["final_loss"] == summary["loss"]
         assert res["stages"][stage]["steps"] == summary["step"] == expected_steps(spec)
@@ -325,6 +325,9 @@ def test_results_json_matches_each_stage(run):
         assert len(rows[when]) == FLAGS["eval_problems"]
         assert sum(r["correct"] for r in rows[when]) / len(rows[when]) == g[when]["greedy"]
         assert all(0 <= r["samples_correct"] <= 4 for r in rows[when])
+        # The greedy response itself, whose answer is the row's (the grader's extraction from it).
+        assert all(isinstance(r["response"], str) for r in rows[when])
+        assert all(r["answer"] is None or r["answer"] in r["response"] for r in rows[when])
     assert [r["id"] for r in rows["before"]] == [r["id"] for r in rows["after"]]
     pairs = [(b["correct"], a["correct"]) for b, a in zip(rows["before"], rows["after"])]
     pc = g["greedy_paired"]
@@ -357,6 +360,9 @@ def test_report_has_the_numbers_and_figures(run):
     pc = g["greedy_paired"]
     assert (f"{pc['gained']} of the {pc['problems']} held-out problems are right after GRPO and were wrong before, "
             f"{pc['lost']} the reverse") in report
+    length = {e["step"]: e["eval_length"] for e in g["eval_history"]}
+    assert (f"greedy responses are {length[g['before']['step']]:.1f} tokens long on average before and "
+            f"{length[g['after']['step']]:.1f} after") in report
     for rel in run.results["plots"]:
         assert f"]({rel})" in report
     assert f"final loss {run.results['stages']['sft']['final_loss']:.3f}" in report
@@ -378,7 +384,7 @@ def test_errors_name_what_to_do(tmp_path, monkeypatch, shared_data, capsys):
     offline = Q.mine_config(str(tmp_path), Q.Options(), None)
     assert (offline.synthetic.source, offline.synthetic.benchmarks_dir, offline.decontamination.benchmarks_dir) == \
         ("arithmetic", "", "")
-    rl_task = load_config("configs/rl/grpo_outcome.py:tiny").data.problems
+    rl_task = load_config("configs/" + Q.STAGE_CONFIGS["grpo"]).data.problems
     assert offline.synthetic.arithmetic.to_dict() == {k: rl_task.to_dict()[k] for k in ("n_test", "seed", "knobs")}
     on_files = Q.mine_config(str(tmp_path), Q.Options(), str(shared_data / "benchmarks"))
     assert on_files.synthetic.source == "benchmarks"
@@ -406,9 +412,9 @@ def test_steps_scale_shrinks_every_stage_config():
     base = load_config("configs/pretrain/table1_corpora.py:deepseekmath_corpus,tiny")
     assert c.train.steps == Q.scaled(base.train.steps, 0.1)
     assert 1 <= c.train.checkpoint_every <= c.train.steps and c.optimizer.schedule.warmup_steps <= c.train.steps // 4
-    assert c.model.to_dict() == load_config("configs/sft/arithmetic.py:tiny").model.to_dict()
+    assert c.model.to_dict() == load_config("configs/" + Q.STAGE_CONFIGS["sft"]).model.to_dict()
     g = Q.grpo_config("/nonexistent", opts)
-    rl = load_config("configs/rl/grpo_outcome.py:tiny")
+    rl = load_config("configs/" + Q.STAGE_CONFIGS["grpo"])
     assert g.train.steps_per_iteration == Q.scaled(rl.train.steps_per_iteration, 0.1)
     assert 1 <= g.eval.every <= g.train.steps_per_iteration
     assert (g.eval.samples, g.eval.n_problems, g.init.run_dir) == (3, 5, os.path.abspath("/nonexistent/sft"))
@@ -513,7 +519,7 @@ def test_two_runs_on_different_core_counts_write_the_same_results_json(tmp_path)
     """The shrunk quickstart twice through the command line, at once: one process on every core, one pinned to
     one core with another hash seed (set and dict order), so Eigen's thread pools and Python's string hashes
     differ. results.json must be the same bytes, and so must every logged number of SFT and GRPO but
-    timings and the data pipeline's read-ahead counts. About 6 minutes on 2 cores."""
+    timings and the data pipeline's read-ahead counts. About 2 minutes on 2 cores."""
     import os
     import subprocess
     import sys
@@ -544,10 +550,12 @@ def test_two_runs_on_different_core_counts_write_the_same_results_json(tmp_path)
 @pytest.mark.slow
 def test_the_full_quickstart_raises_held_out_accuracy(tmp_path):
     """The README's command at full size (run with -m slow; the README gives its time on 2 cores): it completes,
-    and after GRPO held-out greedy accuracy is at least 1.5 points and maj@8 above their values before, as the
-    report says. The command is deterministic (seed 0: 84.8% -> 87.5%), so this checks that the code still gives
-    its measured gain; other seeds change by 0.0, -0.4 and +0.4 (experiments/results/tiny_rl_tuning.json), so
-    the margin is not a property of GRPO at this size, and the report gives the change's interval over problems."""
+    GRPO raises held-out greedy accuracy by at least 5 points and maj@8 above its value before, and the policy
+    learns to work the problems out (its greedy responses at least 10 tokens longer on average), as the report
+    says. The command is deterministic (seed 0: 52.3% -> 58.6%, responses 18.3 -> 38.9 tokens). The margin is
+    measured over seeds: SFT/GRPO seeds 0-3 gain +6.2, +15.2, +7.4 and +9.0 points (mean +9.5, 95% interval
+    [+3.1, +15.8]; every seed's responses grow by 15-21 tokens; experiments/results/tiny_rl_tuning.json), while the
+    SFT policy's own accuracy varies by 2.4 points (standard deviation) from seed to seed."""
     import subprocess
     import sys
     workdir = tmp_path / "quickstart"
@@ -555,8 +563,10 @@ def test_the_full_quickstart_raises_held_out_accuracy(tmp_path):
                           capture_output=True, text=True, timeout=3600, env=as_users_run_it())
     assert proc.returncode == 0, proc.stderr[-3000:]
     g = read_json(workdir / Q.RESULTS_FILE)["stages"]["grpo"]
-    assert g["steps"] == load_config("configs/rl/grpo_outcome.py:tiny").train.steps_per_iteration
-    assert g["after"]["greedy"] >= g["before"]["greedy"] + 0.015, (g["before"], g["after"])
+    assert g["steps"] == load_config("configs/" + Q.STAGE_CONFIGS["grpo"]).train.steps_per_iteration
+    assert g["after"]["greedy"] >= g["before"]["greedy"] + 0.05, (g["before"], g["after"])
     assert g["after"]["maj@8"] > g["before"]["maj@8"], (g["before"], g["after"])
+    length = {e["step"]: e["eval_length"] for e in g["eval_history"]}
+    assert length[g["after"]["step"]] >= length[g["before"]["step"]] + 10, length
     report = (workdir / Q.REPORT_FILE).read_text()
     assert f"| greedy accuracy | {g['before']['greedy']:.3f} | {g['after']['greedy']:.3f} |" in report

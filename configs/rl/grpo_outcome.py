@@ -18,19 +18,27 @@ SFT questions, `--config.data.problems.files=`; without one, GSM8K train). `tiny
 CPU: the policy is `configs/sft/arithmetic.py:tiny`'s run directory (`--config.init.run_dir=`), G 8 for
 each of 32 questions per step, lr 1e-4 after a 10-step warm-up, 40 steps, about 3 minutes on 2 cores:
 greedy accuracy on 256 held-out problems goes from 76.2% to 78.9% (tests/test_rl_loop.py asserts a gain
-of at least 1.5 points; over the quickstart's seeds 0-3 the change at this size is -0.4 to +2.7, mean +0.7).
+of at least 1.5 points). `tiny,answer_mix` (`dsmath quickstart`'s grpo stage): the problems of
+ARITHMETIC_ANSWER_MIX (one distractor sentence per question), for the policy of
+`configs/sft/arithmetic.py:tiny,answer_mix`, which answers some problems without working them out; in the
+quickstart (seeds 0-3) greedy accuracy rises by 6 to 15 points, mean +9.5 (README, "What RL does in the
+quickstart").
 """
 
 from dsmath_jax.config.args import parse_arg
 from dsmath_jax.config.rl import base_rl_config, paper_grpo, tiny_rl_overrides
+from dsmath_jax.data.arithmetic import ARITHMETIC_ANSWER_MIX
 
 
 def get_config(arg=None):
-    args = parse_arg(arg, {"data": ("gsm8k", "math")})
+    args = parse_arg(arg, {"data": ("gsm8k", "math", "answer_mix")})
+    if args.get("data") == "answer_mix" and not args["tiny"]:
+        raise ValueError("configs/rl/grpo_outcome.py: `answer_mix` is the arithmetic task of a `tiny` run: "
+                         "write `tiny,answer_mix`")
     c = paper_grpo(base_rl_config())
     if args.get("data") == "math":
         c.data.problems = dict(kind="math")
         c.eval.n_problems = 5000
     if args["tiny"]:
-        tiny_rl_overrides(c)
+        tiny_rl_overrides(c, problems=ARITHMETIC_ANSWER_MIX if args.get("data") == "answer_mix" else None)
     return c

@@ -1,4 +1,4 @@
-"""`dsmath quickstart`: the whole pipeline at tiny scale, on a laptop CPU (about 6 minutes on 2 idle cores).
+"""`dsmath quickstart`: the whole pipeline at tiny scale, on a laptop CPU (about 7 minutes on 2 idle cores).
 
   dsmath quickstart [--workdir=runs/quickstart] [--benchmarks_dir=DIR]
 
@@ -6,8 +6,8 @@ Mines a small math corpus out of a synthetic crawl (mine/), trains a tokenizer a
 it and on the arithmetic task's text (pretrain/), fine-tunes it on the task (sft/), runs GRPO with held-out
 greedy accuracy, maj@k and pass@k before and after (grpo/), and writes results.json, plots/*.png and
 report.md. The stage configs are the repository's (configs/mining/deepseekmath_corpus.py:tiny,
-configs/pretrain/table1_corpora.py:deepseekmath_corpus,tiny, configs/sft/arithmetic.py:tiny,
-configs/rl/grpo_outcome.py:tiny), wired together.
+configs/pretrain/table1_corpora.py:deepseekmath_corpus,tiny, configs/sft/arithmetic.py:tiny,answer_mix,
+configs/rl/grpo_outcome.py:tiny,answer_mix), wired together.
 
 It needs no files and no network: the crawl's math pages are made by the arithmetic task's generator, and the
 mined corpus is decontaminated against the held-out problems GRPO is evaluated on. With --benchmarks_dir=DIR

@@ -26,7 +26,7 @@ from dsmath_jax.config.checks import (
     in_range,
     one_of,
 )
-from dsmath_jax.data.arithmetic import ARITHMETIC_TINY
+from dsmath_jax.data.arithmetic import ANSWER_MIX_SHARE, ARITHMETIC_ANSWER_MIX, ARITHMETIC_TINY
 from dsmath_jax.data.pipeline import OVERLONG, PACKINGS
 from dsmath_jax.data.sft_data import SFTSource
 from dsmath_jax.data.sources import source_name
@@ -113,16 +113,20 @@ def tiny_overrides(c: ml_collections.ConfigDict, *, steps: int = 120, seq_len: i
     return c
 
 
-def arithmetic_sft_config(size: str = "tiny") -> ml_collections.ConfigDict:
-    """SFT on the arithmetic task (configs/sft/arithmetic.py; the quickstart's sft stage): `tiny` (the tiny
-    model, 450 steps) or `small` (a 4-layer d256 model, 2,000 steps)."""
+def arithmetic_sft_config(size: str = "tiny", *, answer_mix: bool = False) -> ml_collections.ConfigDict:
+    """SFT on the arithmetic task (configs/sft/arithmetic.py): `tiny` (the tiny model, 450 steps) or `small` (a
+    4-layer d256 model, 2,000 steps); `answer_mix` (the quickstart's sft stage): the problems of
+    ARITHMETIC_ANSWER_MIX, a share ANSWER_MIX_SHARE of them given as their final answer alone (dsmath_jax.data.
+    arithmetic), instead of ARITHMETIC_TINY's worked solutions."""
     if size not in ("tiny", "small"):
         raise ValueError(f"arithmetic SFT sizes are 'tiny' and 'small', got {size!r}")
-    arithmetic = {k: v for k, v in ARITHMETIC_TINY.items() if k != "kind"}
+    task = ARITHMETIC_ANSWER_MIX if answer_mix else ARITHMETIC_TINY
+    spec: dict[str, Any] = {"kind": "arithmetic", "arithmetic": {k: v for k, v in task.items() if k != "kind"}}
+    if answer_mix:
+        spec["answer_only"] = ANSWER_MIX_SHARE
     c = base_train_config()
     tiny_overrides(c, steps=450, seq_len=128, batch_size=32, lr=3e-3)
-    c.data.sources = [source("sft", name="arithmetic_sft", sources=[{"kind": "arithmetic", "arithmetic": arithmetic}],
-                             validation_fraction=0.02)]
+    c.data.sources = [source("sft", name="arithmetic_sft", sources=[spec], validation_fraction=0.02)]
     c.data.packing = "first_fit"
     c.model.max_seq_len = 256  # RL samples prompt + up to 96 new tokens
     c.data.eval_split = "validation"

@@ -61,7 +61,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 __all__ = [
-    "ARITHMETIC_TINY", "ARITHMETIC_HEADROOM", "DIFFICULTY_LEVELS", "OPERATIONS", "MAX_FACTOR", "MAX_DISTRACTORS",
+    "ARITHMETIC_TINY", "ARITHMETIC_HEADROOM", "ARITHMETIC_ANSWER_MIX", "ANSWER_MIX_SHARE", "DIFFICULTY_LEVELS",
+    "OPERATIONS", "MAX_FACTOR", "MAX_DISTRACTORS",
     "ArithmeticProblem", "generate_problems", "train_test_split", "arithmetic_spec", "write_jsonl",
     "texts_for_tokenizer", "apply_operation",
 ]
@@ -119,6 +120,15 @@ def arithmetic_spec(level: int, *, n_train: int = 20000, n_test: int = 256, seed
 ARITHMETIC_HEADROOM = dict(kind="arithmetic", n_train=20000, n_test=256, seed=0,
                            knobs=dict(max_operand=9, max_value=50, min_steps=2, max_steps=3, distractors=1))
 
+# The quickstart's task (configs/sft/arithmetic.py:tiny,answer_mix and configs/rl/grpo_outcome.py:tiny,answer_mix):
+# DIFFICULTY_LEVELS[1], one distractor sentence in each question, its SFT data giving a share ANSWER_MIX_SHARE of
+# the problems as their final answer alone (dsmath_jax.data.sft_data, `answer_only`), like SFT sets that mix
+# worked solutions with bare answers. The SFT policy then works some problems out and answers others at once;
+# answering at once (without the distractor-free working) is more often wrong, and GRPO with the outcome reward
+# learns to work problems out. Measured over the quickstart's seeds: README, "What RL does in the quickstart".
+ARITHMETIC_ANSWER_MIX = dict(kind="arithmetic", n_train=20000, n_test=256, seed=0, knobs=dict(DIFFICULTY_LEVELS[1]))
+ANSWER_MIX_SHARE = 0.5
+
 # (name, pronoun); the other person of a "gives to" / "gets from" is another of the names.
 _PEOPLE = (("Tom", "he"), ("Ann", "she"), ("Sam", "he"), ("Mia", "she"), ("Ben", "he"), ("Lily", "she"),
            ("Max", "he"), ("Emma", "she"), ("Leo", "he"), ("Zoe", "she"))
@@ -172,6 +182,11 @@ class ArithmeticProblem:
     operations: list[tuple[str, int]] = dataclasses.field(default_factory=list)
     intermediates: list[int] = dataclasses.field(default_factory=list)
     distractors: list[str] = dataclasses.field(default_factory=list)  # the question's irrelevant sentences
+
+    @property
+    def answer_line(self) -> str:
+        r"""The response's last line, the final answer: ``The final answer is $\boxed{answer}$.``"""
+        return f"The final answer is $\\boxed{{{self.answer}}}$."
 
     def sft_row(self) -> dict:
         """The SFT JSONL row of this problem (see :func:`write_jsonl`)."""
@@ -283,10 +298,11 @@ def _problem(seed: int, index: int, *, min_steps: int, max_steps: int, max_opera
             sentences.insert(gap + 1 + offset, sentence)
     question = " ".join([*sentences, ask])
     answer = str(x)
-    response = "\n".join([*steps, f"The final answer is $\\boxed{{{answer}}}$."])
-    return ArithmeticProblem(question=question, steps=steps, answer=answer, response=response,
-                             num_steps=num_steps, id=f"arith-{seed}-{index}", start=start, operations=ops,
-                             intermediates=values, distractors=extra)
+    problem = ArithmeticProblem(question=question, steps=steps, answer=answer, response="", num_steps=num_steps,
+                                id=f"arith-{seed}-{index}", start=start, operations=ops, intermediates=values,
+                                distractors=extra)
+    problem.response = "\n".join([*steps, problem.answer_line])
+    return problem
 
 
 def _distractors(seed: int, index: int, count: int, *, name: str, pron: str, item: str, max_operand: int

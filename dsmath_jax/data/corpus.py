@@ -53,6 +53,7 @@ __all__ = [
     "iter_records",
     "expand_files",
     "in_validation",
+    "hash_share",
     "fingerprint_files",
 ]
 
@@ -232,13 +233,22 @@ def _parquet_records(path: epath.Path, columns: Sequence[str] | None) -> Iterato
                 yield row, record, None
 
 
-def in_validation(text: str, fraction: float) -> bool:
-    """Whether ``text`` belongs to the validation split: a stable hash of its content below ``fraction``.
+def hash_share(text: str, fraction: float) -> bool:
+    """Whether ``text`` falls in a ``fraction`` of all texts: a stable hash of its content below ``fraction``.
 
-    Deterministic across runs and machines, and identical texts always land in the same split.
+    Deterministic across runs and machines; identical texts always get the same answer, and a text in the share of
+    ``fraction`` is in the share of any larger one. Salt ``text`` (a prefix) to draw an independent share.
     """
     digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
     return int.from_bytes(digest, "big") < fraction * 2.0**64
+
+
+def in_validation(text: str, fraction: float) -> bool:
+    """Whether ``text`` belongs to the validation split (:func:`hash_share` of its content).
+
+    Deterministic across runs and machines, and identical texts always land in the same split.
+    """
+    return hash_share(text, fraction)
 
 
 def fingerprint_files(paths: Sequence[epath.Path]) -> list[list[Any]]:

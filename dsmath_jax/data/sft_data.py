@@ -34,10 +34,14 @@ The ``format`` of a response:
         ```
         The final answer is $\boxed{72}$.
 
+``"answer"`` -- the final answer alone, without working, on one line (``"The final answer is
+    $\boxed{72}$."``): the answer-only rows that SFT sets mix with worked solutions (an arithmetic source's
+    ``answer_only`` share gives them).
+
 Formats are checked on load (:func:`check_response_format`): a ``pot`` response must contain a
 ``python`` block, a ``tool`` response at least one ``python`` block directly followed by an
-``output`` block. A violating row is malformed: counted and reported with ``file:line`` like an
-invalid JSON line, never silently accepted.
+``output`` block, an ``answer`` response is one line. A violating row is malformed: counted and reported
+with ``file:line`` like an invalid JSON line, never silently accepted.
 
 Sources (:class:`SFTSource`, or the equivalent dict):
 
@@ -46,9 +50,11 @@ Sources (:class:`SFTSource`, or the equivalent dict):
   ``{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": r}], "format"?}``;
 * ``{"kind": "gsm8k", "local_dir": dir or None}`` -- GSM8K train as chain of thought (see
   :func:`~dsmath_jax.data.math_text.gsm8k_cot_response`);
-* ``{"kind": "arithmetic", "arithmetic": {"n_train": ..., "seed": ...}}`` -- the train problems of the
-  small arithmetic task (:mod:`dsmath_jax.data.arithmetic`, :mod:`dsmath_jax.data.tasks`) with their step-by-step
-  responses;
+* ``{"kind": "arithmetic", "arithmetic": {"n_train": ..., "seed": ...}, "answer_only": 0.0}`` -- the train
+  problems of the small arithmetic task (:mod:`dsmath_jax.data.arithmetic`, :mod:`dsmath_jax.data.tasks`) with
+  their step-by-step responses (format ``cot``), except a share ``answer_only`` of them (drawn by a stable hash of
+  the problem's id, so the same problems on every machine) given as their final-answer line alone (format
+  ``answer``);
 * ``{"kind": "math", "local_dir": dir or None}`` -- MATH train rows that have a reference solution
   (with its ``\boxed{}`` answer), as chain of thought; rows without one are skipped and counted (the
   local copy of MATH train has answers only, so it contributes nothing).
@@ -73,6 +79,7 @@ from dsmath_jax.data.corpus import (
     DatasetReport,
     expand_files,
     fingerprint_files,
+    hash_share,
     in_validation,
     iter_records,
     write_dataset,
@@ -83,7 +90,7 @@ from dsmath_jax.data.tasks import arithmetic_split
 
 __all__ = ["FORMATS", "SFTSource", "build_sft_dataset", "check_response_format"]
 
-FORMATS = ("cot", "pot", "tool")
+FORMATS = ("cot", "pot", "tool", "answer")
 SOURCE_KINDS = ("jsonl", "gsm8k", "math", "arithmetic")
 SFT_FEATURES = ("question", "response", "format", "source")
 
@@ -97,7 +104,8 @@ class SFTSource:
 
     ``kind`` is ``"jsonl"`` (``files``, and ``default_format`` for rows without a ``format``),
     ``"gsm8k"`` or ``"math"`` (``local_dir``: a benchmark directory, or ``None`` to download), or
-    ``"arithmetic"`` (``arithmetic``: the task spec of :mod:`dsmath_jax.data.tasks`; its train problems).
+    ``"arithmetic"`` (``arithmetic``: the task spec of :mod:`dsmath_jax.data.tasks`; its train problems, a share
+    ``answer_only`` of them as their final answer alone).
     """
 
     kind: str
@@ -105,6 +113,7 @@ class SFTSource:
     local_dir: str | None = None
     default_format: str = "cot"
     arithmetic: Mapping[str, Any] | None = None  # kind "arithmetic": the spec of dsmath_jax.data.tasks
+    answer_only: float = 0.0  # kind "arithmetic": the share of problems given as their final answer alone
 
     def __post_init__(self) -> None:
         if self.kind not in SOURCE_KINDS:
@@ -122,6 +131,12 @@ class SFTSource:
             raise ValueError("an arithmetic SFT source needs `arithmetic` (its task spec); other kinds take none")
         if self.default_format not in FORMATS:
             raise ValueError(f"default_format {self.default_format!r} is not one of {FORMATS}")
+        if (isinstance(self.answer_only, bool) or not isinstance(self.answer_only, (int, float))
+                or not 0.0 <= self.answer_only <= 1.0):
+            raise ValueError(f"answer_only must be a share in [0, 1], got {self.answer_only!r}")
+        if self.answer_only and self.kind != "arithmetic":
+            raise ValueError(f"answer_only={self.answer_only} is for arithmetic sources (whose responses end in "
+                             f"their answer line); this source is {self.kind!r}")
 
     @classmethod
     def parse(cls, spec: SFTSource | Mapping[str, Any]) -> SFTSource:
@@ -141,6 +156,8 @@ def check_response_format(fmt: str, response: str) -> str | None:
         return "a 'pot' response needs a ```python block"
     if fmt == "tool" and not _TOOL_ROUND.search(response):
         return "a 'tool' response needs a ```python block followed by an ```output block"
+    if fmt == "answer" and "\n" in response.strip():
+        return "an 'answer' response is the final answer alone, on one line"
     return None
 
 
@@ -197,8 +214,10 @@ def _examples(index: int, source: SFTSource, data_dir: epath.Path, tally: BuildT
     if source.kind == "arithmetic":
         assert source.arithmetic is not None  # the source's spec requires it for this kind
         for i, p in enumerate(arithmetic_split(source.arithmetic)[0]):
-            tally.accept(format="cot", source="arithmetic")
-            yield f"{index}:{i}", {"question": p.question, "response": p.response, "format": "cot", "source": p.id}
+            answer_only = bool(source.answer_only) and hash_share(f"answer-only:{p.id}", source.answer_only)
+            fmt, response = ("answer", p.answer_line) if answer_only else ("cot", p.response)
+            tally.accept(format=fmt, source="arithmetic")
+            yield f"{index}:{i}", {"question": p.question, "response": response, "format": fmt, "source": p.id}
         return
 
     prepare_benchmark(source.kind, data_dir, local_dir=source.local_dir)
@@ -252,6 +271,8 @@ def build_sft_dataset(
         elif s.kind == "arithmetic":
             assert s.arithmetic is not None  # the source's spec requires it for this kind
             entry.update(arithmetic=dict(s.arithmetic))
+            if s.answer_only:  # (absent when 0: datasets built before the option keep their recipe)
+                entry.update(answer_only=s.answer_only)
         else:
             entry.update(download=s.local_dir is None)
         recipe_sources.append(entry)
@@ -273,7 +294,8 @@ def build_sft_dataset(
     else:
         generators = {"train": lambda: stream(tally)}
 
-    described = [f"{s.kind}:{list(s.files)}" if s.kind == "jsonl" else f"arithmetic:{dict(s.arithmetic or {})}"
+    described = [f"{s.kind}:{list(s.files)}" if s.kind == "jsonl" else
+                 f"arithmetic:{dict(s.arithmetic or {})}" + (f" answer_only={s.answer_only}" if s.answer_only else "")
                  if s.kind == "arithmetic" else f"{s.kind}:{s.local_dir or 'download'}" for s in parsed]
     inputs = [f for s in parsed for f in s.files] + [d for d in described if not d.startswith("jsonl:")]
     return write_dataset(

@@ -8,11 +8,12 @@ r"""`dsmath quickstart`: the whole pipeline at tiny scale in one run directory, 
                 MATH *train* problems, decontaminated against GSM8K / MATH test
     pretrain/   a sentencepiece tokenizer trained on, and the tiny model pre-trained on, a mixture of the
                 mined corpus and the arithmetic task's text (configs/pretrain/table1_corpora.py:
-                deepseekmath_corpus,tiny with the model of configs/sft/arithmetic.py:tiny)
-    sft/        SFT on the arithmetic task (configs/sft/arithmetic.py:tiny) from the pre-trained checkpoint,
-                with its tokenizer
-    grpo/       GRPO with outcome rewards (configs/rl/grpo_outcome.py:tiny) from the SFT policy; held-out
-                greedy accuracy, maj@k and pass@k before and after (`eval.samples` = k)
+                deepseekmath_corpus,tiny with the model of configs/sft/arithmetic.py:tiny,answer_mix)
+    sft/        SFT on the arithmetic task (configs/sft/arithmetic.py:tiny,answer_mix: level 1, half of the rows
+                the final answer alone) from the pre-trained checkpoint, with its tokenizer
+    grpo/       GRPO with outcome rewards (configs/rl/grpo_outcome.py:tiny,answer_mix) from the SFT policy;
+                held-out greedy accuracy, maj@k and pass@k before and after (`eval.samples` = k), each held-out
+                problem's greedy response and verdicts (grpo/evals/)
     results.json, plots/*.png, report.md     the numbers of every stage, figures, a Markdown report
     run.json                                 the run directory, seconds and throughput per stage
 

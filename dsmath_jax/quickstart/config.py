@@ -19,8 +19,8 @@ STAGES = ("mine", "pretrain", "sft", "grpo")
 STAGE_CONFIGS = {  # the experiment file (under configs/) and argument of each stage's config
     "mine": "mining/deepseekmath_corpus.py:tiny",
     "pretrain": "pretrain/table1_corpora.py:deepseekmath_corpus,tiny",
-    "sft": "sft/arithmetic.py:tiny",
-    "grpo": "rl/grpo_outcome.py:tiny",
+    "sft": "sft/arithmetic.py:tiny,answer_mix",
+    "grpo": "rl/grpo_outcome.py:tiny,answer_mix",
 }
 BENCHMARK_FILES = ("gsm8k/train.jsonl", "gsm8k/test.jsonl", "math/train.jsonl", "math/test.jsonl")
 

@@ -321,6 +321,11 @@ def render_report(results: Mapping[str, Any]) -> str:
                           f"{pc['high']:+.3f}] given the problems that changed, and an exact McNemar p-value of "
                           f"{pc['p_value']:.3g}. That is the test set's sampling noise only: another seed of SFT "
                           "and GRPO moves the change too (the README gives it over seeds)."]
+        lengths = {e["step"]: e["eval_length"] for e in g.get("eval_history") or [] if "eval_length" in e}
+        if g["before"]["step"] in lengths and g["after"]["step"] in lengths:
+            lines += ["", f"The greedy responses are {lengths[g['before']['step']]:.1f} tokens long on average before "
+                          f"and {lengths[g['after']['step']]:.1f} after (each one is in "
+                          "`grpo/evals/step_<step>.jsonl`)."]
         rc = g.get("reward_curve") or {}
         if rc:
             lines += ["", f"Training reward (the mean over each step's groups of {g.get('reward')} rewards): "
@@ -342,10 +347,10 @@ def render_report(results: Mapping[str, Any]) -> str:
               + ("--config.synthetic.benchmarks_dir=DIR --config.decontamination.benchmarks_dir=DIR "
                  if (results.get("options") or {}).get("benchmarks_dir") else "--config.synthetic.source=arithmetic ")
               + "--config.iterations.max=4",
-              f"dsmath sft --config=configs/sft/arithmetic.py:tiny --workdir={wd}/sft_longer "
+              f"dsmath sft --config=configs/{STAGE_CONFIGS['sft']} --workdir={wd}/sft_longer "
               f"--config.init.checkpoint={wd}/pretrain/checkpoints "
               f"--config.tokenizer.path={wd}/pretrain/tokenizer.model --config.train.steps=600",
-              f"dsmath rl --config=configs/rl/grpo_outcome.py:tiny --workdir={wd}/grpo_longer "
+              f"dsmath rl --config=configs/{STAGE_CONFIGS['grpo']} --workdir={wd}/grpo_longer "
               f"--config.init.run_dir={wd}/sft --config.eval.samples=8 --config.train.steps_per_iteration=100",
               f"python experiments/rl_paradigm_tiny.py --out {wd}/paradigm   # Figure 5 (rl_analysis reads it)",
               "```", "", f"Numbers: `{RESULTS_FILE}`; figures: `{PLOTS_DIR}/`; per-stage details: each stage's "

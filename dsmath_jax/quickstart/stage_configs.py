@@ -3,8 +3,8 @@ carried by the package, so that an installed `dsmath_jax` runs `dsmath quickstar
 
     mining/deepseekmath_corpus.py:tiny                   mining_tiny()
     pretrain/table1_corpora.py:deepseekmath_corpus,tiny  pretrain_tiny()
-    sft/arithmetic.py:tiny                               sft_tiny()
-    rl/grpo_outcome.py:tiny                              grpo_tiny()
+    sft/arithmetic.py:tiny,answer_mix                    sft_tiny()
+    rl/grpo_outcome.py:tiny,answer_mix                   grpo_tiny()
 
 Each builds the ConfigDict its file's `get_config` builds, from the same schema functions (`dsmath_jax.config`).
 `--configs_dir=DIR` (`Options.configs_dir`) reads the files from DIR instead.
@@ -36,21 +36,24 @@ def pretrain_tiny() -> ml_collections.ConfigDict:
 
 
 def sft_tiny() -> ml_collections.ConfigDict:
-    """configs/sft/arithmetic.py:tiny: SFT of the tiny model on the arithmetic task, 450 steps."""
+    """configs/sft/arithmetic.py:tiny,answer_mix: SFT of the tiny model on the arithmetic task (level 1, half of
+    its rows answer-only), 450 steps."""
     from dsmath_jax.config.train import arithmetic_sft_config  # heavy: see the note on imports
-    return arithmetic_sft_config("tiny")
+    return arithmetic_sft_config("tiny", answer_mix=True)
 
 
 def grpo_tiny() -> ml_collections.ConfigDict:
-    """configs/rl/grpo_outcome.py:tiny: GRPO with outcome rewards on the arithmetic task, 40 steps."""
+    """configs/rl/grpo_outcome.py:tiny,answer_mix: GRPO with outcome rewards on the arithmetic task (level 1), 40
+    steps."""
     from dsmath_jax.config.rl import base_rl_config, paper_grpo, tiny_rl_overrides  # heavy: see the note on imports
-    return tiny_rl_overrides(paper_grpo(base_rl_config()))
+    from dsmath_jax.data.arithmetic import ARITHMETIC_ANSWER_MIX
+    return tiny_rl_overrides(paper_grpo(base_rl_config()), problems=ARITHMETIC_ANSWER_MIX)
 
 
 # The experiment file and argument each builds (the quickstart's STAGE_CONFIGS) -> the builder.
 STAGE_DEFAULTS: dict[str, Callable[[], ml_collections.ConfigDict]] = {
     "mining/deepseekmath_corpus.py:tiny": mining_tiny,
     "pretrain/table1_corpora.py:deepseekmath_corpus,tiny": pretrain_tiny,
-    "sft/arithmetic.py:tiny": sft_tiny,
-    "rl/grpo_outcome.py:tiny": grpo_tiny,
+    "sft/arithmetic.py:tiny,answer_mix": sft_tiny,
+    "rl/grpo_outcome.py:tiny,answer_mix": grpo_tiny,
 }

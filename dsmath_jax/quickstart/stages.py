@@ -186,7 +186,7 @@ def pretrain_stage(workdir: str, opts: Options) -> dict:
 
 
 def sft_config(workdir: str, opts: Options) -> ml_collections.ConfigDict:
-    """configs/sft/arithmetic.py:tiny from the pre-trained checkpoint, with its tokenizer and model."""
+    """configs/sft/arithmetic.py:tiny,answer_mix from the pre-trained checkpoint, with its tokenizer and model."""
     pre = os.path.abspath(os.path.join(workdir, "pretrain"))
     c = load_config(STAGE_CONFIGS["sft"], opts.configs_dir)
     if os.path.isfile(os.path.join(pre, "config.json")):  # the model pre-training built (else the same, to be)
@@ -222,7 +222,7 @@ def sft_stage(workdir: str, opts: Options) -> dict:
 
 
 def grpo_config(workdir: str, opts: Options) -> ml_collections.ConfigDict:
-    """configs/rl/grpo_outcome.py:tiny from the SFT run, with maj@k / pass@k (k = eval_samples)."""
+    """configs/rl/grpo_outcome.py:tiny,answer_mix from the SFT run, with maj@k / pass@k (k = eval_samples)."""
     c = load_config(STAGE_CONFIGS["grpo"], opts.configs_dir)
     c.init.run_dir = os.path.abspath(os.path.join(workdir, "sft"))
     scale_train(c, opts.steps_scale, "train.steps_per_iteration",

@@ -387,16 +387,18 @@ def evaluate_problems(sampler: Sampler, grader: Grader, params: Any, problems: S
                       prompts: Sequence[list[int]], *, max_new_tokens: int, samples: int = 0,
                       temperature: float = 1.0, seed: int = 12345) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """:func:`evaluate`'s metrics and one row per problem, in the problems' order: ``id``, ``correct`` (the
-    greedy answer's verdict), ``answer`` (the greedy answer the grader extracted, None if none) and, with
-    samples, ``samples_correct`` (how many of the k samples are right). Two evaluations of the same problems
-    (before and after training) compare problem by problem with :func:`dsmath_jax.analysis.rl.paired_change`."""
+    greedy answer's verdict), ``answer`` (the greedy answer the grader extracted, None if none), ``response``
+    (the greedy response's text) and, with samples, ``samples_correct`` (how many of the k samples are right).
+    Two evaluations of the same problems (before and after training) compare problem by problem with
+    :func:`dsmath_jax.analysis.rl.paired_change`."""
     sampler.update_params(params)
     greedy = sampler.generate(list(prompts), SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, n=1))
     verdicts = grader.grade([(g[0].text, p.answer, p.kind) for p, g in zip(problems, greedy)])
     out = {"eval_accuracy": float(np.mean([v.correct for v in verdicts])),
            "eval_length": float(np.mean([len(g[0].tokens) for g in greedy]))}
-    rows: list[dict[str, Any]] = [{"id": p.id, "correct": bool(v.correct), "answer": v.extracted}
-                                  for p, v in zip(problems, verdicts)]
+    rows: list[dict[str, Any]] = [
+        {"id": p.id, "correct": bool(v.correct), "answer": v.extracted, "response": g[0].text}
+        for p, v, g in zip(problems, verdicts, greedy)]
     k = samples
     if k:
         sampled = sampler.generate(list(prompts), SamplingParams(max_new_tokens=max_new_tokens,
