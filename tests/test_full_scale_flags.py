@@ -57,7 +57,8 @@ FAMILIES: dict[str, tuple[str, list[str], tuple[str, ...]]] = {
                       ("data.sources",)),
     "pretrain_7b": ("pretrain", ["pretrain/deepseekmath_base_7b.py:None"], ()),
     "sft_instruct_7b": ("sft", ["sft/deepseekmath_instruct.py:None"], ()),
-    "sft_arithmetic_small": ("sft", ["sft/arithmetic.py:small"], ()),
+    "sft_arithmetic_small": ("sft", ["sft/arithmetic.py:small", "sft/arithmetic.py:small,answer_mix"],
+                             ("data.sources",)),
     "rm_orm": ("rm", ["rm/orm.py:None"], ()),
     "rm_prm_hard": ("rm", ["rm/prm_math_shepherd.py:None", "rm/prm_math_shepherd.py:hard"], ()),
     "rm_prm_soft": ("rm", ["rm/prm_math_shepherd.py:soft"], ()),
@@ -254,7 +255,8 @@ def test_every_full_scale_variant_is_represented():
     """FAMILIES names every full-scale variant of every config file that a `dsmath` command here runs."""
     from test_configs import VARIANTS, is_tiny
     full = {f"{p}:{a}" for p, a in VARIANTS if not is_tiny(a) and not p.startswith("mining/")}
-    full.discard("sft/arithmetic.py:None")  # the file's default is its tiny variant (asserted by test_configs)
+    # The file's default size is its tiny one (asserted by test_configs): without `small` a variant is tiny.
+    full -= {"sft/arithmetic.py:None", "sft/arithmetic.py:answer_mix"}
     assert sorted(full - set(ALL_SPECS)) == [] and sorted(set(ALL_SPECS) - full) == []
     assert len(ALL_SPECS) == len(set(ALL_SPECS))
 
