@@ -124,7 +124,7 @@ ARITHMETIC_HEADROOM = dict(kind="arithmetic", n_train=20000, n_test=256, seed=0,
 # DIFFICULTY_LEVELS[1], one distractor sentence in each question, its SFT data giving a share ANSWER_MIX_SHARE of
 # the problems as their final answer alone (dsmath_jax.data.sft_data, `answer_only`), like SFT sets that mix
 # worked solutions with bare answers. The SFT policy then works some problems out and answers others at once;
-# answering at once (without the distractor-free working) is more often wrong, and GRPO with the outcome reward
+# answering at once (no steps written, the distractor to see past) is more often wrong, and GRPO with the outcome reward
 # learns to work problems out. Measured over the quickstart's seeds: README, "What RL does in the quickstart".
 ARITHMETIC_ANSWER_MIX = dict(kind="arithmetic", n_train=20000, n_test=256, seed=0, knobs=dict(DIFFICULTY_LEVELS[1]))
 ANSWER_MIX_SHARE = 0.5
