@@ -254,6 +254,24 @@ def test_overrides_of_lists_sections_and_bools_on_the_command_line():
     assert config_spec(values) == GRPO_TINY and values.workdir == "w"
 
 
+def test_a_train_configs_model_takes_architecture_overrides_on_top_of_its_preset():
+    """Every `ModelConfig` field is a typed placeholder of a pretrain / SFT config's `model` section: the command
+    line (and the quickstart's --set) can change the architecture of a preset, e.g. a tiny model twice as deep."""
+    from dsmath_jax.model import ModelConfig
+    from dsmath_jax.model.config import get_preset
+    arithmetic = str(CONFIGS / "sft/arithmetic.py:tiny")
+    argv = [f"--config={arithmetic}", "--config.model.num_layers=4", "--config.model.d_model=128",
+            "--config.model.rope_theta=500000", "--workdir=w"]
+    c = parse_flags(argv, "dsmath sft").config
+    model = ModelConfig.from_dict(c.model)
+    assert model == get_preset("tiny").replace(num_layers=4, d_model=128, rope_theta=500000.0, vocab_size=512,
+                                               max_seq_len=256)
+    assert "model.num_layers='four': not a valid int" in _error(arithmetic, ["model.num_layers=four"], "sft")
+    assert "did you mean 'model.num_layers'" in _error(arithmetic, ["model.num_layerz=4"], "sft")
+    stage = Q.pretrain_config("w", Q.Options(overrides={"pretrain": {"model.num_layers": "4"}}))
+    assert ModelConfig.from_dict(stage.model).num_layers == 4
+
+
 # ------------------------------------------------------------------------------------------- one loader
 def test_the_commands_the_quickstart_and_the_sweep_report_the_loaders_errors(tmp_path):
     bad_type = _error(GRPO_TINY, ["train.steps_per_iteration=x"], "rl")

@@ -9,6 +9,8 @@ logging, checkpoints), mesh (shape and logical-axis rules), distributed (multi-h
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from typing import Any
 
 import ml_collections
@@ -30,7 +32,7 @@ from dsmath_jax.data.arithmetic import ANSWER_MIX_SHARE, ARITHMETIC_ANSWER_MIX, 
 from dsmath_jax.data.pipeline import OVERLONG, PACKINGS
 from dsmath_jax.data.sft_data import SFTSource
 from dsmath_jax.data.sources import source_name
-from dsmath_jax.model.config import COMPUTE_FIELDS
+from dsmath_jax.model.config import COMPUTE_FIELDS, ModelConfig
 
 # Learning-rate schedules (dsmath_jax.train.schedules): name -> the keys it takes besides name, peak, warmup_steps.
 SCHEDULES: dict[str, tuple[str, ...]] = {"multi_step": ("boundaries", "factors"), "constant": (),
@@ -45,13 +47,26 @@ def source(kind: str, *, weight: float = 1.0, **fields: Any) -> dict[str, Any]:
     return dict(kind=kind, weight=weight, **fields)
 
 
+def _model_field_types() -> dict[str, type]:
+    """`ModelConfig`'s public fields and their types (`int | None` -> int)."""
+    hints = typing.get_type_hints(ModelConfig)
+    out = {}
+    for f in dataclasses.fields(ModelConfig):
+        if f.name.startswith("_"):
+            continue
+        kinds = [a for a in typing.get_args(hints[f.name]) if a is not type(None)] or [hints[f.name]]
+        out[f.name] = kinds[0]
+    return out
+
+
 def model_section(**values: Any) -> ml_collections.ConfigDict:
-    """A config's `model` section: a preset and overrides (`ModelConfig` fields), with the compute settings
-    present as unset placeholders so that the command line can set them (`--config.model.attention_impl=xla`)."""
+    """A config's `model` section: a preset and overrides (`ModelConfig` fields), with every other field present
+    as an unset placeholder (None: the preset's value) so that the command line can set it, the compute settings
+    (`--config.model.attention_impl=xla`) and the architecture alike (`--config.model.num_layers=4`)."""
     c = ml_collections.ConfigDict(dict(preset=placeholder(str)))
-    for name in COMPUTE_FIELDS:
-        kind = {"scan_layers": bool, "logits_chunk": int}.get(name, str)
+    for name, kind in _model_field_types().items():
         c[name] = placeholder(kind)
+    assert set(COMPUTE_FIELDS) <= set(c), COMPUTE_FIELDS
     c.update(values)
     return c
 
