@@ -2,6 +2,7 @@
 (dsmath_jax.rl.rewards)."""
 
 import functools
+import hashlib
 import json
 import operator
 import re
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 from dsmath_jax.data.arithmetic import (
+    DIFFICULTY_LEVELS,
     ArithmeticProblem,
     generate_problems,
     texts_for_tokenizer,
@@ -166,12 +168,15 @@ def test_jsonl_builds_an_sft_dataset(tmp_path):
         assert row == {"question": p.question, "response": p.response, "format": "cot", "source": p.id}
 
 
-LEVEL1 = {"max_operand": 9, "max_value": 30, "max_steps": 2, "distractors": 1}
+LEVEL1 = DIFFICULTY_LEVELS[1]
 
 
 def _sft_rows(data_dir, name):
-    return [decode_example(row) for split in ("train", "validation")
-            for row in (lambda src: [src[i] for i in range(len(src))])(data_source(name, split, data_dir=data_dir))]
+    rows = []
+    for split in ("train", "validation"):
+        src = data_source(name, split, data_dir=data_dir)
+        rows += [decode_example(src[i]) for i in range(len(src))]
+    return rows
 
 
 def test_answer_only_share_of_an_arithmetic_sft_source(tmp_path):
@@ -196,6 +201,9 @@ def test_answer_only_share_of_an_arithmetic_sft_source(tmp_path):
     # Binomial(1000, 0.5): 99.9% of draws fall within 500 +- 52.
     assert 448 <= len(answer_only) <= 552, len(answer_only)
     assert report.counts["format"] == {"answer": len(answer_only), "cot": 1000 - len(answer_only)}
+    # The rule, recomputed here: the 8-byte BLAKE2b of "answer-only:<id>" below the share of 2^64.
+    digest = lambda text: int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")  # noqa: E731
+    assert answer_only == {i for i in by_id if digest(f"answer-only:{i}") < 0.5 * 2.0**64}
     # The same problems in another build (another directory, another process's hash seed would not matter):
     build_sft_dataset("mix", [source], data_dir=tmp_path / "b", validation_fraction=0.02)
     assert {r["source"] for r in _sft_rows(tmp_path / "b", "mix") if r["format"] == "answer"} == answer_only

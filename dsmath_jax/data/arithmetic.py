@@ -186,7 +186,7 @@ class ArithmeticProblem:
     @property
     def answer_line(self) -> str:
         r"""The response's last line, the final answer: ``The final answer is $\boxed{answer}$.``"""
-        return f"The final answer is $\\boxed{{{self.answer}}}$."
+        return _answer_line(self.answer)
 
     def sft_row(self) -> dict:
         """The SFT JSONL row of this problem (see :func:`write_jsonl`)."""
@@ -298,11 +298,14 @@ def _problem(seed: int, index: int, *, min_steps: int, max_steps: int, max_opera
             sentences.insert(gap + 1 + offset, sentence)
     question = " ".join([*sentences, ask])
     answer = str(x)
-    problem = ArithmeticProblem(question=question, steps=steps, answer=answer, response="", num_steps=num_steps,
-                                id=f"arith-{seed}-{index}", start=start, operations=ops, intermediates=values,
-                                distractors=extra)
-    problem.response = "\n".join([*steps, problem.answer_line])
-    return problem
+    response = "\n".join([*steps, _answer_line(answer)])
+    return ArithmeticProblem(question=question, steps=steps, answer=answer, response=response,
+                             num_steps=num_steps, id=f"arith-{seed}-{index}", start=start, operations=ops,
+                             intermediates=values, distractors=extra)
+
+
+def _answer_line(answer: str) -> str:
+    return f"The final answer is $\\boxed{{{answer}}}$."
 
 
 def _distractors(seed: int, index: int, count: int, *, name: str, pron: str, item: str, max_operand: int
